@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="tomaat",
+    version="0.1.0",
+    description="Volumetric medical image analysis as a network service (TOMAAT, rebuilt)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["tomaat", "tomaat.*"]),
+    install_requires=[
+        "twisted[tls]>=24.3",
+        "klein>=24.8",
+        "treq>=24.9",
+        "werkzeug>=3.0",
+        "SimpleITK>=2.3",
+        "numpy>=1.26",
+        "pyOpenSSL>=24.0",
+        "cryptography>=42",
+        "click>=8.1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "requests>=2.31",
+            "requests-toolbelt>=1.0",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={"console_scripts": ["tomaat=tomaat.cli:main"]},
+)

@@ -1,0 +1,62 @@
+"""The `tomaat` command line (click): serving now, client commands beside it later."""
+
+from __future__ import annotations
+
+import click
+
+from .server.loader import LoadError, load
+from .server.service import DEFAULTS, TomaatService
+
+
+@click.group()
+@click.version_option(package_name="tomaat")
+def main():
+    """TOMAAT: volumetric medical image analysis as a network service."""
+
+
+@main.command()
+@click.argument("target", metavar="FILE_OR_MODULE[:NAME]")
+@click.option("--port", type=int, default=None, help="Port to listen on (default 9000 or the app's config).")
+@click.option("--host", "interface", default=None, help="Address to listen on (default 0.0.0.0).")
+@click.option("--no-tls", is_flag=True, help="Serve plain HTTP instead of HTTPS.")
+@click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate (default: self-signed).")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False), help="PEM private key for --cert.")
+@click.option("--threads", type=int, default=None, help=f"Worker threads (default {DEFAULTS['threads']}).")
+@click.option(
+    "--state-dir", type=click.Path(file_okay=False), default=None, help="Where the generated certificate is kept."
+)
+@click.option(
+    "--delayed", is_flag=True, help="Answer every prediction with a DelayedResponse (collect via /responses)."
+)
+@click.option("--response-ttl", type=float, default=None, help="Seconds an uncollected delayed result is kept.")
+def serve(target, port, interface, no_tls, cert, key, threads, state_dir, delayed, response_ttl):
+    """Serve the app defined in FILE_OR_MODULE (a TomaatApp, a subclass, or a TomaatService)."""
+    if bool(cert) != bool(key):
+        raise click.UsageError("--cert and --key go together")
+    try:
+        found = load(target)
+    except LoadError as error:
+        raise click.ClickException(str(error)) from None
+    options = {
+        "port": port,
+        "interface": interface,
+        "threads": threads,
+        "state_dir": state_dir,
+        "response_ttl": response_ttl,
+        "cert": cert,
+        "key": key,
+    }
+    options = {k: v for k, v in options.items() if v is not None}
+    if no_tls:
+        options["tls"] = False
+    if delayed:
+        options["delayed_responses"] = True
+    try:
+        if isinstance(found, TomaatService):
+            found.config.update(options)
+            service = found
+        else:
+            service = TomaatService(app=found, **options)
+    except (TypeError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    service.run()

@@ -1,0 +1,1 @@
+"""The TOMAAT wire format, shared by the server and the client: elements, encodings, errors."""

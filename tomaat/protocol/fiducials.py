@@ -1,0 +1,38 @@
+"""Fiducial points as v1 text, `x,y,z;x,y,z;...` in physical coordinates."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import RequestError
+
+EXPECTED = "points as 'x,y,z;x,y,z;...' with three numbers per point"
+
+
+def parse(text: str, where: str = "fiducials") -> np.ndarray:
+    points = []
+    for index, chunk in enumerate(c for c in text.strip().split(";") if c.strip()):
+        parts = chunk.split(",")
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise RequestError(
+                f"{where}: point {index + 1} ({chunk.strip()!r}) is not numeric; expected {EXPECTED}"
+            ) from None
+        if len(values) != 3:
+            raise RequestError(f"{where}: point {index + 1} has {len(values)} coordinates; expected {EXPECTED}")
+        if not all(math.isfinite(v) for v in values):
+            raise RequestError(f"{where}: point {index + 1} has a non-finite coordinate; expected {EXPECTED}")
+        points.append(values)
+    return np.asarray(points, dtype=float).reshape(-1, 3)
+
+
+def format_points(points) -> str:
+    array = np.asarray(points, dtype=float)
+    if array.size == 0:
+        return ""
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise ValueError(f"fiducials must be an (N, 3) array of points, got shape {array.shape}")
+    return ";".join(",".join(repr(float(v)) for v in row) for row in array)

@@ -1,0 +1,93 @@
+"""Output items: from the values an app leaves in `data` to the v1 JSON list, and back.
+
+The encoders raise TypeError for a value of the wrong kind: that is the app's
+fault, and the server turns it into a 500 that names the field.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import fiducials, transforms
+from .volumes import read_image, write_image
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def label_image(value, reference: sitk.Image | None) -> sitk.Image:
+    """An image for a LabelVolume; a NumPy array takes the input's grid when its shape matches."""
+    if isinstance(value, sitk.Image):
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype == bool:
+            value = value.astype(np.uint8)
+        image = sitk.GetImageFromArray(value)
+        if reference is not None:
+            if image.GetSize() != reference.GetSize():
+                raise TypeError(
+                    f"a LabelVolume array of shape {value.shape} does not match the input volume "
+                    f"(shape {tuple(reversed(reference.GetSize()))}); return a SimpleITK image with its own geometry"
+                )
+            image.CopyInformation(reference)
+        return image
+    raise TypeError(f"a LabelVolume needs a SimpleITK image or a NumPy array, got {type(value).__name__}")
+
+
+def _mesh(value) -> str:
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if not isinstance(value, (bytes, bytearray)):
+        raise TypeError(f"a VTKMesh needs legacy VTK text or bytes, got {type(value).__name__}")
+    if not bytes(value[:64]).lstrip().startswith(b"# vtk DataFile"):
+        raise TypeError("a VTKMesh needs a legacy VTK file (starting with '# vtk DataFile Version')")
+    return _b64(bytes(value))
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def encode_item(element, value, reference: sitk.Image | None = None) -> dict:
+    kind = element.output_type
+    if kind == "LabelVolume":
+        content = _b64(write_image(label_image(value, reference), "mha"))
+    elif kind == "VTKMesh":
+        content = _mesh(value)
+    elif kind == "PlainText":
+        content = _text(value)
+    elif kind == "Fiducials":
+        try:
+            content = fiducials.format_points(value)
+        except ValueError as error:
+            raise TypeError(str(error)) from None
+    elif kind == "TransformGrid":
+        content = _b64(write_image(transforms.displacement_field(value), "nii.gz"))
+    elif kind == "TransformBSpline":
+        content = _b64(transforms.transform_file(value, "h5"))
+    elif kind == "TransformLinear":
+        content = _b64(transforms.transform_file(value, "mat"))
+    else:  # output_interface() refuses unknown types at start
+        raise TypeError(f"unknown output type {kind}")
+    return {"type": kind, "content": content, "label": element.label}
+
+
+def decode_item(item: dict):
+    """The Python value of one answer item, the inverse of encode_item (used by clients and tests)."""
+    kind, content = item.get("type"), item.get("content")
+    if kind == "LabelVolume" or kind == "TransformGrid":
+        return read_image(content.encode("ascii"), kind)
+    if kind == "VTKMesh":
+        return base64.b64decode(content)
+    if kind == "Fiducials":
+        return fiducials.parse(content, kind)
+    if kind in ("TransformBSpline", "TransformLinear"):
+        suffix = "h5" if kind == "TransformBSpline" else "mat"
+        return transforms.parse(f"{suffix}\n{content}".encode("ascii"), kind)
+    return content

@@ -1,0 +1,104 @@
+"""Image files as bytes: tell the format by content, read and write through SimpleITK.
+
+SimpleITK reads and writes only named files, hence the scratch module.
+Single-file formats only: a header that points at another file (MHD/raw,
+detached NRRD) would make the server open a path of the client's choosing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import zlib
+
+import SimpleITK as sitk
+
+from .errors import UnreadableVolume
+from .scratch import write_then_bytes, write_then_read
+
+FORMATS = {"mha": ".mha", "nii": ".nii", "nii.gz": ".nii.gz", "nrrd": ".nrrd"}
+EXPECTED = "an MHA, NIfTI (.nii/.nii.gz) or NRRD image file, raw or base64-encoded"
+
+_MHA_KEYS = (b"ObjectType", b"NDims", b"ObjectSubType", b"Comment", b"TransformMatrix", b"DimSize")
+_BASE64_CHARS = re.compile(rb"^[A-Za-z0-9+/=\s]*$")
+
+
+def _nifti_header(head: bytes) -> bool:
+    return (len(head) >= 348 and head[344:348] in (b"n+1\x00",)) or (len(head) >= 8 and head[4:8] == b"n+2\x00")
+
+
+def sniff_format(raw: bytes) -> str | None:
+    """The format key of an image file's bytes, or None when they are not one we read."""
+    head = bytes(raw[:1024])
+    if head[:2] == b"\x1f\x8b":
+        try:
+            inner = zlib.decompressobj(wbits=31).decompress(head, 600)
+        except zlib.error:
+            return None
+        return "nii.gz" if _nifti_header(inner) else None
+    if head.startswith(b"NRRD000"):
+        return "nrrd"
+    if _nifti_header(head):
+        return "nii"
+    if head.lstrip().startswith(_MHA_KEYS):
+        return "mha"
+    return None
+
+
+def _check_single_file(raw: bytes, fmt: str, where: str) -> None:
+    if fmt == "mha":
+        match = re.search(rb"ElementDataFile\s*=\s*(\S+)", bytes(raw[:65536]))
+        if match is None or match.group(1) != b"LOCAL":
+            raise UnreadableVolume(
+                f"{where}: the MHA header must say 'ElementDataFile = LOCAL' (a single .mha file); "
+                "detached .mhd/.raw pairs are not accepted, send the image as one .mha file"
+            )
+    elif fmt == "nrrd":
+        header = bytes(raw[:65536]).split(b"\n\n", 1)[0]
+        if re.search(rb"^data ?file\s*:", header, re.MULTILINE | re.IGNORECASE):
+            raise UnreadableVolume(
+                f"{where}: detached NRRD headers are not accepted; send one .nrrd file with the data attached"
+            )
+
+
+def decode_base64(text: bytes | str, where: str) -> bytes:
+    if isinstance(text, str):
+        text = text.encode("ascii", "replace")
+    if not _BASE64_CHARS.match(text):
+        raise UnreadableVolume(f"{where}: expected {EXPECTED}, got text that is neither")
+    try:
+        return base64.b64decode(b"".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise UnreadableVolume(
+            f"{where}: the base64 text is truncated or corrupt (its length or padding is wrong); expected {EXPECTED}"
+        ) from None
+
+
+def unwrap(raw: bytes, where: str) -> tuple[bytes, str]:
+    """The image file's bytes and format, whether the field carried them raw or as base64 text."""
+    fmt = sniff_format(raw)
+    if fmt is None:
+        raw = decode_base64(raw, where)
+        fmt = sniff_format(raw)
+        if fmt is None:
+            raise UnreadableVolume(f"{where}: the data is not {EXPECTED}")
+    _check_single_file(raw, fmt, where)
+    return raw, fmt
+
+
+def read_image(raw: bytes, where: str = "volume") -> sitk.Image:
+    data, fmt = unwrap(raw, where)
+    try:
+        return write_then_read(FORMATS[fmt], data, sitk.ReadImage)
+    except RuntimeError:
+        raise UnreadableVolume(
+            f"{where}: the {fmt} file could not be read (truncated or corrupt); expected {EXPECTED}"
+        ) from None
+
+
+def write_image(image: sitk.Image, fmt: str = "mha", compress: bool = True) -> bytes:
+    """The bytes of an image file, compressed at zlib level 1: fast, and label maps are mostly runs."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown image format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return write_then_bytes(FORMATS[fmt], lambda path: sitk.WriteImage(image, path, compress, 1))

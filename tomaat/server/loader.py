@@ -1,0 +1,67 @@
+"""Find the app or service a user points `tomaat serve` at: `FILE_OR_MODULE[:NAME]`."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+
+from .app import TomaatApp
+from .service import TomaatService
+
+
+class LoadError(Exception):
+    pass
+
+
+def _import(target: str):
+    if target.endswith(".py") or os.path.sep in target:
+        path = os.path.abspath(target)
+        if not os.path.isfile(path):
+            raise LoadError(f"no such file: {target}")
+        name = "tomaat_user_" + os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        sys.path.insert(0, os.path.dirname(path))  # let the file import its neighbours
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as error:
+        raise LoadError(f"cannot import module {target!r}: {error}") from None
+
+
+def _servable(value) -> bool:
+    if isinstance(value, (TomaatApp, TomaatService)):
+        return True
+    return inspect.isclass(value) and issubclass(value, TomaatApp) and value is not TomaatApp
+
+
+def load(spec: str):
+    """A TomaatService, TomaatApp instance, or TomaatApp subclass (instantiated) named by spec."""
+    target, _, name = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
+    module = _import(target)
+    if name:
+        if not hasattr(module, name):
+            raise LoadError(f"{target} defines no {name!r}")
+        found = getattr(module, name)
+        if not _servable(found):
+            raise LoadError(f"{target}:{name} is not a TomaatApp, TomaatApp subclass or TomaatService")
+    else:
+        candidates = {k: v for k, v in vars(module).items() if not k.startswith("_") and _servable(v)}
+        candidates = {
+            k: v
+            for k, v in candidates.items()
+            if getattr(v, "__module__", module.__name__) == module.__name__ or not inspect.isclass(v)
+        }
+        services = {k: v for k, v in candidates.items() if isinstance(v, TomaatService)}
+        instances = {k: v for k, v in candidates.items() if isinstance(v, TomaatApp)}
+        pool = services or instances or candidates
+        if len(pool) != 1:
+            listed = ", ".join(sorted(pool)) or "none"
+            raise LoadError(f"{target}: name the app to serve as {target}:NAME (servable objects found: {listed})")
+        found = next(iter(pool.values()))
+    return found() if inspect.isclass(found) else found

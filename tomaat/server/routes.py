@@ -1,0 +1,99 @@
+"""The prediction server's HTTP routes, as PROTOCOL.md names them.
+
+Routes only move bytes and call the service: no parsing of volumes, no app
+code, nothing slow, because they run on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import json
+
+from klein import Klein
+from twisted.internet.threads import deferToThreadPool
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from ..protocol.errors import RequestError, error_items
+from .form import read_fields
+from .pipeline import Timings
+
+
+def _json(request, value, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return value if isinstance(value, bytes) else json.dumps(value).encode("utf-8")
+
+
+def _wants_async(request) -> bool:
+    prefer = request.getHeader(b"Prefer") or b""
+    return b"respond-async" in prefer.lower()
+
+
+def _delayed(request_id: str) -> list[dict]:
+    return [{"type": "DelayedResponse", "request_id": request_id}]
+
+
+class PredictionRoutes:
+    app = Klein()
+
+    def __init__(self, service):
+        self.service = service
+
+    @app.route("/interface", methods=["GET"])
+    def interface(self, request):
+        return _json(request, [e.to_dict() for e in self.service.input_interface])
+
+    @app.route("/info", methods=["GET"])
+    def info(self, request):
+        return _json(request, self.service.info())
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request):
+        return _json(request, self.service.health())
+
+    @app.route("/announcePoint", methods=["GET"])
+    def announce_point(self, request):
+        return _json(request, {"announced_at": self.service.announced_at})
+
+    @app.route("/predict", methods=["POST"])
+    def predict(self, request):
+        # The worker owns the body from here: Twisted would close it when an
+        # async answer finishes, while the worker is still reading it.
+        body, request.content = request.content, None
+        timings = Timings(receive=(request.received_at or request.headers_at) - request.headers_at)
+        content_type = (request.getHeader(b"Content-Type") or b"").decode("latin-1")
+        outcome = self.service.worker.submit(body, content_type, timings, "POST /predict")
+        prefer_async = _wants_async(request)
+        if prefer_async or self.service.delayed_responses:
+            request_id = self.service.delayed.track(outcome)
+            if prefer_async:
+                request.setHeader(b"Preference-Applied", b"respond-async")
+            return _json(request, _delayed(request_id), 202 if prefer_async else 200)
+        return outcome.addCallback(lambda result: _json(request, result[1], result[0]))
+
+    @app.route("/responses", methods=["POST"])
+    def responses(self, request):
+        content_type = (request.getHeader(b"Content-Type") or b"").decode("latin-1")
+        fields = deferToThreadPool(self.service.reactor, self.service.pool, read_fields, request.content, content_type)
+        return fields.addCallback(self._collect, request).addErrback(self._form_error, request)
+
+    def _collect(self, fields, request):
+        request_id = fields.get("request_id", b"").decode("latin-1").strip()
+        if not request_id:
+            return _json(request, error_items("missing field 'request_id' (the id a DelayedResponse gave you)"), 400)
+        try:
+            result = self.service.delayed.collect(request_id)
+        except KeyError:
+            message = f"unknown request_id {request_id[:64]!r}: it was never issued, was already collected, or expired"
+            return _json(request, error_items(message), 404)
+        if result is None:
+            return _json(request, _delayed(request_id))
+        return _json(request, result[1], result[0])
+
+    def _form_error(self, failure, request):
+        failure.trap(RequestError)
+        return _json(request, error_items(failure.value.message), failure.value.status)
+
+    @app.handle_errors(NotFound, MethodNotAllowed)
+    def no_route(self, request, failure):
+        where = f"{request.method.decode('latin-1')} {request.path.decode('latin-1')[:100]}"
+        return _json(request, error_items(f"no such endpoint: {where}"), failure.value.code)

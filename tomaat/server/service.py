@@ -1,0 +1,153 @@
+"""A running prediction endpoint: configuration, thread pool, TLS and the listening port.
+
+Everything is per instance, so tests and operators can run several services
+in one process; only the GPU lock is shared, because the GPU is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from twisted.internet import endpoints
+from twisted.python.threadpool import ThreadPool
+
+from .. import tls, web
+from ..protocol import elements
+from .app import TomaatApp
+from .delayed import DelayedResults
+from .pipeline import Pipeline
+from .routes import PredictionRoutes
+from .worker import Worker
+
+log = logging.getLogger("tomaat.server")
+
+PROTOCOL_VERSION = 2
+METADATA = ("name", "modality", "anatomy", "task", "description", "version")
+DEFAULTS = {
+    "port": 9000,
+    "interface": "0.0.0.0",  # where to listen
+    "host": "",  # the public base URL announced to registries (issue-3 naming, upstream key)
+    "announce": False,
+    "api_key": "",
+    "threads": 8,
+    "tls": True,
+    "cert": None,
+    "key": None,
+    "state_dir": os.path.join(os.path.expanduser("~"), ".tomaat"),
+    "delayed_responses": False,
+    "response_ttl": 3600.0,
+    "max_body_bytes": 2 * 1024**3,
+}
+
+
+class TomaatService:
+    """Serve an app: `TomaatService(config, app, input_interface, output_interface).run()`.
+
+    Interfaces and metadata default to the app's class attributes, so a
+    subclassed app needs only `TomaatService(app=MyApp()).run()`.
+    """
+
+    def __init__(self, config=None, app=None, input_interface=None, output_interface=None, *, reactor=None, **options):
+        if not isinstance(app, TomaatApp):
+            raise TypeError(f"TomaatService needs a TomaatApp instance as app, got {type(app).__name__}")
+        self.app = app
+        self.config = {**DEFAULTS, **{key: getattr(self.app, key) for key in METADATA}, **(config or {}), **options}
+        self.input_interface = elements.input_interface(input_interface or app.input_interface)
+        self.output_interface = elements.output_interface(output_interface or app.output_interface)
+        if not self.input_interface:
+            raise ValueError("the service has no input interface: declare input_interface on the app or pass one")
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.pool = ThreadPool(minthreads=0, maxthreads=int(self.config["threads"]), name="tomaat-worker")
+        self.pipeline = Pipeline(self.app, self.input_interface, self.output_interface)
+        self.worker = Worker(reactor, self.pool, self.pipeline)
+        self.delayed = DelayedResults(reactor, float(self.config["response_ttl"]))
+        self.announced_at = ""
+        self.fingerprint = None
+        self.port = None
+
+    @property
+    def delayed_responses(self) -> bool:
+        return bool(self.config["delayed_responses"])
+
+    def info(self) -> dict:
+        info = {key: str(self.config.get(key, "")) for key in METADATA}
+        info.update(
+            input_interface=[e.to_dict() for e in self.input_interface],
+            output_interface=[e.to_output_dict() for e in self.output_interface],
+            protocol=PROTOCOL_VERSION,
+            max_upload_bytes=int(self.config["max_body_bytes"]),
+            tls_fingerprint=self.fingerprint,
+        )
+        return info
+
+    def health(self) -> dict:
+        return {
+            "status": "ok",
+            "queue": self.worker.queued,
+            "in_flight": self.worker.in_flight,
+            "delayed_results": len(self.delayed),
+            "version": str(self.config.get("version", "")),
+        }
+
+    def _endpoint(self):
+        port, interface = int(self.config["port"]), self.config["interface"]
+        if not self.config["tls"]:
+            return endpoints.TCP4ServerEndpoint(self.reactor, port, interface=interface)
+        cert, key = self.config["cert"], self.config["key"]
+        if not (cert and key):
+            cert, key = tls.ensure_certificate(self.config["state_dir"])
+        self.fingerprint = tls.file_fingerprint(cert)
+        return endpoints.SSL4ServerEndpoint(self.reactor, port, tls.server_options(cert, key), interface=interface)
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.config["tls"] else "http"
+        interface = self.config["interface"]
+        host = "127.0.0.1" if interface in ("0.0.0.0", "") else interface
+        return f"{scheme}://{host}:{self.port.getHost().port}"
+
+    async def listen(self):
+        """Start the pool and the port (port 0 picks a free one); returns the listening port."""
+        endpoint = self._endpoint()
+        self.pool.start()
+        site = web.make_site(PredictionRoutes(self).app.resource())
+        try:
+            self.port = await endpoint.listen(site)
+        except Exception:
+            self.pool.stop()
+            raise
+        return self.port
+
+    async def stop(self):
+        if self.port is not None:
+            await self.port.stopListening()
+            self.port = None
+        self.delayed.clear()
+        self.pool.stop()
+
+    def run(self) -> None:
+        """Serve until interrupted (the blocking entry point upstream users call)."""
+        from twisted.internet.defer import Deferred
+
+        web.log_to_stdlib()
+
+        def started(port):
+            log.info("%s serving on %s (%d worker threads)", self.config["name"], self.url, self.config["threads"])
+            if self.fingerprint:
+                log.info("TLS certificate fingerprint (SHA-256): %s", self.fingerprint)
+            self.reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(self.stop()))
+
+        def failed(failure):
+            log.error("could not start: %s", failure.getErrorMessage())
+            self.reactor.stop()
+            self.exit_code = 1
+
+        self.exit_code = 0
+        self.reactor.callWhenRunning(lambda: Deferred.fromCoroutine(self.listen()).addCallbacks(started, failed))
+        self.reactor.run()
+        if self.exit_code:
+            sys.exit(self.exit_code)
