@@ -46,10 +46,25 @@ def sniff_format(raw: bytes) -> str | None:
     return None
 
 
+def _mha_data_is_local(header: bytes) -> bool:
+    """Whether the first mention of ElementDataFile is a line of its own saying LOCAL.
+
+    MetaIO takes the first line whose key is ElementDataFile (separator '=' or ':')
+    and stops reading the header there; a mention anywhere earlier, such as a
+    Comment quoting 'ElementDataFile = LOCAL', must not stand in for that line.
+    """
+    found = re.search(rb"ElementDataFile", header, re.IGNORECASE)
+    if found is None:
+        return False
+    line_start = max(header.rfind(b"\n", 0, found.start()), header.rfind(b"\r", 0, found.start())) + 1
+    if header[line_start : found.start()].strip(b" \t"):
+        return False
+    return re.match(rb"ElementDataFile[ \t]*[=:][ \t]*LOCAL[ \t]*[\r\n]", header[found.start() :]) is not None
+
+
 def _check_single_file(raw: bytes, fmt: str, where: str) -> None:
     if fmt == "mha":
-        match = re.search(rb"ElementDataFile\s*=\s*(\S+)", bytes(raw[:65536]))
-        if match is None or match.group(1) != b"LOCAL":
+        if not _mha_data_is_local(bytes(raw[:65536])):
             raise UnreadableVolume(
                 f"{where}: the MHA header must say 'ElementDataFile = LOCAL' (a single .mha file); "
                 "detached .mhd/.raw pairs are not accepted, send the image as one .mha file"

@@ -1,0 +1,93 @@
+"""Shared fixtures: phantoms with real geometry, a private temp folder, servers on real ports."""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import pytest_twisted
+import SimpleITK as sitk
+from twisted.internet.defer import ensureDeferred
+
+from tomaat.server.service import TomaatService
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_tmp(tmp_path_factory):
+    """Point tempfile at a folder of our own so a test can prove a request left nothing behind."""
+    folder = str(tmp_path_factory.mktemp("requests-tmp"))
+    old = tempfile.tempdir
+    tempfile.tempdir = folder
+    yield folder
+    tempfile.tempdir = old
+
+
+@pytest.fixture
+def leftovers(private_tmp):
+    """A callable listing what requests left in the temp folder since the test began."""
+    before = set(os.listdir(private_tmp))
+    return lambda: sorted(set(os.listdir(private_tmp)) - before)
+
+
+def make_phantom(size=(14, 12, 10), pixel=np.float32) -> sitk.Image:
+    """A volume whose geometry cannot be mistaken for defaults: permuted, flipped axes and an offset origin."""
+    z, y, x = size[2], size[1], size[0]
+    array = np.zeros((z, y, x), dtype=pixel)
+    array[2:6, 3:8, 4:11] = 500
+    array[7, 1, 2] = 900
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.5, 1.25, 2.0))
+    image.SetOrigin((-12.5, 40.0, 7.25))
+    image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    return image
+
+
+@pytest.fixture
+def phantom() -> sitk.Image:
+    return make_phantom()
+
+
+def image_bytes(image: sitk.Image, suffix: str) -> bytes:
+    folder = tempfile.mkdtemp(prefix="fixture-", dir=os.environ.get("TMPDIR", "/tmp"))
+    path = os.path.join(folder, "image" + suffix)
+    try:
+        sitk.WriteImage(image, path)
+        with open(path, "rb") as handle:
+            return handle.read()
+    finally:
+        os.remove(path)
+        os.rmdir(folder)
+
+
+def v1_base64(image: sitk.Image) -> str:
+    """The volume field as TOMAAT-Slicer sends it: base64 MHA with 76-character lines."""
+    return base64.encodebytes(image_bytes(image, ".mha")).decode("ascii")
+
+
+def assert_same_grid(result: sitk.Image, expected: sitk.Image, tol=1e-6) -> None:
+    assert result.GetSize() == expected.GetSize()
+    np.testing.assert_allclose(result.GetSpacing(), expected.GetSpacing(), atol=tol)
+    np.testing.assert_allclose(result.GetOrigin(), expected.GetOrigin(), atol=tol)
+    np.testing.assert_allclose(result.GetDirection(), expected.GetDirection(), atol=tol)
+
+
+@pytest.fixture
+def serve():
+    """Start TomaatServices on free ports (plain HTTP unless asked) and stop them after the test."""
+    services = []
+
+    async def start(app, **options) -> TomaatService:
+        options.setdefault("tls", False)
+        options.setdefault("port", 0)
+        options.setdefault("interface", "127.0.0.1")
+        service = TomaatService(app=app, **options)
+        await service.listen()
+        services.append(service)
+        return service
+
+    yield start
+    for service in services:
+        pytest_twisted.blockon(ensureDeferred(service.stop()))

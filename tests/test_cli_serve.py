@@ -1,0 +1,143 @@
+"""`tomaat serve` as a user runs it: a real process, a real port, one log line per request, clean exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import requests
+from conftest import make_phantom, v1_base64
+
+from tomaat.server.loader import LoadError, load
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, process, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            if requests.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    raise AssertionError(f"server at {url} did not come up within {timeout}s")
+
+
+def test_tomaat_serve_threshold_example(tmp_path):
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "tomaat",
+        "serve",
+        "examples/threshold.py",
+        "--port",
+        str(port),
+        "--no-tls",
+        "--host",
+        "127.0.0.1",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(url, process)
+        phantom = make_phantom()
+        response = requests.post(
+            url + "/predict", files={"images": (None, v1_base64(phantom)), "threshold": (None, "250")}, timeout=30
+        )
+        assert response.status_code == 200
+        assert response.json()[1]["content"].startswith("141 voxels")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    assert process.returncode == 0, output
+    assert "Threshold serving on http://127.0.0.1" in output
+    [line] = [line for line in output.splitlines() if "POST /predict" in line]
+    for stage in (
+        "receive=",
+        "parse=",
+        "decode=",
+        "preprocess=",
+        "lock_wait=",
+        "inference=",
+        "postprocess=",
+        "encode=",
+    ):
+        assert stage in line
+    assert os.listdir(tmp_path) == []
+
+
+UPSTREAM_STYLE = textwrap.dedent(
+    """
+    from tomaat import TomaatApp, TomaatService, Volume, PlainText
+
+    def pre(data):
+        data["n"] = data["images"].GetNumberOfPixels()
+        return data
+
+    def infer(data):
+        data["text"] = str(data["n"])
+        return data
+
+    app = TomaatApp(preprocess_fun=pre, inference_fun=infer, postprocess_fun=lambda d: d)
+    config = {"name": "Upstream", "modality": "CT", "task": "count", "anatomy": "any", "description": "d",
+              "port": 9000, "announce": False, "api_key": "", "host": ""}
+    service = TomaatService(config=config, app=app,
+                            input_interface=[{"type": "volume", "destination": "images"}],
+                            output_interface=[{"type": "PlainText", "field": "text"}])
+    """
+)
+
+
+def test_loader_finds_services_apps_and_classes(tmp_path):
+    upstream = tmp_path / "upstream_app.py"
+    upstream.write_text(UPSTREAM_STYLE)
+    service = load(str(upstream))
+    assert service.info()["name"] == "Upstream"
+    assert service.info()["output_interface"] == [{"type": "PlainText", "field": "text"}]
+
+    app = load("examples/threshold.py")
+    assert type(app).__name__ == "ThresholdApp"
+    assert type(load("examples/threshold.py:ThresholdApp")).__name__ == "ThresholdApp"
+
+    with pytest.raises(LoadError, match="defines no 'Nope'"):
+        load("examples/threshold.py:Nope")
+    with pytest.raises(LoadError, match="no such file"):
+        load("missing/app.py")
+    two = tmp_path / "two.py"
+    two.write_text("from examples.threshold import ThresholdApp\na = ThresholdApp()\nb = ThresholdApp()\n")
+    with pytest.raises(LoadError, match="name the app to serve"):
+        load(str(two))
+
+
+def test_serve_reports_a_bad_target_in_one_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "tomaat", "serve", "examples/threshold.py:Nope"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "defines no 'Nope'" in result.stderr and "Traceback" not in result.stderr
