@@ -50,16 +50,21 @@ def phantom() -> sitk.Image:
     return make_phantom()
 
 
-def image_bytes(image: sitk.Image, suffix: str) -> bytes:
+def written_bytes(write, suffix: str) -> bytes:
+    """The bytes SimpleITK writes for write(path), made outside the server's temp folder."""
     folder = tempfile.mkdtemp(prefix="fixture-", dir=os.environ.get("TMPDIR", "/tmp"))
-    path = os.path.join(folder, "image" + suffix)
+    path = os.path.join(folder, "file" + suffix)
     try:
-        sitk.WriteImage(image, path)
+        write(path)
         with open(path, "rb") as handle:
             return handle.read()
     finally:
         os.remove(path)
         os.rmdir(folder)
+
+
+def image_bytes(image: sitk.Image, suffix: str) -> bytes:
+    return written_bytes(lambda path: sitk.WriteImage(image, path), suffix)
 
 
 def v1_base64(image: sitk.Image) -> str:

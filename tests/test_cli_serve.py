@@ -141,3 +141,23 @@ def test_serve_reports_a_bad_target_in_one_line():
     )
     assert result.returncode != 0
     assert "defines no 'Nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_invalid_interface_stops_the_start_with_a_clear_error(tmp_path):
+    bad = tmp_path / "bad_app.py"
+    bad.write_text(
+        "from tomaat import TomaatApp, Volume, Slider\n"
+        "class Bad(TomaatApp):\n"
+        "    input_interface = [Volume('images'), Slider('t', 5, 1)]\n"
+        "app = Bad()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "tomaat", "serve", str(bad), "--no-tls"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "slider 't': minimum 5 is greater than maximum 1" in result.stderr
+    assert "Traceback" not in result.stderr

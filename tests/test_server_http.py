@@ -80,6 +80,11 @@ async def test_metadata_routes_and_cors(serve):
     health = await call("GET", service.url + "/health")
     assert health.json()["status"] == "ok" and health.json()["in_flight"] == 0
     assert (await call("GET", service.url + "/announcePoint")).json() == {"announced_at": ""}
+    await call("POST", service.url + "/predict", data={"threshold": "1"})  # a 400, counted
+    metrics = (await call("GET", service.url + "/metrics")).text
+    assert 'tomaat_predictions_total{status="400"} 1.0' in metrics
+    assert 'tomaat_stage_seconds_count{stage="parse"} 1.0' in metrics
+    assert "tomaat_in_flight_requests 0.0" in metrics
     for response in (
         health,
         await call("GET", service.url + "/nowhere"),

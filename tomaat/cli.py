@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .protocol.elements import InterfaceError
 from .server.loader import LoadError, load
 from .server.service import DEFAULTS, TomaatService
 
@@ -35,7 +36,7 @@ def serve(target, port, interface, no_tls, cert, key, threads, state_dir, delaye
         raise click.UsageError("--cert and --key go together")
     try:
         found = load(target)
-    except LoadError as error:
+    except (LoadError, InterfaceError) as error:
         raise click.ClickException(str(error)) from None
     options = {
         "port": port,

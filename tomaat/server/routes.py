@@ -50,6 +50,11 @@ class PredictionRoutes:
     def health(self, request):
         return _json(request, self.service.health())
 
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request):
+        request.setHeader(b"Content-Type", self.service.metrics.content_type.encode("ascii"))
+        return self.service.metrics.render()
+
     @app.route("/announcePoint", methods=["GET"])
     def announce_point(self, request):
         return _json(request, {"announced_at": self.service.announced_at})

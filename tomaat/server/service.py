@@ -17,6 +17,7 @@ from .. import tls, web
 from ..protocol import elements
 from .app import TomaatApp
 from .delayed import DelayedResults
+from .metrics import Metrics
 from .pipeline import Pipeline
 from .routes import PredictionRoutes
 from .worker import Worker
@@ -64,6 +65,8 @@ class TomaatService:
         self.pool = ThreadPool(minthreads=0, maxthreads=int(self.config["threads"]), name="tomaat-worker")
         self.pipeline = Pipeline(self.app, self.input_interface, self.output_interface)
         self.worker = Worker(reactor, self.pool, self.pipeline)
+        self.metrics = Metrics(self.worker)
+        self.worker.observers.append(self.metrics.observe)
         self.delayed = DelayedResults(reactor, float(self.config["response_ttl"]))
         self.announced_at = ""
         self.fingerprint = None

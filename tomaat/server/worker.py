@@ -31,6 +31,7 @@ class Worker:
         self._lock = threading.Lock()
         self.queued = 0
         self.in_flight = 0
+        self.observers = []  # called with (status, timings) after each request, on the worker thread
 
     def _count(self, queued: int, in_flight: int) -> None:
         with self._lock:
@@ -54,6 +55,8 @@ class Worker:
             encoded = to_json(payload)
         total = timings.get("receive", 0.0) + time.perf_counter() - start
         log.info("%s %d %.1fms %s", label, status, total * 1000, timings.summary())
+        for observe in self.observers:
+            observe(status, timings)
         return status, encoded
 
     def submit(self, body, content_type: str | None, timings: Timings, label: str):

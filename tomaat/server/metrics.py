@@ -1,0 +1,33 @@
+"""Prometheus metrics for one service, in a registry of its own so services in one process stay apart."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, worker):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "tomaat_predictions", "Prediction requests by HTTP status", ["status"], registry=self.registry
+        )
+        self.stages = Histogram(
+            "tomaat_stage_seconds", "Time per request stage", ["stage"], buckets=BUCKETS, registry=self.registry
+        )
+        queued = Gauge("tomaat_queued_requests", "Requests waiting for a worker thread", registry=self.registry)
+        queued.set_function(lambda: worker.queued)
+        running = Gauge("tomaat_in_flight_requests", "Requests being processed", registry=self.registry)
+        running.set_function(lambda: worker.in_flight)
+
+    def observe(self, status: int, timings: dict) -> None:
+        self.requests.labels(str(status)).inc()
+        for stage, seconds in timings.items():
+            self.stages.labels(stage).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
