@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import socket
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import pytest_twisted
 import SimpleITK as sitk
 from clients import call, slicer_post
 from conftest import assert_same_grid, image_bytes, v1_base64
+from twisted.internet.threads import deferToThread
 
 from examples.threshold import ThresholdApp
 from tomaat.protocol.outputs import decode_item
@@ -155,3 +157,30 @@ async def test_malformed_multipart_body(serve):
     )
     assert response.status_code == 400
     assert "multipart" in response.json()[0]["content"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_over_the_limit_is_refused_before_it_is_read(serve, phantom):
+    service = await serve(ThresholdApp(), max_body_bytes=4096)
+    assert (await call("GET", service.url + "/info")).json()["max_upload_bytes"] == 4096
+
+    def claim_a_huge_body():
+        with socket.create_connection(("127.0.0.1", service.port.getHost().port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000000000\r\n\r\n"
+            )
+            return sock.recv(65536)
+
+    answer = await deferToThread(claim_a_huge_body)
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"larger than this server accepts (4096 bytes)" in answer
+    assert (
+        await slicer_post(service.url + "/predict", {"images": v1_base64(phantom), "threshold": "250"})
+    ).status_code == 413
+    small = sitk.Image(4, 4, 4, sitk.sitkUInt8)
+    response = await call(
+        "POST",
+        service.url + "/predict",
+        files={"images": ("a.nii.gz", image_bytes(small, ".nii.gz")), "threshold": (None, "1")},
+    )
+    assert response.status_code == 200

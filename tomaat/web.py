@@ -7,9 +7,12 @@ timed, and every answer, 404s included, carries the CORS headers.
 
 from __future__ import annotations
 
+import json
 import time
 
 from twisted.web import resource, server
+
+from .protocol.errors import error_items
 
 CORS_HEADERS = {
     b"Access-Control-Allow-Origin": b"*",
@@ -20,15 +23,40 @@ CORS_HEADERS = {
 
 
 class TimedRequest(server.Request):
+    """Times the body's arrival and refuses a body over the site's limit before reading it."""
+
     def __init__(self, *args, **kwargs):
         kwargs["parsePOSTFormSubmission"] = False
         super().__init__(*args, **kwargs)
         self.headers_at = time.perf_counter()
         self.received_at = None
+        self._body_bytes = 0
+        self._refused = False
 
     def gotLength(self, length):
         self.headers_at = time.perf_counter()
         super().gotLength(length)
+        if length is not None and length > self.channel.site.max_body_bytes:
+            self._refuse_too_large()
+
+    def handleContentChunk(self, data):
+        if self._refused:
+            return
+        self._body_bytes += len(data)
+        if self._body_bytes > self.channel.site.max_body_bytes:  # chunked uploads have no length up front
+            self._refuse_too_large()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse_too_large(self):
+        self._refused = True
+        limit = self.channel.site.max_body_bytes
+        body = json.dumps(error_items(f"the request body is larger than this server accepts ({limit} bytes)"))
+        head = [b"HTTP/1.1 413 Request Entity Too Large", b"Content-Type: application/json", b"Connection: close"]
+        head += [name + b": " + value for name, value in CORS_HEADERS.items()]
+        head.append(b"Content-Length: %d" % len(body))
+        self.channel.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body.encode("utf-8"))
+        self.channel.loseConnection()
 
     def requestReceived(self, command, path, version):
         self.received_at = time.perf_counter()
@@ -55,13 +83,17 @@ class QuietSite(server.Site):
     """Our services log one line per request themselves, with timings; Twisted's access log is off."""
 
     requestFactory = TimedRequest
+    max_body_bytes = 2 * 1024**3
 
     def log(self, request):
         pass
 
 
-def make_site(klein_resource) -> server.Site:
-    return QuietSite(CorsResource(klein_resource))
+def make_site(klein_resource, max_body_bytes: int | None = None) -> server.Site:
+    site = QuietSite(CorsResource(klein_resource))
+    if max_body_bytes is not None:
+        site.max_body_bytes = max_body_bytes
+    return site
 
 
 def log_to_stdlib() -> None:

@@ -117,7 +117,7 @@ class TomaatService:
         """Start the pool and the port (port 0 picks a free one); returns the listening port."""
         endpoint = self._endpoint()
         self.pool.start()
-        site = web.make_site(PredictionRoutes(self).app.resource())
+        site = web.make_site(PredictionRoutes(self).app.resource(), int(self.config["max_body_bytes"]))
         try:
             self.port = await endpoint.listen(site)
         except Exception:
