@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tomaat.protocol.outputs import decode_item  # noqa: E402
-from tomaat.protocol.volumes import write_image  # noqa: E402
+from tomaat.protocol.volumes import sniff_format, write_image  # noqa: E402
 
 
 def phantom() -> sitk.Image:
@@ -39,6 +39,16 @@ def phantom() -> sitk.Image:
     image.SetOrigin((-25.0, 12.5, -40.0))
     image.SetDirection((0, -1, 0, 1, 0, 0, 0, 0, 1))
     return image
+
+
+def volume_bytes(path: str | None, image: sitk.Image) -> bytes:
+    """The file as it is when the server reads its format (no re-encoding), else the image as MHA."""
+    if path:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        if sniff_format(raw):
+            return raw
+    return write_image(image, "mha", compress=False)
 
 
 def free_port() -> int:
@@ -74,8 +84,7 @@ async def run(reactor, args) -> None:
     server = subprocess.Popen(command, cwd=ROOT)
     try:
         await wait_until_up(reactor, url, server)
-        upload = io.BytesIO(write_image(image, "mha", compress=False))
-        files = {"images": ("volume.mha", "application/octet-stream", upload)}
+        files = {"images": ("volume", "application/octet-stream", io.BytesIO(volume_bytes(args.image, image)))}
         print(f"sending a {'x'.join(map(str, image.GetSize()))} volume with threshold {threshold:g} to {url}/predict")
         response = await treq.post(url + "/predict", data={"threshold": f"{threshold:g}"}, files=files)
         items = await response.json()

@@ -10,8 +10,11 @@ fi
 stamp=.venv/.tomaat-installed
 want=$(cat setup.py | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-    .venv/bin/python -m pip install --quiet -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+    echo "installing tomaat and its dependencies into .venv (log: .venv/install.log)"
+    if ! .venv/bin/python -m pip install -e '.[test]' > .venv/install.log 2>&1; then
+        tail -n 30 .venv/install.log
+        exit 1
+    fi
     .venv/bin/python -c "import tomaat, SimpleITK, klein, treq" # fail loudly if the install did not take
     echo "$want" > "$stamp"
 fi
