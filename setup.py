@@ -18,6 +18,8 @@ setup(
         "pyOpenSSL>=24.0",
         "cryptography>=42",
         "click>=8.1",
+        "prometheus-client>=0.20",
+        "psycopg[binary]>=3.1",  # the registry's PostgreSQL store (a wheel: nothing to compile)
     ],
     extras_require={
         "test": [
@@ -28,5 +30,5 @@ setup(
             "ruff>=0.5",
         ],
     },
-    entry_points={"console_scripts": ["tomaat=tomaat.cli:main"]},
+    entry_points={"console_scripts": ["tomaat=tomaat.cli:main", "tomaat-registry=tomaat.registry.cli:main"]},
 )

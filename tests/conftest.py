@@ -96,3 +96,16 @@ def serve():
     yield start
     for service in services:
         pytest_twisted.blockon(ensureDeferred(service.stop()))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say how many PostgreSQL store tests ran, so a CI log shows they were not all skipped."""
+    counts = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if "postgresql" in getattr(report, "nodeid", "") and report.when in ("call", "setup"):
+                if outcome == "skipped" or report.when == "call":
+                    counts[outcome] = counts.get(outcome, 0) + 1
+    if counts:
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+        terminalreporter.write_line(f"PostgreSQL store tests: {summary}")

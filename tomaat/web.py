@@ -50,8 +50,7 @@ class TimedRequest(server.Request):
 
     def _refuse_too_large(self):
         self._refused = True
-        limit = self.channel.site.max_body_bytes
-        body = json.dumps(error_items(f"the request body is larger than this server accepts ({limit} bytes)"))
+        body = json.dumps(self.channel.site.too_large(self.channel.site.max_body_bytes))
         head = [b"HTTP/1.1 413 Request Entity Too Large", b"Content-Type: application/json", b"Connection: close"]
         head += [name + b": " + value for name, value in CORS_HEADERS.items()]
         head.append(b"Content-Length: %d" % len(body))
@@ -85,14 +84,21 @@ class QuietSite(server.Site):
     requestFactory = TimedRequest
     max_body_bytes = 2 * 1024**3
 
+    @staticmethod
+    def too_large(limit: int):
+        """The JSON answer to an oversized body; each service answers in its own protocol's shape."""
+        return error_items(f"the request body is larger than this server accepts ({limit} bytes)")
+
     def log(self, request):
         pass
 
 
-def make_site(klein_resource, max_body_bytes: int | None = None) -> server.Site:
+def make_site(klein_resource, max_body_bytes: int | None = None, too_large=None) -> server.Site:
     site = QuietSite(CorsResource(klein_resource))
     if max_body_bytes is not None:
         site.max_body_bytes = max_body_bytes
+    if too_large is not None:
+        site.too_large = too_large
     return site
 
 

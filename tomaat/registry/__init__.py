@@ -1,0 +1,9 @@
+"""The announcement registry: servers announce themselves with an API key, clients discover them.
+
+Shares only tomaat.web, tomaat.tls and the protocol with the server and the
+client, so it can be deployed on its own.
+"""
+
+from .service import RegistryService
+
+__all__ = ["RegistryService"]

@@ -1,0 +1,164 @@
+"""The registry's HTTP routes (PROTOCOL.md, "Announcement registry").
+
+Answers keep the v1 shape `{"status": N, "error": "..."}`, N counting the
+problems, and carry a real HTTP status beside it for v2 callers. Nothing here
+touches the database directly: the store runs in its own threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from klein import Klein
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from . import store
+from .announcement import ANNOUNCED, check_announcement, check_withdrawal, read_object
+from .html import render_page, sort_services
+from .keys import hash_key
+
+log = logging.getLogger("tomaat.registry")
+
+FILTERS = ("modality", "anatomy", "task")
+ENDPOINTS = "POST /announce, POST /withdraw, GET /discover, GET /health and GET /"
+
+
+def _json(request, value, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(value).encode("utf-8")
+
+
+def _answer(request, problems: list[str], status: int, **extra) -> bytes:
+    return _json(request, {"status": len(problems), "error": "; ".join(problems), **extra}, status)
+
+
+def _client(request) -> str:
+    peer = request.getClientAddress()
+    return getattr(peer, "host", "?")
+
+
+def _public(service: dict) -> dict:
+    """A /discover entry: the v1 fields, api_key always empty."""
+    entry = {"api_key": ""}
+    entry.update({name: service[name] for name in ANNOUNCED})
+    entry.update(SID=service["sid"], creation_time=service["announced"])
+    return entry
+
+
+class RegistryRoutes:
+    app = Klein()
+
+    def __init__(self, service):
+        self.service = service
+
+    # ---- helpers --------------------------------------------------------------------------------
+
+    def _body(self, request):
+        """The JSON object sent, or (status, message) saying why there is none."""
+        limit = self.service.max_body_bytes  # larger bodies were refused with a 413 as they arrived (web.py)
+        if request.content is None:
+            return None, (400, "the body is empty; expected a JSON object")
+        request.content.seek(0)
+        try:
+            return read_object(request.content.read(limit + 1)), None
+        except ValueError as error:
+            return None, (400, str(error))
+
+    def _store_down(self, request, what: str, error: Exception) -> bytes:
+        log.error("the store failed during %s: %s: %s", what, type(error).__name__, error)
+        request.setHeader(b"Retry-After", b"30")
+        return _answer(request, ["the registry's database is unavailable; try again later"], 503)
+
+    # ---- routes ---------------------------------------------------------------------------------
+
+    @app.route("/announce", methods=["POST"])
+    async def announce(self, request):
+        data, refused = self._body(request)
+        if refused:
+            return _answer(request, [refused[1]], refused[0])
+        checked = check_announcement(data)
+        if checked.problems:
+            log.info("announcement from %s refused: %s", _client(request), "; ".join(checked.problems))
+            return _answer(request, checked.problems, 400)
+        url = checked.fields["prediction_url"]
+        try:
+            sid = await self.service.store.run(
+                store.announce, hash_key(checked.api_key), checked.fields, self.service.now()
+            )
+        except Exception as error:
+            return self._store_down(request, "an announcement", error)
+        if sid is None:
+            log.warning("announcement of %s from %s refused: unknown or revoked API key", url, _client(request))
+            message = "unknown or revoked api_key; ask the registry's operator for a valid key"
+            return _answer(request, [message], 401)
+        log.info("announced: SID %s, %s (%s)", sid, url, checked.fields["name"])
+        return _answer(request, [], 200, SID=sid, expires_in=self.service.expiry)
+
+    @app.route("/withdraw", methods=["POST"])
+    async def withdraw(self, request):
+        data, refused = self._body(request)
+        if refused:
+            return _answer(request, [refused[1]], refused[0])
+        checked = check_withdrawal(data)
+        if checked.problems:
+            return _answer(request, checked.problems, 400)
+        url = checked.fields["prediction_url"]
+        try:
+            removed = await self.service.store.run(store.withdraw, hash_key(checked.api_key), url, self.service.now())
+        except Exception as error:
+            return self._store_down(request, "a withdrawal", error)
+        if removed is None:
+            log.warning("withdrawal of %s from %s refused: unknown or revoked API key", url, _client(request))
+            return _answer(request, ["unknown or revoked api_key; ask the registry's operator for a valid key"], 401)
+        if not removed:
+            return _answer(request, [f"this key has no announcement of {url!r} (it may have expired)"], 404)
+        log.info("withdrawn: %s", url)
+        return _answer(request, [], 200)
+
+    async def _live(self) -> list[dict]:
+        return await self.service.store.run(store.live_services, self.service.now() - self.service.expiry)
+
+    @app.route("/discover", methods=["GET"])
+    async def discover(self, request):
+        wanted = {}
+        for name in FILTERS:
+            values = request.args.get(name.encode())
+            if values and values[0].strip():
+                wanted[name] = values[0].decode("utf-8", "replace").strip().casefold()
+        try:
+            services = await self._live()
+        except Exception as error:
+            return self._store_down(request, "discover", error)
+        services = [s for s in services if all(s[name].casefold() == value for name, value in wanted.items())]
+        return _json(request, [_public(s) for s in sort_services(services)])
+
+    @app.route("/", methods=["GET"])
+    async def index(self, request):
+        try:
+            services = await self._live()
+        except Exception as error:
+            log.error("the store failed during the front page: %s: %s", type(error).__name__, error)
+            request.setResponseCode(503)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"The registry's database is unavailable; try again later.\n"
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        # announced text is escaped; this keeps a slip from ever running a script
+        request.setHeader(b"Content-Security-Policy", b"default-src 'none'; style-src 'unsafe-inline'")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        return render_page(services, self.service.expiry)
+
+    @app.route("/health", methods=["GET"])
+    async def health(self, request):
+        try:
+            live = await self.service.store.run(store.count_live, self.service.now() - self.service.expiry)
+        except Exception as error:
+            log.error("health check: the store failed: %s: %s", type(error).__name__, error)
+            return _json(request, {"status": "unavailable", "error": "the database does not answer"}, 503)
+        return _json(request, self.service.health(live))
+
+    @app.handle_errors(NotFound, MethodNotAllowed)
+    def no_route(self, request, failure):
+        where = f"{request.method.decode('latin-1')} {request.path.decode('latin-1')[:100]}"
+        return _answer(request, [f"no such endpoint: {where}; the registry serves {ENDPOINTS}"], failure.value.code)

@@ -1,0 +1,147 @@
+"""A running registry: its store, its port, TLS, and the sweep that forgets expired announcements.
+
+Everything is per instance, so tests can run several registries in one
+process, and several processes can serve one PostgreSQL database: no state
+lives here that the database does not hold.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from twisted.internet import endpoints, task
+from twisted.internet.defer import Deferred
+
+from .. import tls, web
+from . import store
+from .routes import RegistryRoutes
+
+log = logging.getLogger("tomaat.registry")
+
+STATE_DIR = os.path.join(os.path.expanduser("~"), ".tomaat", "registry")
+DEFAULTS = {
+    "port": 8001,
+    "interface": "0.0.0.0",
+    "db": os.path.join(STATE_DIR, "registry.sqlite3"),
+    "tls": True,
+    "cert": None,
+    "key": None,
+    "state_dir": STATE_DIR,
+    "expiry": 3600.0,  # seconds an announcement lives without renewal (upstream's value)
+    "max_body_bytes": 64 * 1024,
+}
+
+
+def too_large_answer(limit: int) -> dict:
+    return {"status": 1, "error": f"the body is larger than {limit} bytes; an announcement is a small JSON object"}
+
+
+class RegistryService:
+    """`RegistryService(db=..., port=...)`; `await listen()`, `await stop()`, or `run()` to serve until interrupted."""
+
+    def __init__(self, config=None, *, reactor=None, clock=time.time, **options):
+        self.config = {**DEFAULTS, **(config or {}), **options}
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.now = clock
+        self.expiry = float(self.config["expiry"])
+        if self.expiry <= 0:
+            raise ValueError(f"expiry must be a positive number of seconds, got {self.config['expiry']!r}")
+        self.max_body_bytes = int(self.config["max_body_bytes"])
+        self.database = store.Database(self.config["db"])
+        self.store = None
+        self.fingerprint = None
+        self.port = None
+        self._sweep = None
+
+    def health(self, live: int) -> dict:
+        from .. import __version__
+
+        return {
+            "status": "ok",
+            "services": live,
+            "store": self.database.kind,
+            "expiry": self.expiry,
+            "version": __version__,
+        }
+
+    def _endpoint(self):
+        port, interface = int(self.config["port"]), self.config["interface"]
+        if not self.config["tls"]:
+            return endpoints.TCP4ServerEndpoint(self.reactor, port, interface=interface)
+        cert, key = self.config["cert"], self.config["key"]
+        if not (cert and key):
+            cert, key = tls.ensure_certificate(self.config["state_dir"])
+        self.fingerprint = tls.file_fingerprint(cert)
+        return endpoints.SSL4ServerEndpoint(self.reactor, port, tls.server_options(cert, key), interface=interface)
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.config["tls"] else "http"
+        interface = self.config["interface"]
+        host = "127.0.0.1" if interface in ("0.0.0.0", "") else interface
+        return f"{scheme}://{host}:{self.port.getHost().port}"
+
+    async def _purge(self):
+        try:
+            removed = await self.store.run(store.purge, self.now() - self.expiry)
+        except Exception as error:
+            log.warning("could not purge expired announcements: %s: %s", type(error).__name__, error)
+            return
+        if removed:
+            log.info("forgot %d expired announcement(s)", removed)
+
+    async def listen(self):
+        """Open the store (creating its tables on first start) and the port (0 picks a free one)."""
+        endpoint = self._endpoint()
+        self.store = store.AsyncStore(self.config["db"], self.reactor)
+        try:
+            try:
+                await self.store.run(store.create_schema)
+            except Exception as error:
+                raise RuntimeError(f"cannot use the database ({self.database.describe()}): {error}") from error
+            site = web.make_site(RegistryRoutes(self).app.resource(), self.max_body_bytes, too_large_answer)
+            self.port = await endpoint.listen(site)
+        except Exception:
+            self.store.close()
+            self.store = None
+            raise
+        self._sweep = task.LoopingCall(lambda: Deferred.fromCoroutine(self._purge()))
+        self._sweep.clock = self.reactor
+        self._sweep.start(min(self.expiry, 600.0), now=False)
+        return self.port
+
+    async def stop(self):
+        if self._sweep is not None and self._sweep.running:
+            self._sweep.stop()
+        if self.port is not None:
+            await self.port.stopListening()
+            self.port = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def run(self) -> None:
+        """Serve until interrupted."""
+        web.log_to_stdlib()
+
+        def started(port):
+            log.info("registry serving on %s (store: %s, expiry %g s)", self.url, self.database.describe(), self.expiry)
+            if self.fingerprint:
+                log.info("TLS certificate fingerprint (SHA-256): %s", self.fingerprint)
+            self.reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(self.stop()))
+
+        def failed(failure):
+            log.error("could not start: %s", failure.getErrorMessage())
+            self.exit_code = 1
+            self.reactor.stop()
+
+        self.exit_code = 0
+        self.reactor.callWhenRunning(lambda: Deferred.fromCoroutine(self.listen()).addCallbacks(started, failed))
+        self.reactor.run()
+        if self.exit_code:
+            sys.exit(self.exit_code)

@@ -1,0 +1,305 @@
+"""The registry's tables, in SQLite (one file, one process) or PostgreSQL (several processes, one registry).
+
+Every operation is a function of one transaction, so it runs the same way in
+the daemon (twisted.enterprise.adbapi's threads: no database call on the
+reactor) and in the operator's command line (a direct connection), and a
+failure anywhere inside it leaves no half-written row. The SQL is the subset
+both databases speak (upserts with ON CONFLICT, CHECK constraints); the few
+differences live in Database.
+
+Stored: a SHA-256 of each key, the key's owner and times, and the announced
+fields, which are public anyway. Never a key, never an image.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+from .announcement import LIMITS, OWNER_LIMIT
+from .keys import new_key_id, same_hash, service_id
+
+SCHEMA_VERSION = 1
+_SCHEMA_LOCK = 7_243_101  # PostgreSQL advisory lock id: serialises schema creation across registry processes
+_SERVICE_COLUMNS = ("sid", "key_id", *LIMITS, "announced")
+
+
+def _schema() -> list[str]:
+    def text(name: str, limit: int) -> str:
+        return f"{name} TEXT NOT NULL CHECK (length({name}) <= {limit})"
+
+    service_fields = ",\n    ".join(text(name, limit) for name, limit in LIMITS.items())
+    return [
+        "CREATE TABLE IF NOT EXISTS registry_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS registry_keys (
+    id TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE CHECK (length(key_hash) = 64),
+    {text("owner", OWNER_LIMIT)},
+    created DOUBLE PRECISION NOT NULL,
+    last_used DOUBLE PRECISION,
+    revoked DOUBLE PRECISION
+)""",
+        f"""CREATE TABLE IF NOT EXISTS registry_services (
+    sid TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL REFERENCES registry_keys (id),
+    {service_fields},
+    announced DOUBLE PRECISION NOT NULL,
+    UNIQUE (key_id, prediction_url)
+)""",
+        "CREATE INDEX IF NOT EXISTS registry_services_announced ON registry_services (announced)",
+    ]
+
+
+class Database:
+    """Where the registry lives: a file path (SQLite) or a postgresql:// URL, and how its SQL differs."""
+
+    def __init__(self, target: str):
+        target = str(target)
+        scheme = target.split("://", 1)[0].lower() if "://" in target else ""
+        if scheme in ("postgresql", "postgres"):
+            self.kind, self.url, self.path = "postgresql", target, None
+        elif scheme in ("", "sqlite"):
+            path = urlsplit(target).path if scheme else target
+            if not path or path == ":memory:":
+                raise ValueError(f"{target!r} names no database file; expected a file path for SQLite")
+            self.kind, self.url, self.path = "sqlite", None, os.path.abspath(os.path.expanduser(path))
+        else:
+            raise ValueError(
+                f"unsupported database {scheme}://...; expected a file path (SQLite) "
+                "or postgresql://user:password@host:port/database"
+            )
+
+    @property
+    def postgresql(self) -> bool:
+        return self.kind == "postgresql"
+
+    def describe(self) -> str:
+        """For logs and messages: the URL without its password."""
+        if not self.postgresql:
+            return f"SQLite {self.path}"
+        parts = urlsplit(self.url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            user, host = netloc.rsplit("@", 1)
+            netloc = f"{user.split(':', 1)[0]}:***@{host}"
+        return "PostgreSQL " + urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+    def _connect_args(self) -> tuple[str, tuple, dict]:
+        if self.postgresql:
+            return "psycopg", (self.url,), {"connect_timeout": 10, "application_name": "tomaat-registry"}
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        # isolation_level=None: transactions are begun explicitly (Tx.begin), so reads and writes share one
+        return "sqlite3", (self.path,), {"timeout": 30, "isolation_level": None, "check_same_thread": False}
+
+    def _prepare(self, connection) -> None:
+        if not self.postgresql:
+            connection.execute("PRAGMA foreign_keys = ON")
+
+    def connect(self):
+        import importlib
+
+        module, args, kwargs = self._connect_args()
+        connection = importlib.import_module(module).connect(*args, **kwargs)
+        self._prepare(connection)
+        return connection
+
+    def pool(self, reactor):
+        from twisted.enterprise import adbapi
+
+        module, args, kwargs = self._connect_args()
+        # SQLite allows one writer at a time: one connection avoids "database is locked" between our own threads.
+        size = {"cp_min": 1, "cp_max": 4} if self.postgresql else {"cp_min": 1, "cp_max": 1}
+        return adbapi.ConnectionPool(
+            module, *args, cp_reactor=reactor, cp_reconnect=True, cp_openfun=self._prepare, **size, **kwargs
+        )
+
+
+class Tx:
+    """One transaction's cursor, speaking `?` placeholders whatever the database."""
+
+    def __init__(self, database: Database, cursor):
+        self.database = database
+        self.cursor = cursor
+
+    def begin(self, write: bool = False) -> None:
+        # psycopg opens a transaction by itself; SQLite needs it asked for, IMMEDIATE taking the
+        # write lock at once so that a read followed by a write cannot interleave with another writer.
+        if not self.database.postgresql:
+            self.cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def execute(self, sql: str, params: tuple = ()):
+        if self.database.postgresql:
+            sql = sql.replace("?", "%s")
+        self.cursor.execute(sql, params)
+        return self.cursor
+
+    def one(self, sql: str, params: tuple = ()):
+        return self.execute(sql, params).fetchone()
+
+    def all(self, sql: str, params: tuple = ()) -> list:
+        return self.execute(sql, params).fetchall()
+
+    @property
+    def for_update(self) -> str:
+        return " FOR UPDATE" if self.database.postgresql else ""
+
+
+# ---- the operations: each is one transaction --------------------------------------------------
+
+
+def create_schema(tx: Tx) -> int:
+    """Create what is missing; refuses a database that a newer registry has already changed."""
+    if tx.database.postgresql:
+        tx.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
+    else:
+        tx.begin(write=True)
+    for statement in _schema():
+        tx.execute(statement)
+    tx.execute(
+        "INSERT INTO registry_meta (name, value) VALUES ('schema_version', ?) ON CONFLICT (name) DO NOTHING",
+        (str(SCHEMA_VERSION),),
+    )
+    version = int(tx.one("SELECT value FROM registry_meta WHERE name = 'schema_version'")[0])
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the database has registry schema version {version}, newer than this tomaat's ({SCHEMA_VERSION}): "
+            "upgrade tomaat before serving from it"
+        )
+    return version
+
+
+def add_key(tx: Tx, key_hash: str, owner: str, now: float) -> str:
+    tx.begin(write=True)
+    key_id = new_key_id()
+    tx.execute(
+        "INSERT INTO registry_keys (id, key_hash, owner, created) VALUES (?, ?, ?, ?)", (key_id, key_hash, owner, now)
+    )
+    return key_id
+
+
+def list_keys(tx: Tx) -> list[dict]:
+    tx.begin()
+    rows = tx.all(
+        "SELECT k.id, k.owner, k.created, k.last_used, k.revoked,"
+        " (SELECT COUNT(*) FROM registry_services s WHERE s.key_id = k.id)"
+        " FROM registry_keys k ORDER BY k.created, k.id"
+    )
+    names = ("id", "owner", "created", "last_used", "revoked", "services")
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def _active_key(tx: Tx, key_hash: str) -> str | None:
+    row = tx.one(
+        "SELECT id, key_hash FROM registry_keys WHERE key_hash = ? AND revoked IS NULL" + tx.for_update, (key_hash,)
+    )
+    if row is None or not same_hash(row[1], key_hash):
+        return None
+    return row[0]
+
+
+def revoke_key(tx: Tx, now: float, *, key_id: str | None = None, key_hash: str | None = None) -> dict | None:
+    """Revoke by public id or by the key's hash; its services go in the same transaction."""
+    tx.begin(write=True)
+    column, value = ("key_hash", key_hash) if key_hash else ("id", key_id)
+    row = tx.one(f"SELECT id, key_hash, owner, revoked FROM registry_keys WHERE {column} = ?" + tx.for_update, (value,))
+    if row is None or (key_hash and not same_hash(row[1], key_hash)):
+        return None
+    found_id, _, owner, revoked = row
+    if revoked is None:
+        tx.execute("UPDATE registry_keys SET revoked = ? WHERE id = ?", (now, found_id))
+    removed = tx.execute("DELETE FROM registry_services WHERE key_id = ?", (found_id,)).rowcount
+    return {"id": found_id, "owner": owner, "already_revoked": revoked is not None, "services_removed": removed}
+
+
+def announce(tx: Tx, key_hash: str, fields: dict, now: float) -> str | None:
+    """Insert or refresh the service (key, prediction_url); its SID, or None for an unknown or revoked key."""
+    tx.begin(write=True)
+    key_id = _active_key(tx, key_hash)
+    if key_id is None:
+        return None
+    tx.execute("UPDATE registry_keys SET last_used = ? WHERE id = ?", (now, key_id))
+    sid = service_id(key_id, fields["prediction_url"])
+    updates = ", ".join(f"{name} = excluded.{name}" for name in (*LIMITS, "announced") if name != "prediction_url")
+    tx.execute(
+        f"INSERT INTO registry_services ({', '.join(_SERVICE_COLUMNS)})"
+        f" VALUES ({', '.join('?' for _ in _SERVICE_COLUMNS)})"
+        f" ON CONFLICT (key_id, prediction_url) DO UPDATE SET {updates}",
+        (sid, key_id, *(fields[name] for name in LIMITS), now),
+    )
+    return sid
+
+
+def withdraw(tx: Tx, key_hash: str, prediction_url: str, now: float) -> bool | None:
+    """True when removed, False when this key had no such service, None for an unknown or revoked key."""
+    tx.begin(write=True)
+    key_id = _active_key(tx, key_hash)
+    if key_id is None:
+        return None
+    tx.execute("UPDATE registry_keys SET last_used = ? WHERE id = ?", (now, key_id))
+    removed = tx.execute(
+        "DELETE FROM registry_services WHERE key_id = ? AND prediction_url = ?", (key_id, prediction_url)
+    ).rowcount
+    return removed > 0
+
+
+_LIVE = " FROM registry_services s JOIN registry_keys k ON k.id = s.key_id WHERE k.revoked IS NULL AND s.announced > ?"
+
+
+def live_services(tx: Tx, since: float) -> list[dict]:
+    """Services announced after `since` by keys still valid (revocation hides them even before the delete)."""
+    tx.begin()
+    names = ("sid", *LIMITS, "announced")
+    rows = tx.all(f"SELECT {', '.join('s.' + name for name in names)}" + _LIVE, (since,))
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def count_live(tx: Tx, since: float) -> int:
+    tx.begin()
+    return int(tx.one("SELECT COUNT(*)" + _LIVE, (since,))[0])
+
+
+def purge(tx: Tx, before: float) -> int:
+    """Forget expired announcements; SIDs are derived, so a service that comes back keeps its SID."""
+    tx.begin(write=True)
+    return tx.execute("DELETE FROM registry_services WHERE announced <= ?", (before,)).rowcount
+
+
+# ---- running them -------------------------------------------------------------------------------
+
+
+class SyncStore:
+    """For the operator's command line: a connection per call, no reactor."""
+
+    def __init__(self, target: str):
+        self.database = Database(target)
+
+    @contextmanager
+    def _transaction(self):
+        connection = self.database.connect()
+        try:
+            yield Tx(self.database, connection.cursor())
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+        finally:
+            connection.close()
+
+    def run(self, operation, *args, **kwargs):
+        with self._transaction() as tx:
+            return operation(tx, *args, **kwargs)
+
+
+class AsyncStore:
+    """For the daemon: operations run in adbapi's threads; each call answers a Deferred."""
+
+    def __init__(self, target: str, reactor):
+        self.database = Database(target)
+        self.pool = self.database.pool(reactor)
+
+    def run(self, operation, *args, **kwargs):
+        return self.pool.runInteraction(lambda cursor: operation(Tx(self.database, cursor), *args, **kwargs))
+
+    def close(self) -> None:
+        self.pool.close()
