@@ -30,10 +30,19 @@ def main():
     "--delayed", is_flag=True, help="Answer every prediction with a DelayedResponse (collect via /responses)."
 )
 @click.option("--response-ttl", type=float, default=None, help="Seconds an uncollected delayed result is kept.")
-def serve(target, port, interface, no_tls, cert, key, threads, state_dir, delayed, response_ttl):
+@click.option("--announce", "registry", metavar="REGISTRY_URL", help="Announce this service to a registry.")
+@click.option(
+    "--api-key-file", type=click.File("r"), help="File holding the registry API key (needed with --announce)."
+)
+@click.option("--public-url", help="Base URL clients reach this service at, as announced (default: this host's name).")
+@click.option("--registry-fingerprint", help="Trust an https registry whose certificate has this SHA-256 fingerprint.")
+@click.option("--announce-period", type=float, default=None, help="Seconds between re-announcements (default 1600).")
+def serve(target, port, interface, no_tls, cert, key, threads, state_dir, delayed, response_ttl, **announcing):
     """Serve the app defined in FILE_OR_MODULE (a TomaatApp, a subclass, or a TomaatService)."""
     if bool(cert) != bool(key):
         raise click.UsageError("--cert and --key go together")
+    if bool(announcing["registry"]) != bool(announcing["api_key_file"]):
+        raise click.UsageError("--announce and --api-key-file go together")
     try:
         found = load(target)
     except (LoadError, InterfaceError) as error:
@@ -46,6 +55,11 @@ def serve(target, port, interface, no_tls, cert, key, threads, state_dir, delaye
         "response_ttl": response_ttl,
         "cert": cert,
         "key": key,
+        "announce": announcing["registry"],
+        "api_key": announcing["api_key_file"].read().strip() if announcing["api_key_file"] else None,
+        "host": announcing["public_url"],
+        "registry_fingerprint": announcing["registry_fingerprint"],
+        "announce_period": announcing["announce_period"],
     }
     options = {k: v for k, v in options.items() if v is not None}
     if no_tls:

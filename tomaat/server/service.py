@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 
 from twisted.internet import endpoints
@@ -15,6 +16,7 @@ from twisted.python.threadpool import ThreadPool
 
 from .. import tls, web
 from ..protocol import elements
+from .announcer import Announcer, pin_fingerprint
 from .app import TomaatApp
 from .delayed import DelayedResults
 from .metrics import Metrics
@@ -29,9 +31,11 @@ METADATA = ("name", "modality", "anatomy", "task", "description", "version")
 DEFAULTS = {
     "port": 9000,
     "interface": "0.0.0.0",  # where to listen
-    "host": "",  # the public base URL announced to registries (issue-3 naming, upstream key)
-    "announce": False,
+    "host": "",  # the public base URL announced to registries (upstream's key); default: this machine's name
+    "announce": "",  # the registry's URL; empty: not announced
     "api_key": "",
+    "announce_period": 1600.0,  # well inside the registry's default expiry of 3600 s
+    "registry_fingerprint": None,  # pin an https registry's self-signed certificate (v1 fingerprint format)
     "threads": 8,
     "tls": True,
     "cert": None,
@@ -68,9 +72,17 @@ class TomaatService:
         self.metrics = Metrics(self.worker)
         self.worker.observers.append(self.metrics.observe)
         self.delayed = DelayedResults(reactor, float(self.config["response_ttl"]))
-        self.announced_at = ""
+        self.announcer = None
         self.fingerprint = None
         self.port = None
+        if self.config["announce"] is True:
+            raise ValueError("'announce' needs the registry's URL (e.g. https://registry:8001), not True")
+        if self.config["announce"] and not str(self.config["api_key"]).strip():
+            raise ValueError("announcing needs an api_key from the registry's operator")
+
+    @property
+    def announced_at(self) -> str:
+        return self.announcer.announced_at if self.announcer else ""
 
     @property
     def delayed_responses(self) -> bool:
@@ -113,6 +125,31 @@ class TomaatService:
         host = "127.0.0.1" if interface in ("0.0.0.0", "") else interface
         return f"{scheme}://{host}:{self.port.getHost().port}"
 
+    @property
+    def public_url(self) -> str:
+        """Where clients reach this service: configured, never guessed from an outside service."""
+        if self.config["host"]:
+            return str(self.config["host"]).rstrip("/")
+        scheme = "https" if self.config["tls"] else "http"
+        return f"{scheme}://{socket.getfqdn()}:{self.port.getHost().port}"
+
+    def _start_announcing(self) -> None:
+        public = self.public_url
+        if not self.config["host"]:
+            log.info("announcing as %s (set the public URL to change it)", public)
+        payload = {key: str(self.config.get(key, "")) for key in ("name", "modality", "anatomy", "task", "description")}
+        payload.update(prediction_url=public + "/predict", interface_url=public + "/interface")
+        pin = self.config["registry_fingerprint"]
+        self.announcer = Announcer(
+            self.reactor,
+            str(self.config["announce"]),
+            str(self.config["api_key"]),
+            payload,
+            period=float(self.config["announce_period"]),
+            tls=pin_fingerprint(pin) if pin else None,
+        )
+        self.announcer.start()
+
     async def listen(self):
         """Start the pool and the port (port 0 picks a free one); returns the listening port."""
         endpoint = self._endpoint()
@@ -123,9 +160,14 @@ class TomaatService:
         except Exception:
             self.pool.stop()
             raise
+        if self.config["announce"]:
+            self._start_announcing()
         return self.port
 
     async def stop(self):
+        if self.announcer is not None:
+            await self.announcer.stop()  # withdraw while still serving, never raises
+            self.announcer = None
         if self.port is not None:
             await self.port.stopListening()
             self.port = None
