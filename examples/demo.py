@@ -1,4 +1,4 @@
-"""Local demo: serve examples/threshold.py, send it a volume, save the label map it returns.
+"""Local demo: a registry, the threshold example announced to it, discovery, a prediction, the saved labels.
 
     python examples/demo.py [IMAGE] [--threshold T] [--out DIR]
 
@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -57,11 +58,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def wait_until_up(reactor, url: str, server: subprocess.Popen, timeout: float = 30.0) -> None:
+async def wait_until_up(reactor, url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit("the example server exited before it was ready")
+        if process.poll() is not None:
+            raise SystemExit(f"the process meant to serve {url} exited before it was ready")
         try:
             response = await treq.get(url + "/health")
             if response.code == 200:
@@ -69,42 +70,132 @@ async def wait_until_up(reactor, url: str, server: subprocess.Popen, timeout: fl
         except ConnectionRefusedError:
             pass  # not listening yet
         await task.deferLater(reactor, 0.1, lambda: None)
-    raise SystemExit(f"the example server did not answer at {url} within {timeout}s")
+    raise SystemExit(f"nothing answered at {url} within {timeout}s")
+
+
+def start(command: list[str], log_path: str) -> subprocess.Popen:
+    print("  $", " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(command)))
+    log = open(log_path, "w")
+    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()  # SIGTERM: the server withdraws its announcement on the way out
+        process.wait(timeout=30)
+
+
+async def wait_until_listed(reactor, registry_url: str, server: subprocess.Popen, timeout: float = 30.0) -> list:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit("the example server exited before announcing itself")
+        services = await (await treq.get(registry_url + "/discover")).json()
+        if services:
+            return services
+        await task.deferLater(reactor, 0.1, lambda: None)
+    raise SystemExit(f"the example server did not appear in {registry_url}/discover within {timeout}s")
 
 
 async def run(reactor, args) -> None:
     image = sitk.ReadImage(args.image) if args.image else phantom()
     array = sitk.GetArrayViewFromImage(image)
     threshold = args.threshold if args.threshold is not None else float(array.min() + array.max()) / 2
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "tomaat", "serve", "examples/threshold.py", "--port", str(port), "--no-tls"]
-    command += ["--host", "127.0.0.1"]
-    print("starting:", " ".join(command[1:]))
-    server = subprocess.Popen(command, cwd=ROOT)
-    try:
-        await wait_until_up(reactor, url, server)
-        files = {"images": ("volume", "application/octet-stream", io.BytesIO(volume_bytes(args.image, image)))}
-        print(f"sending a {'x'.join(map(str, image.GetSize()))} volume with threshold {threshold:g} to {url}/predict")
-        response = await treq.post(url + "/predict", data={"threshold": f"{threshold:g}"}, files=files)
-        items = await response.json()
-        if response.code != 200:
-            raise SystemExit(f"the server answered {response.code}: {items[0]['content']}")
-        labels = decode_item(items[0])
-        os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, "labels.nii.gz")
-        sitk.WriteImage(labels, path)
-        same_grid = (
-            labels.GetSize() == image.GetSize()
-            and np.allclose(labels.GetSpacing(), image.GetSpacing())
-            and np.allclose(labels.GetOrigin(), image.GetOrigin())
-            and np.allclose(labels.GetDirection(), image.GetDirection())
-        )
-        print(f"{items[1]['label']}: {items[1]['content']}")
-        print(f"label volume written to {path} (on the input's grid: {'yes' if same_grid else 'NO'})")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    registry_cli = os.path.join(os.path.dirname(sys.executable), "tomaat-registry")
+    processes = []
+    with tempfile.TemporaryDirectory(prefix="tomaat-demo-") as state:
+        try:
+            print("1. an announcement registry on SQLite, and an API key for the example server")
+            db = os.path.join(state, "registry.sqlite3")
+            made = subprocess.run(
+                [registry_cli, "keys", "create", "--owner", "demo", "--db", db],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            key_file = os.path.join(state, "api-key")
+            with open(key_file, "w") as handle:
+                handle.write(made.stdout.strip())
+            registry_url, server_url = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+            command = [
+                registry_cli,
+                "serve",
+                "--port",
+                registry_url.rsplit(":", 1)[1],
+                "--host",
+                "127.0.0.1",
+                "--db",
+                db,
+                "--no-tls",
+            ]
+            processes.append(start(command, os.path.join(state, "registry.log")))
+            await wait_until_up(reactor, registry_url, processes[-1])
+
+            print("2. the threshold example, served and announced to the registry")
+            command = [
+                sys.executable,
+                "-m",
+                "tomaat",
+                "serve",
+                "examples/threshold.py",
+                "--port",
+                server_url.rsplit(":", 1)[1],
+            ]
+            command += [
+                "--host",
+                "127.0.0.1",
+                "--no-tls",
+                "--announce",
+                registry_url,
+                "--api-key-file",
+                key_file,
+                "--public-url",
+                server_url,
+            ]
+            processes.append(start(command, os.path.join(state, "server.log")))
+            await wait_until_up(reactor, server_url, processes[-1])
+
+            print(f"3. discovering services at {registry_url}/discover")
+            services = await wait_until_listed(reactor, registry_url, processes[-1])
+            for service in services:
+                print(
+                    f"   {service['modality']} / {service['anatomy']} / {service['task']}: {service['name']} at {service['prediction_url']} (SID {service['SID']})"
+                )
+            predict_url = services[0]["prediction_url"]
+
+            files = {"images": ("volume", "application/octet-stream", io.BytesIO(volume_bytes(args.image, image)))}
+            print(
+                f"4. sending a {'x'.join(map(str, image.GetSize()))} volume with threshold {threshold:g} to {predict_url}"
+            )
+            response = await treq.post(predict_url, data={"threshold": f"{threshold:g}"}, files=files)
+            items = await response.json()
+            if response.code != 200:
+                raise SystemExit(f"the server answered {response.code}: {items[0]['content']}")
+            labels = decode_item(items[0])
+            os.makedirs(args.out, exist_ok=True)
+            path = os.path.join(args.out, "labels.nii.gz")
+            sitk.WriteImage(labels, path)
+            same_grid = (
+                labels.GetSize() == image.GetSize()
+                and np.allclose(labels.GetSpacing(), image.GetSpacing())
+                and np.allclose(labels.GetOrigin(), image.GetOrigin())
+                and np.allclose(labels.GetDirection(), image.GetDirection())
+            )
+            print(f"   {items[1]['label']}: {items[1]['content']}")
+            print(f"   label volume written to {path} (on the input's grid: {'yes' if same_grid else 'NO'})")
+            with open(os.path.join(state, "server.log")) as handle:
+                timing = [line.split("tomaat.server: ", 1)[-1].strip() for line in handle if "POST /predict" in line]
+            print(f"   server log: {timing[-1] if timing else '(no line)'}")
+        except BaseException:
+            for name in ("registry.log", "server.log"):
+                log_path = os.path.join(state, name)
+                if os.path.exists(log_path):
+                    print(f"--- {name} ---")
+                    print(open(log_path).read()[-3000:])
+            raise
+        finally:
+            for process in reversed(processes):
+                stop(process)
 
 
 def main() -> None:
