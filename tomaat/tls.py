@@ -66,7 +66,10 @@ def server_options(cert_path: str, key_path: str):
     from twisted.internet import ssl
 
     with open(cert_path, "rb") as cert, open(key_path, "rb") as key:
-        return ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read()).options()
+        # cryptography objects: pyOpenSSL deprecates its own X509/PKey types here
+        certificate = x509.load_pem_x509_certificate(cert.read())
+        private_key = serialization.load_pem_private_key(key.read(), password=None)
+    return ssl.CertificateOptions(privateKey=private_key, certificate=certificate)
 
 
 def file_fingerprint(cert_path: str) -> str:
