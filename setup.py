@@ -20,6 +20,8 @@ setup(
         "click>=8.1",
         "prometheus-client>=0.20",
         "psycopg[binary]>=3.1",  # the registry's PostgreSQL store (a wheel: nothing to compile)
+        "crochet>=2.1",  # the blocking client: the reactor in a background thread
+        "rich>=13",  # the client's upload bar and spinner
     ],
     extras_require={
         "test": [
@@ -28,6 +30,7 @@ setup(
             "requests>=2.31",
             "requests-toolbelt>=1.0",
             "ruff>=0.5",
+            "hypothesis>=6.100",
         ],
     },
     entry_points={"console_scripts": ["tomaat=tomaat.cli:main", "tomaat-registry=tomaat.registry.cli:main"]},

@@ -6,6 +6,6 @@ bash scripts/setup.sh
 # The registry's store tests run on SQLite and on a real PostgreSQL that this script installs and starts.
 TOMAAT_TEST_POSTGRES_URL=$(bash scripts/postgres.sh | tail -n 1)
 export TOMAAT_TEST_POSTGRES_URL
-.venv/bin/ruff check tomaat tests examples
-.venv/bin/ruff format --check tomaat tests examples
+.venv/bin/ruff check tomaat tests examples benchmarks
+.venv/bin/ruff format --check tomaat tests examples benchmarks
 .venv/bin/pytest "$@"

@@ -23,7 +23,13 @@ CORS_HEADERS = {
 
 
 class TimedRequest(server.Request):
-    """Times the body's arrival and refuses a body over the site's limit before reading it."""
+    """Times the body's arrival and refuses a body over the site's limit before reading it.
+
+    The channel's idle timeout resets on every byte, so a client trickling a
+    byte a second would hold a connection and its buffers for ever; the
+    receive deadline, from the request's first line to its last body byte,
+    drops it with a 408.
+    """
 
     def __init__(self, *args, **kwargs):
         kwargs["parsePOSTFormSubmission"] = False
@@ -32,6 +38,24 @@ class TimedRequest(server.Request):
         self.received_at = None
         self._body_bytes = 0
         self._refused = False
+        self._deadline = None
+        limit = getattr(getattr(self.channel, "site", None), "receive_timeout", None)
+        if limit:
+            self._deadline = self.channel.callLater(limit, self._too_slow, limit)
+
+    def _cancel_deadline(self):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self, limit):
+        self._deadline = None
+        message = f"the request did not arrive within {limit:g} seconds; the connection is closed"
+        self._refuse(b"408 Request Timeout", self.channel.site.too_slow(message))
+
+    def connectionLost(self, reason):
+        self._cancel_deadline()
+        super().connectionLost(reason)
 
     def gotLength(self, length):
         self.headers_at = time.perf_counter()
@@ -49,15 +73,21 @@ class TimedRequest(server.Request):
         super().handleContentChunk(data)
 
     def _refuse_too_large(self):
+        self._refuse(b"413 Request Entity Too Large", self.channel.site.too_large(self.channel.site.max_body_bytes))
+
+    def _refuse(self, status: bytes, answer):
+        """Answer before the request is complete, which Twisted's Request cannot do, and hang up."""
         self._refused = True
-        body = json.dumps(self.channel.site.too_large(self.channel.site.max_body_bytes))
-        head = [b"HTTP/1.1 413 Request Entity Too Large", b"Content-Type: application/json", b"Connection: close"]
+        self._cancel_deadline()
+        body = json.dumps(answer)
+        head = [b"HTTP/1.1 " + status, b"Content-Type: application/json", b"Connection: close"]
         head += [name + b": " + value for name, value in CORS_HEADERS.items()]
         head.append(b"Content-Length: %d" % len(body))
         self.channel.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body.encode("utf-8"))
         self.channel.loseConnection()
 
     def requestReceived(self, command, path, version):
+        self._cancel_deadline()
         self.received_at = time.perf_counter()
         super().requestReceived(command, path, version)
 
@@ -83,6 +113,11 @@ class QuietSite(server.Site):
 
     requestFactory = TimedRequest
     max_body_bytes = 2 * 1024**3
+    receive_timeout = 900.0
+
+    @staticmethod
+    def too_slow(message: str):
+        return error_items(message)
 
     @staticmethod
     def too_large(limit: int):
@@ -93,8 +128,11 @@ class QuietSite(server.Site):
         pass
 
 
-def make_site(klein_resource, max_body_bytes: int | None = None, too_large=None) -> server.Site:
+def make_site(klein_resource, max_body_bytes: int | None = None, too_large=None, refusal=None) -> server.Site:
+    """refusal(message) shapes other early answers (408) in the service's protocol."""
     site = QuietSite(CorsResource(klein_resource))
+    if refusal is not None:
+        site.too_slow = refusal
     if max_body_bytes is not None:
         site.max_body_bytes = max_body_bytes
     if too_large is not None:

@@ -34,5 +34,11 @@ class AppFailure(RequestError):
     status = 500
 
 
+class AppTimeout(RequestError):
+    """The app ran past the service's time limit; the client gets 504, the thread finishes in the background."""
+
+    status = 504
+
+
 def error_items(message: str) -> list[dict]:
     return [{"type": "PlainText", "label": "Error!", "content": message}]

@@ -7,6 +7,7 @@ import math
 from . import fiducials, transforms
 from .elements import Checkbox, Fiducials, RadioButton, Slider, Transform, Volume
 from .errors import RequestError
+from .headers import DEFAULT_MAX_VOXELS
 from .volumes import read_image
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -50,10 +51,10 @@ def _radio(element: RadioButton, raw: bytes, where: str) -> str:
     return text
 
 
-def decode_field(element, raw: bytes):
+def decode_field(element, raw: bytes, max_voxels: int = DEFAULT_MAX_VOXELS):
     where = f"field '{element.destination}' ({element.wire_type})"
     if isinstance(element, Volume):
-        return read_image(raw, where)
+        return read_image(raw, where, max_voxels)
     if isinstance(element, Slider):
         return _slider(element, raw, where)
     if isinstance(element, Checkbox):
@@ -67,11 +68,11 @@ def decode_field(element, raw: bytes):
     raise RequestError(f"{where}: unsupported element type")
 
 
-def decode_fields(interface, fields: dict[str, bytes]) -> dict:
+def decode_fields(interface, fields: dict[str, bytes], max_voxels: int = DEFAULT_MAX_VOXELS) -> dict:
     """All declared inputs, cheap ones first so a bad slider is reported before a large volume is decoded."""
     missing = [e.destination for e in interface if e.destination not in fields]
     if missing:
         expected = ", ".join(f"'{e.destination}' ({e.wire_type})" for e in interface)
         raise RequestError(f"missing field(s) {', '.join(repr(m) for m in missing)}; this service expects {expected}")
     order = sorted(interface, key=lambda e: isinstance(e, (Volume, Transform)))
-    return {e.destination: decode_field(e, fields[e.destination]) for e in order}
+    return {e.destination: decode_field(e, fields[e.destination], max_voxels) for e in order}

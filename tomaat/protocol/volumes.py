@@ -15,6 +15,7 @@ import zlib
 import SimpleITK as sitk
 
 from .errors import UnreadableVolume
+from .headers import DEFAULT_MAX_VOXELS, check_size
 from .scratch import write_then_bytes, write_then_read
 
 FORMATS = {"mha": ".mha", "nii": ".nii", "nii.gz": ".nii.gz", "nrrd": ".nrrd"}
@@ -102,8 +103,10 @@ def unwrap(raw: bytes, where: str) -> tuple[bytes, str]:
     return raw, fmt
 
 
-def read_image(raw: bytes, where: str = "volume") -> sitk.Image:
+def read_image(raw: bytes, where: str = "volume", max_voxels: int = DEFAULT_MAX_VOXELS) -> sitk.Image:
+    """The image in raw, refused from its header alone when it is larger than max_voxels."""
     data, fmt = unwrap(raw, where)
+    check_size(data, fmt, where, max_voxels)
     try:
         return write_then_read(FORMATS[fmt], data, sitk.ReadImage)
     except RuntimeError:

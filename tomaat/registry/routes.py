@@ -71,10 +71,28 @@ class RegistryRoutes:
         request.setHeader(b"Retry-After", b"30")
         return _answer(request, ["the registry's database is unavailable; try again later"], 503)
 
+    def _throttled(self, request) -> bytes | None:
+        """A 429 for an address that failed authentication too often lately, before any database work."""
+        wait = self.service.auth_limiter.retry_after(_client(request))
+        if not wait:
+            return None
+        request.setHeader(b"Retry-After", str(wait).encode("ascii"))
+        message = f"too many requests with unknown or revoked keys from this address; try again in {wait} s"
+        return _answer(request, [message], 429)
+
+    def _unauthorized(self, request, url: str, what: str) -> bytes:
+        client = _client(request)
+        self.service.auth_limiter.failed(client)
+        log.warning("%s of %s from %s refused: unknown or revoked API key", what, url, client)
+        return _answer(request, ["unknown or revoked api_key; ask the registry's operator for a valid key"], 401)
+
     # ---- routes ---------------------------------------------------------------------------------
 
     @app.route("/announce", methods=["POST"])
     async def announce(self, request):
+        throttled = self._throttled(request)
+        if throttled:
+            return throttled
         data, refused = self._body(request)
         if refused:
             return _answer(request, [refused[1]], refused[0])
@@ -83,21 +101,31 @@ class RegistryRoutes:
             log.info("announcement from %s refused: %s", _client(request), "; ".join(checked.problems))
             return _answer(request, checked.problems, 400)
         url = checked.fields["prediction_url"]
+        now = self.service.now()
         try:
             sid = await self.service.store.run(
-                store.announce, hash_key(checked.api_key), checked.fields, self.service.now()
+                store.announce,
+                hash_key(checked.api_key),
+                checked.fields,
+                now,
+                self.service.max_services,
+                now - self.service.expiry,
             )
+        except store.TooManyServices as error:
+            log.warning("announcement of %s from %s refused: %s", url, _client(request), error)
+            return _answer(request, [f"{error}; withdraw one first or ask the registry's operator"], 403)
         except Exception as error:
             return self._store_down(request, "an announcement", error)
         if sid is None:
-            log.warning("announcement of %s from %s refused: unknown or revoked API key", url, _client(request))
-            message = "unknown or revoked api_key; ask the registry's operator for a valid key"
-            return _answer(request, [message], 401)
+            return self._unauthorized(request, url, "announcement")
         log.info("announced: SID %s, %s (%s)", sid, url, checked.fields["name"])
         return _answer(request, [], 200, SID=sid, expires_in=self.service.expiry)
 
     @app.route("/withdraw", methods=["POST"])
     async def withdraw(self, request):
+        throttled = self._throttled(request)
+        if throttled:
+            return throttled
         data, refused = self._body(request)
         if refused:
             return _answer(request, [refused[1]], refused[0])
@@ -110,8 +138,7 @@ class RegistryRoutes:
         except Exception as error:
             return self._store_down(request, "a withdrawal", error)
         if removed is None:
-            log.warning("withdrawal of %s from %s refused: unknown or revoked API key", url, _client(request))
-            return _answer(request, ["unknown or revoked api_key; ask the registry's operator for a valid key"], 401)
+            return self._unauthorized(request, url, "withdrawal")
         if not removed:
             return _answer(request, [f"this key has no announcement of {url!r} (it may have expired)"], 404)
         log.info("withdrawn: %s", url)

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 
 from .. import tls, web
 from . import store
+from .ratelimit import FailureLimiter
 from .routes import RegistryRoutes
 
 log = logging.getLogger("tomaat.registry")
@@ -32,11 +33,20 @@ DEFAULTS = {
     "state_dir": STATE_DIR,
     "expiry": 3600.0,  # seconds an announcement lives without renewal (upstream's value)
     "max_body_bytes": 64 * 1024,
+    "max_services_per_key": 100,  # live announcements one key may hold (0: no limit)
+    "auth_failures": 10,  # failed authentications per client address per auth_window before 429 (0: no limit)
+    "auth_window": 60.0,
+    "idle_timeout": 60.0,  # seconds a connection may send nothing
+    "receive_timeout": 60.0,  # seconds from a request's first line to its last body byte; then 408
 }
 
 
 def too_large_answer(limit: int) -> dict:
     return {"status": 1, "error": f"the body is larger than {limit} bytes; an announcement is a small JSON object"}
+
+
+def refusal_answer(message: str) -> dict:
+    return {"status": 1, "error": message}
 
 
 class RegistryService:
@@ -52,6 +62,8 @@ class RegistryService:
         if self.expiry <= 0:
             raise ValueError(f"expiry must be a positive number of seconds, got {self.config['expiry']!r}")
         self.max_body_bytes = int(self.config["max_body_bytes"])
+        self.max_services = int(self.config["max_services_per_key"])
+        self.auth_limiter = FailureLimiter(clock, int(self.config["auth_failures"]), float(self.config["auth_window"]))
         self.database = store.Database(self.config["db"])
         self.store = None
         self.fingerprint = None
@@ -104,7 +116,11 @@ class RegistryService:
                 await self.store.run(store.create_schema)
             except Exception as error:
                 raise RuntimeError(f"cannot use the database ({self.database.describe()}): {error}") from error
-            site = web.make_site(RegistryRoutes(self).app.resource(), self.max_body_bytes, too_large_answer)
+            site = web.make_site(
+                RegistryRoutes(self).app.resource(), self.max_body_bytes, too_large_answer, refusal_answer
+            )
+            site.timeOut = float(self.config["idle_timeout"]) or None
+            site.receive_timeout = float(self.config["receive_timeout"]) or None
             self.port = await endpoint.listen(site)
         except Exception:
             self.store.close()

@@ -212,12 +212,31 @@ def revoke_key(tx: Tx, now: float, *, key_id: str | None = None, key_hash: str |
     return {"id": found_id, "owner": owner, "already_revoked": revoked is not None, "services_removed": removed}
 
 
-def announce(tx: Tx, key_hash: str, fields: dict, now: float) -> str | None:
-    """Insert or refresh the service (key, prediction_url); its SID, or None for an unknown or revoked key."""
+class TooManyServices(Exception):
+    """The key already announces as many live services as the registry allows one key."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"this key already announces {limit} services, the most one key may")
+        self.limit = limit
+
+
+def announce(tx: Tx, key_hash: str, fields: dict, now: float, max_services: int = 0, since: float = 0.0) -> str | None:
+    """Insert or refresh the service (key, prediction_url); its SID, or None for an unknown or revoked key.
+
+    With max_services, a key already announcing that many other services live after `since`
+    gets TooManyServices, so one leaked key cannot fill the registry.
+    """
     tx.begin(write=True)
     key_id = _active_key(tx, key_hash)
     if key_id is None:
         return None
+    if max_services:
+        others = tx.one(
+            "SELECT COUNT(*) FROM registry_services WHERE key_id = ? AND prediction_url <> ? AND announced > ?",
+            (key_id, fields["prediction_url"], since),
+        )[0]
+        if int(others) >= max_services:
+            raise TooManyServices(max_services)
     tx.execute("UPDATE registry_keys SET last_used = ? WHERE id = ?", (now, key_id))
     sid = service_id(key_id, fields["prediction_url"])
     updates = ", ".join(f"{name} = excluded.{name}" for name in (*LIMITS, "announced") if name != "prediction_url")

@@ -34,8 +34,10 @@ def _multipart(body, boundary: bytes, max_fields: int) -> dict[str, bytes]:
             elif isinstance(event, Data):
                 buffer += event.data
                 if not event.more_data:
-                    # the first part of a name wins, as Slicer never repeats one
-                    fields.setdefault(name, bytes(buffer))
+                    # Slicer never repeats a name; guessing which copy was meant could run the wrong input
+                    if name in fields:
+                        raise RequestError(f"field {name[:60]!r} is sent more than once; expected each field once")
+                    fields[name] = bytes(buffer)
                     buffer = None
                     if len(fields) > max_fields:
                         raise RequestError(f"too many form fields (more than {max_fields})", 413)
@@ -57,6 +59,12 @@ def read_fields(body, content_type: str | None, max_fields: int = 256) -> dict[s
         except ValueError as error:
             raise RequestError(f"the multipart body is malformed: {error}") from None
     if mimetype in ("application/x-www-form-urlencoded", ""):
-        query = parse_qs(body.read().decode("latin-1"), keep_blank_values=True)
+        try:
+            query = parse_qs(body.read().decode("latin-1"), keep_blank_values=True, max_num_fields=max_fields)
+        except ValueError:  # parse_qs's only complaint: more fields than max_num_fields
+            raise RequestError(f"too many form fields (more than {max_fields})", 413) from None
+        repeated = next((key for key, values in query.items() if len(values) > 1), None)
+        if repeated is not None:
+            raise RequestError(f"field {repeated[:60]!r} is sent more than once; expected each field once")
         return {key: values[0].encode("latin-1") for key, values in query.items()}
     raise RequestError(f"unsupported Content-Type {mimetype!r}; expected multipart/form-data", 415)

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 
 import SimpleITK as sitk
 
-from ..protocol.errors import AppFailure
+from ..protocol.errors import AppFailure, AppTimeout
+from ..protocol.headers import DEFAULT_MAX_VOXELS
 from ..protocol.inputs import decode_fields
 from ..protocol.outputs import encode_item
 from .form import read_fields
@@ -39,12 +40,35 @@ class Timings(dict):
         return " ".join(f"{name}={self[name] * 1000:.1f}ms" for name in STAGES if name in self)
 
 
+class Watch:
+    """Links a running request to the time limit kept on the reactor (worker.py).
+
+    A Python thread cannot be stopped, so a request past its limit is answered
+    504 at once and its thread only learns of it between app steps, where it
+    stops instead of running the remaining steps.
+    """
+
+    def __init__(self, on_app_start=None):
+        self.on_app_start = on_app_start
+        self.expired = False
+
+    def app_started(self) -> None:
+        if self.on_app_start is not None:
+            self.on_app_start()
+
+    def check(self, step: str) -> None:
+        if self.expired:
+            raise AppTimeout(f"the service ran past its time limit (stopped after {step})")
+
+
 class Pipeline:
-    def __init__(self, app, inputs, outputs, gpu_lock=None):
+    def __init__(self, app, inputs, outputs, gpu_lock=None, max_fields=256, max_voxels=DEFAULT_MAX_VOXELS):
         self.app = app
         self.inputs = inputs
         self.outputs = outputs
         self.gpu_lock = gpu_lock or GPU_LOCK
+        self.max_fields = int(max_fields)
+        self.max_voxels = int(max_voxels)
 
     def _app_step(self, step: str, data: dict) -> dict:
         try:
@@ -72,23 +96,29 @@ class Pipeline:
                 ) from None
         return items
 
-    def run(self, body, content_type: str | None, timings: Timings) -> list[dict]:
+    def run(self, body, content_type: str | None, timings: Timings, watch: Watch | None = None) -> list[dict]:
+        watch = watch or Watch()
         with timings.stage("parse"):
-            fields = read_fields(body, content_type)
+            fields = read_fields(body, content_type, self.max_fields)
         with timings.stage("decode"):
-            data = decode_fields(self.inputs, fields)
+            data = decode_fields(self.inputs, fields, self.max_voxels)
         del fields
         reference = next((v for v in data.values() if isinstance(v, sitk.Image)), None)
+        watch.app_started()
         with timings.stage("preprocess"):
             data = self._app_step("preprocess", data)
+        watch.check("preprocess")
         with timings.stage("lock_wait"):
             self.gpu_lock.acquire()
         try:
+            watch.check("waiting for the GPU")
             with timings.stage("inference"):
                 data = self._app_step("inference", data)
         finally:
             self.gpu_lock.release()
+        watch.check("inference")
         with timings.stage("postprocess"):
             data = self._app_step("postprocess", data)
+        watch.check("postprocess")
         with timings.stage("encode"):
             return self._encode(data, reference)

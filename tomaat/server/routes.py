@@ -61,6 +61,11 @@ class PredictionRoutes:
 
     @app.route("/predict", methods=["POST"])
     def predict(self, request):
+        if self.service.worker.full:
+            request.content.close()
+            request.setHeader(b"Retry-After", b"5")
+            message = f"the server is busy ({self.service.worker.queued} requests are waiting); try again shortly"
+            return _json(request, error_items(message), 503)
         # The worker owns the body from here: Twisted would close it when an
         # async answer finishes, while the worker is still reading it.
         body, request.content = request.content, None

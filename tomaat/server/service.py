@@ -10,12 +10,15 @@ import logging
 import os
 import socket
 import sys
+import threading
+import time
 
-from twisted.internet import endpoints
+from twisted.internet import endpoints, task
 from twisted.python.threadpool import ThreadPool
 
 from .. import tls, web
-from ..protocol import elements
+from ..protocol import elements, scratch
+from ..protocol.headers import DEFAULT_MAX_VOXELS
 from .announcer import Announcer, pin_fingerprint
 from .app import TomaatApp
 from .delayed import DelayedResults
@@ -44,7 +47,27 @@ DEFAULTS = {
     "delayed_responses": False,
     "response_ttl": 3600.0,
     "max_body_bytes": 2 * 1024**3,
+    # Limits against heavy and hostile traffic (docs/security.md); 0 turns a limit off where noted.
+    "max_voxels": DEFAULT_MAX_VOXELS,  # per image, read from its header before anything is allocated
+    "max_fields": 256,  # form fields per request
+    "max_queue": 64,  # requests waiting for a worker thread; beyond it 503 + Retry-After (0: unbounded)
+    "app_timeout": 600.0,  # seconds from the app's first step to its answer; then 504 (0: none)
+    "idle_timeout": 60.0,  # seconds a connection may send nothing before it is closed
+    "receive_timeout": 900.0,  # seconds from a request's first line to its last body byte; then 408
+    "shutdown_grace": 30.0,  # seconds SIGTERM waits for requests in progress before exiting
 }
+
+
+class _DaemonThread(threading.Thread):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.daemon = True
+
+
+class WorkerPool(ThreadPool):
+    """Daemon threads, so an app stuck past every limit cannot keep a stopping process alive."""
+
+    threadFactory = _DaemonThread
 
 
 class TomaatService:
@@ -66,9 +89,17 @@ class TomaatService:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self.pool = ThreadPool(minthreads=0, maxthreads=int(self.config["threads"]), name="tomaat-worker")
-        self.pipeline = Pipeline(self.app, self.input_interface, self.output_interface)
-        self.worker = Worker(reactor, self.pool, self.pipeline)
+        self.pool = WorkerPool(minthreads=0, maxthreads=int(self.config["threads"]), name="tomaat-worker")
+        self.pipeline = Pipeline(
+            self.app,
+            self.input_interface,
+            self.output_interface,
+            max_fields=int(self.config["max_fields"]),
+            max_voxels=int(self.config["max_voxels"]),
+        )
+        self.worker = Worker(
+            reactor, self.pool, self.pipeline, float(self.config["app_timeout"]), int(self.config["max_queue"])
+        )
         self.metrics = Metrics(self.worker)
         self.worker.observers.append(self.metrics.observe)
         self.delayed = DelayedResults(reactor, float(self.config["response_ttl"]))
@@ -95,6 +126,7 @@ class TomaatService:
             output_interface=[e.to_output_dict() for e in self.output_interface],
             protocol=PROTOCOL_VERSION,
             max_upload_bytes=int(self.config["max_body_bytes"]),
+            max_voxels=int(self.config["max_voxels"]),
             tls_fingerprint=self.fingerprint,
         )
         return info
@@ -153,8 +185,11 @@ class TomaatService:
     async def listen(self):
         """Start the pool and the port (port 0 picks a free one); returns the listening port."""
         endpoint = self._endpoint()
+        scratch.remove_orphans()
         self.pool.start()
         site = web.make_site(PredictionRoutes(self).app.resource(), int(self.config["max_body_bytes"]))
+        site.timeOut = float(self.config["idle_timeout"]) or None
+        site.receive_timeout = float(self.config["receive_timeout"]) or None
         try:
             self.port = await endpoint.listen(site)
         except Exception:
@@ -171,8 +206,24 @@ class TomaatService:
         if self.port is not None:
             await self.port.stopListening()
             self.port = None
+        if await self._drain(float(self.config["shutdown_grace"])):
+            self.pool.stop()
+        else:
+            log.warning(
+                "stopping with %d request(s) still running after shutdown_grace; they are abandoned",
+                self.worker.in_flight + self.worker.queued,
+            )
         self.delayed.clear()
-        self.pool.stop()
+
+    async def _drain(self, grace: float) -> bool:
+        """Wait until every accepted request is answered and written, or grace runs out; whether it was."""
+        deadline = time.monotonic() + grace
+        while self.worker.busy and time.monotonic() < deadline:
+            await task.deferLater(self.reactor, 0.05, lambda: None)
+        if self.worker.busy:
+            return False
+        await task.deferLater(self.reactor, 0.05, lambda: None)  # one more turn: answers leave the write buffers
+        return True
 
     def run(self) -> None:
         """Serve until interrupted (the blocking entry point upstream users call)."""
