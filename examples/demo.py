@@ -1,4 +1,4 @@
-"""Local demo: a registry, the threshold example announced to it, discovery, a prediction, the saved labels.
+"""Local demo: a registry, the threshold example announced to it, `tomaat discover`, `tomaat predict`.
 
     python examples/demo.py [IMAGE] [--threshold T] [--out DIR]
 
@@ -9,7 +9,6 @@ with an offset origin), so nothing needs downloading.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import socket
 import subprocess
@@ -24,10 +23,6 @@ from twisted.internet import task
 from twisted.internet.error import ConnectionRefusedError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from tomaat.protocol.outputs import decode_item  # noqa: E402
-from tomaat.protocol.volumes import sniff_format, write_image  # noqa: E402
 
 
 def phantom() -> sitk.Image:
@@ -42,14 +37,14 @@ def phantom() -> sitk.Image:
     return image
 
 
-def volume_bytes(path: str | None, image: sitk.Image) -> bytes:
-    """The file as it is when the server reads its format (no re-encoding), else the image as MHA."""
-    if path:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-        if sniff_format(raw):
-            return raw
-    return write_image(image, "mha", compress=False)
+def tomaat(arguments: list[str]) -> subprocess.CompletedProcess:
+    """Run the `tomaat` command line as a user would, echoing the command; stop the demo if it fails."""
+    shown = [a if len(a) < 60 else "..." + a[-40:] for a in arguments]
+    print("  $ tomaat", " ".join(shown))
+    done = subprocess.run([sys.executable, "-m", "tomaat", *arguments], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"`tomaat {arguments[0]}` failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done
 
 
 def free_port() -> int:
@@ -155,33 +150,28 @@ async def run(reactor, args) -> None:
             processes.append(start(command, os.path.join(state, "server.log")))
             await wait_until_up(reactor, server_url, processes[-1])
 
-            print(f"3. discovering services at {registry_url}/discover")
+            print(f"3. discovering services at {registry_url}")
             services = await wait_until_listed(reactor, registry_url, processes[-1])
-            for service in services:
-                print(
-                    f"   {service['modality']} / {service['anatomy']} / {service['task']}: {service['name']} at {service['prediction_url']} (SID {service['SID']})"
-                )
+            listing = tomaat(["discover", registry_url])
+            print("\n".join("   " + line for line in listing.stdout.splitlines()))
             predict_url = services[0]["prediction_url"]
 
-            files = {"images": ("volume", "application/octet-stream", io.BytesIO(volume_bytes(args.image, image)))}
-            print(
-                f"4. sending a {'x'.join(map(str, image.GetSize()))} volume with threshold {threshold:g} to {predict_url}"
-            )
-            response = await treq.post(predict_url, data={"threshold": f"{threshold:g}"}, files=files)
-            items = await response.json()
-            if response.code != 200:
-                raise SystemExit(f"the server answered {response.code}: {items[0]['content']}")
-            labels = decode_item(items[0])
-            os.makedirs(args.out, exist_ok=True)
+            volume_path = os.path.abspath(args.image) if args.image else os.path.join(state, "phantom.nii.gz")
+            if not args.image:
+                sitk.WriteImage(image, volume_path)
+            print(f"4. sending a {'x'.join(map(str, image.GetSize()))} volume with threshold {threshold:g}")
+            args.out = os.path.abspath(args.out)
+            command = ["predict", predict_url, "--input", f"images={volume_path}", "--set", f"threshold={threshold:g}"]
+            answer = tomaat(command + ["--out", args.out])
+            print("\n".join("   " + line for line in answer.stdout.splitlines()))
             path = os.path.join(args.out, "labels.nii.gz")
-            sitk.WriteImage(labels, path)
+            labels = sitk.ReadImage(path)
             same_grid = (
                 labels.GetSize() == image.GetSize()
                 and np.allclose(labels.GetSpacing(), image.GetSpacing())
                 and np.allclose(labels.GetOrigin(), image.GetOrigin())
                 and np.allclose(labels.GetDirection(), image.GetDirection())
             )
-            print(f"   {items[1]['label']}: {items[1]['content']}")
             print(f"   label volume written to {path} (on the input's grid: {'yes' if same_grid else 'NO'})")
             with open(os.path.join(state, "server.log")) as handle:
                 timing = [line.split("tomaat.server: ", 1)[-1].strip() for line in handle if "POST /predict" in line]

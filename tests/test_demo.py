@@ -18,7 +18,9 @@ def test_demo_discovers_predicts_and_saves(tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "any / any / segmentation: Threshold at http://127.0.0.1:" in result.stdout
+    assert "$ tomaat discover http://127.0.0.1:" in result.stdout
+    assert "   any / any / segmentation\n     Threshold " in result.stdout
+    assert "$ tomaat predict http://127.0.0.1:" in result.stdout and "--set threshold=250 --out" in result.stdout
     assert "(on the input's grid: yes)" in result.stdout
     labels = sitk.ReadImage(str(tmp_path / "labels.nii.gz"))
     assert labels.GetSize() == (64, 64, 48)

@@ -37,6 +37,14 @@ def main():
 @click.option("--public-url", help="Base URL clients reach this service at, as announced (default: this host's name).")
 @click.option("--registry-fingerprint", help="Trust an https registry whose certificate has this SHA-256 fingerprint.")
 @click.option("--announce-period", type=float, default=None, help="Seconds between re-announcements (default 1600).")
+@click.option("--max-body-bytes", type=int, default=None, help="Largest request body (default 2 GiB); else 413.")
+@click.option("--max-voxels", type=int, default=None, help="Largest image, read from its header (default 1024^3).")
+@click.option("--max-fields", type=int, default=None, help="Most form fields per request (default 256).")
+@click.option("--max-queue", type=int, default=None, help="Most requests waiting for a thread, then 503 (default 64).")
+@click.option("--app-timeout", type=float, default=None, help="Seconds the app may run before a 504 (default 600).")
+@click.option("--idle-timeout", type=float, default=None, help="Seconds a silent connection is kept (default 60).")
+@click.option("--receive-timeout", type=float, default=None, help="Seconds to receive one request (default 900).")
+@click.option("--shutdown-grace", type=float, default=None, help="Seconds SIGTERM waits for requests (default 30).")
 def serve(target, port, interface, no_tls, cert, key, threads, state_dir, delayed, response_ttl, **announcing):
     """Serve the app defined in FILE_OR_MODULE (a TomaatApp, a subclass, or a TomaatService)."""
     if bool(cert) != bool(key):
@@ -61,6 +69,9 @@ def serve(target, port, interface, no_tls, cert, key, threads, state_dir, delaye
         "registry_fingerprint": announcing["registry_fingerprint"],
         "announce_period": announcing["announce_period"],
     }
+    limits = ("max_body_bytes", "max_voxels", "max_fields", "max_queue")
+    limits += ("app_timeout", "idle_timeout", "receive_timeout", "shutdown_grace")
+    options.update({name: announcing[name] for name in limits})
     options = {k: v for k, v in options.items() if v is not None}
     if no_tls:
         options["tls"] = False
@@ -75,3 +86,10 @@ def serve(target, port, interface, no_tls, cert, key, threads, state_dir, delaye
     except (TypeError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     service.run()
+
+
+# ---- client commands (tomaat/client/cli.py): discover, interface, predict ------------------------
+from .client.cli import COMMANDS as _CLIENT_COMMANDS  # noqa: E402
+
+for _command in _CLIENT_COMMANDS:
+    main.add_command(_command)

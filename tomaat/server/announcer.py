@@ -16,22 +16,18 @@ Usage from a service::
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import json
 import logging
 import random
 from urllib.parse import urlsplit
 
 import treq
-from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 from twisted.internet import defer
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
+
+from ..trust import PinnedFingerprint, pin_fingerprint, trust_certificate  # noqa: F401  (shared with the client)
 
 log = logging.getLogger("tomaat.server.announcer")
 
@@ -69,69 +65,6 @@ def describe_error(error: BaseException, timeout: float) -> str:
     if isinstance(error, SSL.Error):
         return "the TLS handshake failed: the registry's certificate is not the trusted one (check the pinned fingerprint or CA)"
     return f"{type(error).__name__}: {error}"
-
-
-# ---- trusting the registry's certificate ---------------------------------------------------------
-
-
-def _is_address(hostname: str) -> bool:
-    try:
-        ipaddress.ip_address(hostname.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class _PinnedCreator:
-    def __init__(self, fingerprint: str, hostname: str):
-        self.fingerprint = fingerprint
-        self.hostname = hostname
-
-    def _verify(self, connection, x509, errno, depth, ok):
-        if depth != 0:
-            return True  # the leaf decides: it is pinned
-        der = x509.to_cryptography().public_bytes(Encoding.DER)
-        return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest()) == self.fingerprint
-
-    def clientConnectionForTLS(self, protocol):
-        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        context.set_verify(SSL.VERIFY_PEER, self._verify)
-        connection = SSL.Connection(context, None)
-        connection.set_app_data(protocol)
-        if self.hostname and not _is_address(self.hostname):
-            connection.set_tlsext_host_name(self.hostname.encode("idna"))
-        return connection
-
-
-@implementer(IPolicyForHTTPS)
-class PinnedFingerprint:
-    """Trust exactly one certificate, by its SHA-256 fingerprint (as `tomaat-registry serve` prints it).
-
-    This is the self-signed model of v1: no CA, no host name check, the
-    fingerprint is the identity.
-    """
-
-    def __init__(self, fingerprint: str):
-        cleaned = fingerprint.strip().upper().replace(":", "")
-        if len(cleaned) != 64 or any(c not in "0123456789ABCDEF" for c in cleaned):
-            raise ValueError(f"{fingerprint!r} is not a SHA-256 fingerprint (64 hex digits, colons optional)")
-        self.fingerprint = ":".join(cleaned[i : i + 2] for i in range(0, 64, 2))
-
-    def creatorForNetloc(self, hostname, port):
-        return _PinnedCreator(self.fingerprint, hostname.decode("ascii"))
-
-
-def pin_fingerprint(fingerprint: str) -> PinnedFingerprint:
-    return PinnedFingerprint(fingerprint)
-
-
-def trust_certificate(pem_path: str) -> IPolicyForHTTPS:
-    """Trust the registry's certificate (or its CA) from a PEM file, checking the host name as browsers do."""
-    from twisted.internet import ssl
-
-    with open(pem_path, "rb") as handle:
-        return BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(handle.read()))
 
 
 # ---- the announcer -------------------------------------------------------------------------------

@@ -1,0 +1,286 @@
+"""The asynchronous client on treq: every call returns a Deferred (or can be awaited in a coroutine).
+
+It speaks both protocol versions. It asks GET /info first; a 404 there means a
+v1 server, which is then described by GET /interface alone and sent base64 MHA
+volumes as TOMAAT-Slicer sends them. Everything about a request is checked
+before the upload starts (see requests.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlencode, urlsplit
+
+import treq
+from OpenSSL import SSL
+from twisted.internet import defer, error, task
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+
+from ..protocol import elements
+from .errors import ClientError, ConnectionFailed, ResultTimeout, ServerError, ValidationError
+from .requests import prepare
+from .results import Result
+from .trust import KnownHosts, TrustOnFirstUse
+from .upload import ProgressProducer, multipart_body
+
+ENDPOINTS = ("/predict", "/interface", "/info", "/responses", "/health", "/discover", "/announce")
+
+
+def base_url(url: str) -> str:
+    """The service's base URL, whether given as https://host:9000 or as one of its endpoints (…/predict)."""
+    url = url.strip().rstrip("/")
+    for endpoint in ENDPOINTS:
+        if url.endswith(endpoint):
+            url = url[: -len(endpoint)]
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ClientError(f"{url!r} is not an http(s) URL with a host, e.g. https://server:9000")
+    return url
+
+
+@dataclass
+class ServiceInfo:
+    """What a server says about itself; v1 servers only tell their inputs (protocol 1)."""
+
+    protocol: int
+    inputs: tuple
+    outputs: tuple = ()
+    metadata: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_v2(cls, info: dict) -> ServiceInfo:
+        return cls(
+            int(info.get("protocol", 2)),
+            elements.input_interface(info.get("input_interface")),
+            elements.output_interface(info.get("output_interface")),
+            info,
+        )
+
+
+def _error_message(body: bytes, status: int) -> str:
+    """The server's own words from a v1 error body, else the start of whatever it sent."""
+    try:
+        items = json.loads(body.decode("utf-8"))
+        if isinstance(items, list) and items and isinstance(items[0], dict) and "content" in items[0]:
+            return str(items[0]["content"])
+        if isinstance(items, dict) and "error" in items:
+            return str(items["error"])
+    except (UnicodeDecodeError, ValueError):
+        pass
+    text = body.decode("utf-8", "replace").strip().splitlines()
+    return f"HTTP {status}" + (f": {text[0][:200]}" if text else "")
+
+
+def _is_v1_error(items) -> bool:
+    """A v1 server answers errors with status 200 and a lone PlainText labelled 'Error!'."""
+    return (
+        isinstance(items, list)
+        and len(items) == 1
+        and isinstance(items[0], dict)
+        and items[0].get("type") == "PlainText"
+        and items[0].get("label") == "Error!"
+    )
+
+
+class AsyncClient:
+    """One server, by URL. `trust` is a TLS policy for https (default: trust on first use).
+
+    `fingerprint` pins the server's certificate ahead of the first connection;
+    `insecure=True` accepts any certificate (an explicit choice, never a fallback).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        reactor=None,
+        fingerprint: str | None = None,
+        insecure: bool = False,
+        known_hosts: str | None = None,
+        timeout: float = 30.0,
+        result_timeout: float = 3600.0,
+    ):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.url = base_url(url)
+        self.timeout = timeout
+        self.result_timeout = result_timeout
+        self.trust = TrustOnFirstUse(KnownHosts(known_hosts), pinned=fingerprint, insecure=insecure)
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        agent = Agent(reactor, contextFactory=self.trust, pool=self.pool, connectTimeout=timeout)
+        self.http = treq.client.HTTPClient(agent)
+        self._info: ServiceInfo | None = None
+
+    # ---- plumbing ------------------------------------------------------------------------------
+
+    def _failed(self, failure_error: BaseException, what: str) -> ClientError:
+        refusal = self.trust.refusal()
+        if refusal is not None:
+            return refusal
+        reasons = getattr(failure_error, "reasons", None)
+        cause = reasons[0].value if reasons else failure_error
+        if isinstance(cause, SSL.Error):
+            return ConnectionFailed(f"TLS with {self.url} failed while {what}: {cause}")
+        if isinstance(cause, error.ConnectionRefusedError):
+            return ConnectionFailed(f"could not connect to {self.url} while {what}: connection refused")
+        if isinstance(cause, (defer.TimeoutError, defer.CancelledError, error.TimeoutError)):
+            return ConnectionFailed(f"{self.url} did not answer within {self.timeout:g} s while {what}")
+        if isinstance(cause, error.DNSLookupError):
+            return ConnectionFailed(f"could not connect to {self.url} while {what}: unknown host")
+        return ConnectionFailed(f"could not connect to {self.url} while {what}: {cause}")
+
+    async def _request(self, method: str, path: str, what: str, timeout: float | None = None, **kwargs):
+        """(status, body bytes); the timeout covers connecting, sending and reading the answer."""
+
+        async def exchange():
+            response = await self.http.request(method, self.url + path, **kwargs)
+            return response.code, await response.content()
+
+        attempt = defer.Deferred.fromCoroutine(exchange())
+        if timeout is not None:
+            attempt.addTimeout(timeout, self.reactor)
+        try:
+            return await attempt
+        except ClientError:
+            raise
+        except (ResponseFailed, error.ConnectError, error.ConnectionLost, defer.TimeoutError, SSL.Error) as failure:
+            raise self._failed(failure, what) from None
+        except Exception as failure:  # e.g. a TLS refusal surfacing as a wrapped failure list
+            raise self._failed(failure, what) from None
+
+    async def _json(self, method: str, path: str, what: str, **kwargs):
+        status, body = await self._request(method, path, what, timeout=self.timeout, **kwargs)
+        if status >= 400:
+            raise ServerError(_error_message(body, status), status)
+        try:
+            return status, json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ServerError(f"{self.url}{path} did not answer JSON (HTTP {status})", status) from None
+
+    # ---- the API ------------------------------------------------------------------------------
+
+    async def info(self) -> ServiceInfo:
+        """Metadata and interfaces: GET /info (v2), or GET /interface when /info is 404 (v1)."""
+        if self._info is None:
+            status, body = await self._request("GET", "/info", "asking for /info", timeout=self.timeout)
+            try:
+                parsed = json.loads(body.decode("utf-8")) if status == 200 else None
+            except (UnicodeDecodeError, ValueError):
+                parsed = None
+            try:
+                if isinstance(parsed, dict) and "input_interface" in parsed:
+                    self._info = ServiceInfo.from_v2(parsed)
+                elif status in (404, 405) or status == 200:
+                    _, interface = await self._json("GET", "/interface", "asking for /interface")
+                    self._info = ServiceInfo(1, elements.input_interface(interface))
+                else:
+                    raise ServerError(_error_message(body, status), status)
+            except elements.InterfaceError as problem:
+                raise ServerError(f"the server's interface cannot be used: {problem}") from None
+        return self._info
+
+    async def interface(self) -> tuple:
+        """The input elements (tomaat.protocol.elements objects)."""
+        return (await self.info()).inputs
+
+    async def predict(self, inputs: dict, *, prefer_async: bool = False, progress=None, on_sent=None) -> Result:
+        """Check, upload, wait for and decode one prediction.
+
+        `progress(sent, total)` is called while the body uploads and
+        `on_sent(prepared)` once all of it is written (the command line
+        switches from its bar to a spinner there). The prepared request's `filled` says
+        which defaults were used.
+        """
+        info = await self.info()
+        prepared = prepare(info.inputs, inputs)
+        self.last_request = prepared
+        body, content_type = multipart_body(prepared.fields(info.protocol))
+        headers = {b"Content-Type": [content_type.encode("ascii")]}
+        if prefer_async:
+            headers[b"Prefer"] = [b"respond-async"]
+        limit = info.metadata.get("max_upload_bytes")
+        if isinstance(limit, int) and len(body) > limit:
+            raise ValidationError(
+                f"the request is {len(body)} bytes; this server accepts at most {limit} bytes (its max_upload_bytes)"
+            )
+
+        def report(sent: int, total: int) -> None:
+            if progress is not None:
+                progress(sent, total)
+            if sent == total and on_sent is not None:
+                on_sent(prepared)  # uploaded: from here on the server is working
+
+        producer = ProgressProducer(body, report)
+
+        async def send():
+            response = await self.http.request("POST", self.url + "/predict", data=producer, headers=headers)
+            return response.code, await response.content()
+
+        try:
+            status, answer = await defer.Deferred.fromCoroutine(send())
+        except Exception as failure:
+            raise self._failed(failure, "sending the prediction request") from None
+        items = self._items(status, answer)
+        if len(items) == 1 and items[0].get("type") == "DelayedResponse":
+            items = await self.collect(str(items[0].get("request_id", "")))
+        return Result.from_items(items, info.outputs)
+
+    def _items(self, status: int, body: bytes) -> list:
+        if status >= 400:
+            raise ServerError(_error_message(body, status), status)
+        try:
+            items = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ServerError(f"the server's answer is not JSON (HTTP {status})", status) from None
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise ServerError(f"the server's answer is not a list of output items (HTTP {status})", status)
+        if _is_v1_error(items):
+            raise ServerError(str(items[0].get("content", "")), status)
+        return items
+
+    async def collect(self, request_id: str, timeout: float | None = None) -> list:
+        """Poll POST /responses with backoff (0.1 s doubling to 2 s) until the result or the timeout."""
+        timeout = self.result_timeout if timeout is None else timeout
+        deadline, delay = time.monotonic() + timeout, 0.1
+        body = urlencode({"request_id": request_id}).encode("ascii")
+        headers = {b"Content-Type": [b"application/x-www-form-urlencoded"]}
+        while True:
+            status, answer = await self._request(
+                "POST", "/responses", "collecting a delayed result", timeout=self.timeout, data=body, headers=headers
+            )
+            items = self._items(status, answer)
+            if not (len(items) == 1 and items[0].get("type") == "DelayedResponse"):
+                return items
+            if time.monotonic() + delay > deadline:
+                raise ResultTimeout(
+                    f"the result of request {request_id} did not arrive within {timeout:g} s; "
+                    f"it may still be collected from {self.url}/responses"
+                )
+            await task.deferLater(self.reactor, delay, lambda: None)
+            delay = min(delay * 2, 2.0)
+
+    async def health(self) -> dict:
+        return (await self._json("GET", "/health", "asking for /health"))[1]
+
+    def close(self):
+        return self.pool.closeCachedConnections()
+
+
+async def discover(
+    registry_url: str, modality=None, anatomy=None, task=None, *, reactor=None, timeout: float = 30.0, **trust
+) -> list[dict]:
+    """The registry's live services, filtered without regard to case (here too, for v1 registries)."""
+    client = AsyncClient(registry_url, reactor=reactor, timeout=timeout, **trust)
+    wanted = {k: v for k, v in (("modality", modality), ("anatomy", anatomy), ("task", task)) if v}
+    query = ("?" + urlencode(wanted)) if wanted else ""
+    _, services = await client._json("GET", "/discover" + query, "asking the registry for /discover")
+    if not isinstance(services, list):
+        raise ServerError(f"{client.url}/discover did not answer a list of services")
+    return [
+        s
+        for s in services
+        if isinstance(s, dict) and all(str(s.get(k, "")).lower() == v.lower() for k, v in wanted.items())
+    ]

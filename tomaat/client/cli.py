@@ -1,0 +1,206 @@
+"""The client's commands for the `tomaat` command line: discover, interface, predict.
+
+Every failure the user can act on (no connection, an input that does not fit,
+the server's refusal, a changed certificate) ends the command with one line on
+stderr and a non-zero status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+import click
+
+from .errors import ClientError, ServerError, ValidationError
+
+DEFAULT_REGISTRY = "http://localhost:8001"
+EXIT = {ValidationError: 2, ServerError: 3}  # anything else a client error: 1
+
+
+def _fail(error: ClientError):
+    kind = next((code for cls, code in EXIT.items() if isinstance(error, cls)), 1)
+    label = {2: "invalid input", 3: "the server refused"}.get(kind, "error")
+    click.echo(f"tomaat: {label}: {error}", err=True)
+    sys.exit(kind)
+
+
+def _trust_options(function):
+    function = click.option(
+        "--insecure", is_flag=True, help="Accept any TLS certificate and remember nothing (explicit choice only)."
+    )(function)
+    function = click.option(
+        "--trust", "fingerprint", metavar="FINGERPRINT", help="Pin the server's SHA-256 certificate fingerprint."
+    )(function)
+    return function
+
+
+@click.command()
+@click.argument("registry_url", default=DEFAULT_REGISTRY, required=False)
+@click.option("--modality", help="Only services for this modality (case-insensitive).")
+@click.option("--anatomy", help="Only services for this anatomy.")
+@click.option("--task", help="Only services doing this task.")
+@click.option("--json", "as_json", is_flag=True, help="Print the services as JSON.")
+@_trust_options
+def discover(registry_url, modality, anatomy, task, as_json, fingerprint, insecure):
+    """List the services a registry knows, grouped by modality, anatomy and task."""
+    from .blocking import discover as find
+
+    try:
+        services = find(registry_url, modality, anatomy, task, fingerprint=fingerprint, insecure=insecure)
+    except ClientError as error:
+        _fail(error)
+    if as_json:
+        click.echo(json.dumps(services, indent=2))
+        return
+    if not services:
+        click.echo(f"no services at {registry_url}" + (" match the filters" if modality or anatomy or task else ""))
+        return
+    groups = defaultdict(list)
+    for service in services:
+        groups[(service.get("modality", ""), service.get("anatomy", ""), service.get("task", ""))].append(service)
+    for (mod, ana, tsk), members in sorted(groups.items(), key=lambda g: tuple(s.lower() for s in g[0])):
+        click.echo(f"{mod} / {ana} / {tsk}")
+        for service in sorted(members, key=lambda s: s.get("name", "")):
+            click.echo(
+                f"  {service.get('name', '?'):<24} {service.get('prediction_url', '')}  SID {service.get('SID', '')}"
+            )
+            if service.get("description"):
+                click.echo(f"  {'':<24} {service['description']}")
+
+
+def _show_interface(info) -> None:
+    from .requests import default, describe
+
+    meta = info.metadata
+    if info.protocol >= 2:
+        click.echo(f"{meta.get('name', '?')} {meta.get('version', '')}".rstrip())
+        click.echo(f"  {meta.get('modality', '')} / {meta.get('anatomy', '')} / {meta.get('task', '')}")
+        if meta.get("description"):
+            click.echo(f"  {meta['description']}")
+        if meta.get("tls_fingerprint"):
+            click.echo(f"  TLS fingerprint: {meta['tls_fingerprint']}")
+    else:
+        click.echo("a v1 server (no /info): only its inputs are known")
+    click.echo("inputs:")
+    for element in info.inputs:
+        filled = default(element)
+        suffix = (
+            f" [default {filled:g}]"
+            if isinstance(filled, float)
+            else f" [default {filled}]"
+            if filled is not None
+            else ""
+        )
+        click.echo(f"  {describe(element)}{suffix}")
+    if info.outputs:
+        click.echo("outputs:")
+        for element in info.outputs:
+            label = f" ({element.label})" if element.label else ""
+            click.echo(f"  '{element.field}' {element.output_type}{label}")
+
+
+@click.command()
+@click.argument("url")
+@_trust_options
+def interface(url, fingerprint, insecure):
+    """Show a server's metadata and the inputs it accepts."""
+    from .blocking import Client
+
+    try:
+        _show_interface(Client(url, fingerprint=fingerprint, insecure=insecure).info())
+    except ClientError as error:
+        _fail(error)
+
+
+def _pairs(values, option: str) -> dict:
+    pairs = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name:
+            raise click.UsageError(f"{option} {value!r}: expected NAME=VALUE")
+        pairs[name.strip()] = rest
+    return pairs
+
+
+class _Progress:
+    """An upload bar, then a spinner while the server works (rich, on stderr; quiet when not a terminal)."""
+
+    def __init__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        self.console = Console(stderr=True)
+        self.bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.task = None
+        self.status = None
+
+    def upload(self, sent: int, total: int) -> None:
+        if not self.console.is_terminal:
+            return  # a log or a pipe gets the summary, not animation frames
+        if self.task is None:
+            self.bar.start()
+            self.task = self.bar.add_task("uploading", total=total)
+        self.bar.update(self.task, completed=sent)
+
+    def sent(self, prepared) -> None:
+        if self.task is not None:
+            self.bar.stop()
+            self.task = None
+        if not self.console.is_terminal:
+            return
+        self.status = self.console.status("the server is working…")
+        self.status.start()
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.bar.stop()
+        if self.status is not None:
+            self.status.stop()
+
+
+@click.command()
+@click.argument("url")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=PATH", help="A volume, fiducials or transform file.")
+@click.option("--set", "settings", multiple=True, metavar="NAME=VALUE", help="A slider, checkbox or option value.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the outputs into.")
+@click.option("--async", "prefer_async", is_flag=True, help="Ask for a delayed response and poll /responses.")
+@click.option(
+    "--format", "volume_format", type=click.Choice(["nii.gz", "mha", "nrrd"]), default="nii.gz", show_default=True
+)
+@click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds to wait for the result.")
+@_trust_options
+def predict(url, inputs, settings, out, prefer_async, volume_format, timeout, fingerprint, insecure):
+    """Send inputs to the server at URL and write each output into --out."""
+    from .blocking import Client
+
+    given = {**_pairs(inputs, "--input"), **_pairs(settings, "--set")}
+    progress = _Progress()
+    try:
+        client = Client(url, fingerprint=fingerprint, insecure=insecure, result_timeout=timeout)
+        try:
+            result = client.predict(prefer_async=prefer_async, progress=progress.upload, on_sent=progress.sent, **given)
+        finally:
+            progress.close()
+    except ClientError as error:
+        _fail(error)
+    for name, value in client.filled:
+        shown = f"{value:g}" if isinstance(value, float) else value
+        click.echo(f"default used for '{name}': {shown}")
+    for output in result.texts:
+        click.echo(f"{output.label or output.name}: {output.value}")
+    written = result.save(out, volume_format)
+    click.echo(f"wrote {len(written)} file(s) to {out}:")
+    for path, what in written:
+        click.echo(f"  {path}  ({what})")
+
+
+COMMANDS = (discover, interface, predict)

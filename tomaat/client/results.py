@@ -1,0 +1,182 @@
+"""A prediction's answer as typed Python values, and how each kind is saved where other tools open it.
+
+Label volumes keep their geometry (NIfTI by default, as most viewers read it);
+fiducials go to Slicer's .fcsv and to JSON; transforms stay in the ITK files
+the server sent (.h5, .mat) or a displacement-field .nii.gz; meshes as .vtk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..protocol.errors import RequestError
+from ..protocol.outputs import decode_item
+from ..protocol.volumes import FORMATS
+from .errors import ServerError
+
+NAMES = {
+    "LabelVolume": "labels",
+    "VTKMesh": "mesh",
+    "PlainText": "text",
+    "Fiducials": "fiducials",
+    "TransformGrid": "displacement",
+    "TransformBSpline": "bspline",
+    "TransformLinear": "linear",
+}
+
+
+@dataclass
+class Output:
+    """One answer item: `value` is a SimpleITK image, str, (N, 3) array, SimpleITK transform or mesh bytes."""
+
+    name: str
+    type: str
+    label: str
+    value: object
+    raw: str | None = None  # the base64 content as sent, so transforms are saved byte for byte
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")
+
+
+class Result:
+    """The outputs of one prediction, in the order the server declared them."""
+
+    def __init__(self, outputs: list[Output]):
+        self.outputs = outputs
+
+    @classmethod
+    def from_items(cls, items: list, output_interface=None) -> Result:
+        """Decode the v1 item list; names come from the v2 output interface, else from each item's type."""
+        fields = [getattr(e, "field", None) for e in output_interface or ()]
+        outputs, used = [], set()
+        for index, item in enumerate(items):
+            kind = item.get("type")
+            if kind not in NAMES:
+                raise ServerError(f"the server answered an item of unknown type {kind!r}")
+            try:
+                value = decode_item(item)
+            except RequestError as error:
+                raise ServerError(f"the server's {kind} output could not be read: {error.message}") from None
+            if index < len(fields) and fields[index] and len(items) == len(fields):
+                name = fields[index]
+            else:
+                name = NAMES[kind]
+            base, number = _slug(name) or NAMES[kind], 2
+            name = base
+            while name in used:
+                name, number = f"{base}_{number}", number + 1
+            used.add(name)
+            raw = item.get("content") if kind in ("TransformBSpline", "TransformLinear") else None
+            outputs.append(Output(name, kind, item.get("label", "") or "", value, raw))
+        return cls(outputs)
+
+    def __iter__(self):
+        return iter(self.outputs)
+
+    def __len__(self) -> int:
+        return len(self.outputs)
+
+    def __getitem__(self, name: str):
+        for output in self.outputs:
+            if output.name == name:
+                return output.value
+        raise KeyError(f"no output {name!r}; this result has {', '.join(o.name for o in self.outputs)}")
+
+    def of_type(self, kind: str) -> list[Output]:
+        return [o for o in self.outputs if o.type == kind]
+
+    @property
+    def texts(self) -> list[Output]:
+        return self.of_type("PlainText")
+
+    def save(self, directory: str, volume_format: str = "nii.gz") -> list[tuple[str, str]]:
+        """Write every output into directory; returns (path, what) for each file written."""
+        if volume_format not in FORMATS:
+            raise ValueError(f"unknown volume format {volume_format!r}; expected one of {', '.join(FORMATS)}")
+        os.makedirs(directory, exist_ok=True)
+        written = []
+        for output in self.outputs:
+            for path, what in _SAVERS[output.type](output, os.path.join(directory, output.name), volume_format):
+                written.append((path, what))
+        return written
+
+
+def _geometry(image: sitk.Image) -> str:
+    size = "x".join(map(str, image.GetSize()))
+    spacing = "x".join(f"{s:g}" for s in image.GetSpacing())
+    return f"{size} voxels of {spacing} mm"
+
+
+def _save_volume(output: Output, base: str, fmt: str):
+    path = f"{base}.{fmt}"
+    sitk.WriteImage(output.value, path, True)
+    yield path, f"label volume, {_geometry(output.value)}"
+
+
+def _save_text(output: Output, base: str, fmt: str):
+    path = f"{base}.txt"
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(output.value if output.value.endswith("\n") else output.value + "\n")
+    yield path, "text"
+
+
+def _save_mesh(output: Output, base: str, fmt: str):
+    path = f"{base}.vtk"
+    with open(path, "wb") as handle:
+        handle.write(output.value)
+    yield path, "mesh (legacy VTK)"
+
+
+def write_fcsv(points: np.ndarray, path: str, label: str = "F") -> None:
+    """Slicer's markups CSV in LPS, the coordinate system the wire format uses (Slicer converts on load)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("# Markups fiducial file version = 4.11\n# CoordinateSystem = LPS\n")
+        handle.write("# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n")
+        for index, (x, y, z) in enumerate(np.asarray(points, dtype=float).reshape(-1, 3), start=1):
+            handle.write(f"{index},{x!r},{y!r},{z!r},0,0,0,1,1,1,0,{label}-{index},,\n")
+
+
+def _save_fiducials(output: Output, base: str, fmt: str):
+    points = np.asarray(output.value, dtype=float).reshape(-1, 3)
+    write_fcsv(points, f"{base}.fcsv", _slug(output.label) or "F")
+    yield f"{base}.fcsv", f"{len(points)} fiducial(s), Slicer markups (LPS)"
+    with open(f"{base}.json", "w", encoding="utf-8") as handle:
+        json.dump({"coordinateSystem": "LPS", "points": points.tolist()}, handle, indent=2)
+    yield f"{base}.json", f"{len(points)} fiducial(s), JSON (LPS)"
+
+
+def _save_grid(output: Output, base: str, fmt: str):
+    path = f"{base}.nii.gz"
+    sitk.WriteImage(output.value, path, True)
+    yield path, f"displacement field, {_geometry(output.value)}"
+
+
+def _save_transform_file(suffix: str, what: str):
+    import base64
+
+    def save(output: Output, base: str, fmt: str):
+        path = f"{base}.{suffix}"
+        with open(path, "wb") as handle:
+            handle.write(base64.b64decode(output.raw))
+        yield path, what
+
+    return save
+
+
+_SAVERS = {
+    "LabelVolume": _save_volume,
+    "PlainText": _save_text,
+    "VTKMesh": _save_mesh,
+    "Fiducials": _save_fiducials,
+    "TransformGrid": _save_grid,
+    "TransformBSpline": _save_transform_file("h5", "B-spline transform (ITK .h5)"),
+    "TransformLinear": _save_transform_file("mat", "linear transform (ITK .mat)"),
+}
