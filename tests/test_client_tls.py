@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import pytest_twisted
@@ -14,7 +15,7 @@ from tomaat.server.service import TomaatService
 
 
 @pytest_twisted.ensureDeferred
-async def test_first_use_then_pinning_then_a_changed_certificate(serve, tmp_path):
+async def test_first_use_then_pinning_then_a_changed_certificate(serve, tmp_path, caplog):
     # started by hand: it is stopped mid-test to free its port for a server with another certificate
     first = TomaatService(
         app=EverythingApp(), tls=True, state_dir=str(tmp_path / "first"), port=0, interface="127.0.0.1"
@@ -24,7 +25,9 @@ async def test_first_use_then_pinning_then_a_changed_certificate(serve, tmp_path
     netloc = f"127.0.0.1:{port}"
     known = tmp_path / "known_hosts.json"
 
-    info = await AsyncClient(first.url, known_hosts=str(known)).info()
+    with caplog.at_level(logging.WARNING, logger="tomaat.client"):
+        info = await AsyncClient(first.url, known_hosts=str(known)).info()
+    assert f"trusting {netloc} on first use, certificate fingerprint {first.fingerprint}" in caplog.text
     assert info.metadata["tls_fingerprint"] == first.fingerprint
     assert json.loads(known.read_text()) == {netloc: first.fingerprint}  # remembered on first use
     assert (await AsyncClient(first.url, known_hosts=str(known)).info()).protocol == 2  # and trusted after

@@ -11,6 +11,7 @@ re-keyed or someone is in between.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 
@@ -20,6 +21,8 @@ from zope.interface import implementer
 
 from ..trust import FingerprintCreator, normalise_fingerprint
 from .errors import CertificateChanged
+
+log = logging.getLogger("tomaat.client")
 
 
 def default_known_hosts() -> str:
@@ -91,6 +94,13 @@ class TrustOnFirstUse:
         remembered = self.known_hosts.get(netloc)
         if remembered is None:
             self.known_hosts.remember(netloc, shown)
+            # the one moment a person can compare the fingerprint with what the server's operator printed
+            log.warning(
+                "tomaat: trusting %s on first use, certificate fingerprint %s (remembered in %s)",
+                netloc,
+                shown,
+                self.known_hosts.path,
+            )
             return True
         if remembered != shown:
             self.refused = (netloc, remembered, shown)
