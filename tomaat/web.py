@@ -149,3 +149,30 @@ def log_to_stdlib() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
+
+
+def server_endpoint(reactor, config: dict):
+    """The endpoint a service listens on, and its certificate's fingerprint (None for plain HTTP).
+
+    Both services read the same keys: port, interface, tls, cert, key, state_dir.
+    """
+    from twisted.internet import endpoints
+
+    from . import tls
+
+    port, interface = int(config["port"]), config["interface"]
+    if not config["tls"]:
+        return endpoints.TCP4ServerEndpoint(reactor, port, interface=interface), None
+    cert, key = config["cert"], config["key"]
+    if not (cert and key):
+        cert, key = tls.ensure_certificate(config["state_dir"])
+    endpoint = endpoints.SSL4ServerEndpoint(reactor, port, tls.server_options(cert, key), interface=interface)
+    return endpoint, tls.file_fingerprint(cert)
+
+
+def local_url(config: dict, port) -> str:
+    """How a process on this machine reaches a listening service (tests, logs, the demo)."""
+    scheme = "https" if config["tls"] else "http"
+    interface = config["interface"]
+    host = "127.0.0.1" if interface in ("0.0.0.0", "") else interface
+    return f"{scheme}://{host}:{port.getHost().port}"

@@ -12,10 +12,10 @@ import os
 import sys
 import time
 
-from twisted.internet import endpoints, task
+from twisted.internet import task
 from twisted.internet.defer import Deferred
 
-from .. import tls, web
+from .. import web
 from . import store
 from .ratelimit import FailureLimiter
 from .routes import RegistryRoutes
@@ -82,21 +82,12 @@ class RegistryService:
         }
 
     def _endpoint(self):
-        port, interface = int(self.config["port"]), self.config["interface"]
-        if not self.config["tls"]:
-            return endpoints.TCP4ServerEndpoint(self.reactor, port, interface=interface)
-        cert, key = self.config["cert"], self.config["key"]
-        if not (cert and key):
-            cert, key = tls.ensure_certificate(self.config["state_dir"])
-        self.fingerprint = tls.file_fingerprint(cert)
-        return endpoints.SSL4ServerEndpoint(self.reactor, port, tls.server_options(cert, key), interface=interface)
+        endpoint, self.fingerprint = web.server_endpoint(self.reactor, self.config)
+        return endpoint
 
     @property
     def url(self) -> str:
-        scheme = "https" if self.config["tls"] else "http"
-        interface = self.config["interface"]
-        host = "127.0.0.1" if interface in ("0.0.0.0", "") else interface
-        return f"{scheme}://{host}:{self.port.getHost().port}"
+        return web.local_url(self.config, self.port)
 
     async def _purge(self):
         try:

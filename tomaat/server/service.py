@@ -13,10 +13,10 @@ import sys
 import threading
 import time
 
-from twisted.internet import endpoints, task
+from twisted.internet import task
 from twisted.python.threadpool import ThreadPool
 
-from .. import tls, web
+from .. import web
 from ..protocol import elements, scratch
 from ..protocol.headers import DEFAULT_MAX_VOXELS
 from .announcer import Announcer, pin_fingerprint
@@ -141,21 +141,12 @@ class TomaatService:
         }
 
     def _endpoint(self):
-        port, interface = int(self.config["port"]), self.config["interface"]
-        if not self.config["tls"]:
-            return endpoints.TCP4ServerEndpoint(self.reactor, port, interface=interface)
-        cert, key = self.config["cert"], self.config["key"]
-        if not (cert and key):
-            cert, key = tls.ensure_certificate(self.config["state_dir"])
-        self.fingerprint = tls.file_fingerprint(cert)
-        return endpoints.SSL4ServerEndpoint(self.reactor, port, tls.server_options(cert, key), interface=interface)
+        endpoint, self.fingerprint = web.server_endpoint(self.reactor, self.config)
+        return endpoint
 
     @property
     def url(self) -> str:
-        scheme = "https" if self.config["tls"] else "http"
-        interface = self.config["interface"]
-        host = "127.0.0.1" if interface in ("0.0.0.0", "") else interface
-        return f"{scheme}://{host}:{self.port.getHost().port}"
+        return web.local_url(self.config, self.port)
 
     @property
     def public_url(self) -> str:
