@@ -66,6 +66,22 @@ class RegistryRoutes:
         except ValueError as error:
             return None, (400, str(error))
 
+    def _checked(self, request, check):
+        """The checked body, or the answer refusing it: throttled, unreadable, or with field problems."""
+        throttled = self._throttled(request)
+        if throttled:
+            return None, throttled
+        data, refused = self._body(request)
+        if refused:
+            return None, _answer(request, [refused[1]], refused[0])
+        checked = check(data)
+        if checked.problems:
+            log.info(
+                "%s from %s refused: %s", request.path.decode("latin-1"), _client(request), "; ".join(checked.problems)
+            )
+            return None, _answer(request, checked.problems, 400)
+        return checked, None
+
     def _store_down(self, request, what: str, error: Exception) -> bytes:
         log.error("the store failed during %s: %s: %s", what, type(error).__name__, error)
         request.setHeader(b"Retry-After", b"30")
@@ -90,16 +106,9 @@ class RegistryRoutes:
 
     @app.route("/announce", methods=["POST"])
     async def announce(self, request):
-        throttled = self._throttled(request)
-        if throttled:
-            return throttled
-        data, refused = self._body(request)
-        if refused:
-            return _answer(request, [refused[1]], refused[0])
-        checked = check_announcement(data)
-        if checked.problems:
-            log.info("announcement from %s refused: %s", _client(request), "; ".join(checked.problems))
-            return _answer(request, checked.problems, 400)
+        checked, refusal = self._checked(request, check_announcement)
+        if refusal:
+            return refusal
         url = checked.fields["prediction_url"]
         now = self.service.now()
         try:
@@ -123,15 +132,9 @@ class RegistryRoutes:
 
     @app.route("/withdraw", methods=["POST"])
     async def withdraw(self, request):
-        throttled = self._throttled(request)
-        if throttled:
-            return throttled
-        data, refused = self._body(request)
-        if refused:
-            return _answer(request, [refused[1]], refused[0])
-        checked = check_withdrawal(data)
-        if checked.problems:
-            return _answer(request, checked.problems, 400)
+        checked, refusal = self._checked(request, check_withdrawal)
+        if refusal:
+            return refusal
         url = checked.fields["prediction_url"]
         try:
             removed = await self.service.store.run(store.withdraw, hash_key(checked.api_key), url, self.service.now())
