@@ -15,3 +15,23 @@ def test_load_benchmark_quick_mode_passes():
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert " 0 errors" in done.stdout and done.stdout.strip().endswith("OK")
+
+
+def _quick(module: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("OK"), done.stdout
+    return done.stdout
+
+
+def test_latency_benchmark_quick_mode_runs_all_three_clients():
+    out = _quick("benchmarks.latency")
+    for row in ("(a) tomaat client", "(b) v1 client", "(c) floor", "lock_wait", "send", "peak memory growth"):
+        assert row in out
+
+
+def test_throughput_benchmark_quick_mode_answers_every_request():
+    out = _quick("benchmarks.throughput")
+    assert " 0 errors" in out and "GPU-bound maximum" in out

@@ -1,9 +1,11 @@
 """Request bodies into named fields of raw bytes, off the reactor thread.
 
-Twisted's own form parsing is switched off (see site.py) because it runs on
-the reactor and keeps several copies of each part; werkzeug's sans-IO decoder
-streams the body once and keeps every part as bytes, so a volume sent as a
-plain field (as old clients do) is not mangled by a text decoding.
+Twisted's own form parsing is switched off (see web.py) because it runs on
+the reactor and keeps several copies of each part. Here the body is read
+once into one bytes object and each part is a memoryview into it, found with
+bytes.find: a 1 GB volume is never copied, and a volume sent as a plain field
+(as old clients do) is not mangled by a text decoding. A streaming decoder
+(werkzeug's) was three times slower than reading the body from the socket.
 """
 
 from __future__ import annotations
@@ -11,53 +13,71 @@ from __future__ import annotations
 from urllib.parse import parse_qs
 
 from werkzeug.http import parse_options_header
-from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
 from ..protocol.errors import RequestError
 
-CHUNK = 1 << 20
+MAX_PART_HEADER = 16384
 
 
-def _multipart(body, boundary: bytes, max_fields: int) -> dict[str, bytes]:
-    decoder = MultipartDecoder(boundary)
-    fields: dict[str, bytes] = {}
-    name, buffer = None, None
+def _malformed(why: str) -> RequestError:
+    return RequestError(f"the multipart body is malformed: {why}")
+
+
+def _part_name(head: bytes) -> str:
+    for line in head.decode("latin-1").split("\r\n"):
+        key, colon, value = line.partition(":")
+        if not colon:
+            raise _malformed(f"a part header line has no colon: {line[:60]!r}")
+        if key.strip().lower() == "content-disposition":
+            disposition, options = parse_options_header(value.strip())
+            if disposition.lower() != "form-data" or "name" not in options:
+                raise _malformed("a part's Content-Disposition is not form-data with a name")
+            return options["name"]
+    raise _malformed("a part has no Content-Disposition header")
+
+
+def split_multipart(body: bytes, boundary: bytes, max_fields: int) -> dict[str, memoryview]:
+    """Each part's name and a view of its bytes in body (RFC 2046: preamble and epilogue are ignored)."""
+    view, dash = memoryview(body), b"--" + boundary
+    delimiter = b"\r\n" + dash
+    at = 0 if body.startswith(dash) else body.find(delimiter)
+    if at < 0:
+        raise _malformed("the boundary given in Content-Type never occurs in the body")
+    at += len(dash) if at == 0 else len(delimiter)
+    fields: dict[str, memoryview] = {}
     while True:
-        chunk = body.read(CHUNK)
-        decoder.receive_data(chunk or None)
-        while True:
-            event = decoder.next_event()
-            if isinstance(event, NeedData):
-                break
-            if isinstance(event, (Field, File)):
-                name, buffer = event.name, bytearray()
-            elif isinstance(event, Data):
-                buffer += event.data
-                if not event.more_data:
-                    # Slicer never repeats a name; guessing which copy was meant could run the wrong input
-                    if name in fields:
-                        raise RequestError(f"field {name[:60]!r} is sent more than once; expected each field once")
-                    fields[name] = bytes(buffer)
-                    buffer = None
-                    if len(fields) > max_fields:
-                        raise RequestError(f"too many form fields (more than {max_fields})", 413)
-            elif isinstance(event, Epilogue):
-                return fields
-        if not chunk:
-            raise RequestError("the multipart body is truncated: its closing boundary is missing")
+        if body.startswith(b"--", at):
+            return fields
+        line_end = body.find(b"\r\n", at)
+        if line_end < 0 or body[at:line_end].strip(b" \t"):
+            raise _malformed("the body is truncated or a boundary line is followed by data")
+        head_end = body.find(b"\r\n\r\n", line_end, line_end + MAX_PART_HEADER)
+        if head_end < 0:
+            raise _malformed("a part's headers are missing, too long or truncated")
+        name = _part_name(body[line_end + 2 : head_end]) if head_end > line_end else _part_name(b"")
+        end = body.find(delimiter, head_end + 4)
+        if end < 0:
+            raise _malformed("the body is truncated: its closing boundary is missing")
+        # Slicer never repeats a name; guessing which copy was meant could run the wrong input
+        if name in fields:
+            raise RequestError(f"field {name[:60]!r} is sent more than once; expected each field once")
+        fields[name] = view[head_end + 4 : end]
+        if len(fields) > max_fields:
+            raise RequestError(f"too many form fields (more than {max_fields})", 413)
+        at = end + len(delimiter)
 
 
-def read_fields(body, content_type: str | None, max_fields: int = 256) -> dict[str, bytes]:
-    """Fields from a multipart/form-data or urlencoded body (a file object positioned at 0)."""
+def read_fields(body, content_type: str | None, max_fields: int = 256) -> dict[str, bytes | memoryview]:
+    """Fields from a multipart/form-data or urlencoded body (a file object positioned at 0).
+
+    Multipart values are read-only views into the body, alive as long as a view is.
+    """
     mimetype, options = parse_options_header(content_type or "")
     if mimetype == "multipart/form-data":
         boundary = options.get("boundary")
         if not boundary:
             raise RequestError("multipart/form-data without a boundary parameter")
-        try:
-            return _multipart(body, boundary.encode("latin-1"), max_fields)
-        except ValueError as error:
-            raise RequestError(f"the multipart body is malformed: {error}") from None
+        return split_multipart(body.read(), boundary.encode("latin-1"), max_fields)
     if mimetype in ("application/x-www-form-urlencoded", ""):
         try:
             query = parse_qs(body.read().decode("latin-1"), keep_blank_values=True, max_num_fields=max_fields)

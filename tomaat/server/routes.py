@@ -87,7 +87,7 @@ class PredictionRoutes:
         return fields.addCallback(self._collect, request).addErrback(self._form_error, request)
 
     def _collect(self, fields, request):
-        request_id = fields.get("request_id", b"").decode("latin-1").strip()
+        request_id = bytes(fields.get("request_id", b"")).decode("latin-1").strip()
         if not request_id:
             return _json(request, error_items("missing field 'request_id' (the id a DelayedResponse gave you)"), 400)
         try:
