@@ -82,20 +82,33 @@ def _check_single_file(raw: bytes, fmt: str, where: str) -> None:
             )
 
 
-def decode_base64(text, where: str) -> bytes:
-    """The bytes of base64 text with line breaks, checked and decoded without copying the text first.
+def _is_base64_text(view: memoryview, start: int = 0, stop: int | None = None) -> bool:
+    """Whether view[start:stop] holds only base64 characters and whitespace, checked in slices (no 1 GB copy)."""
+    stop = len(view) if stop is None else min(stop, len(view))
+    return not any(
+        bytes(view[at : min(at + _CHECK_SLICE, stop)]).translate(None, _BASE64_TEXT)
+        for at in range(start, stop, _CHECK_SLICE)
+    )
 
-    The check runs in slices so a 1 GB field never exists twice; binascii skips the whitespace.
+
+def decode_base64(text, where: str) -> bytes:
+    """The bytes of base64 text with line breaks, decoded without copying the text first.
+
+    binascii skips whitespace and (not strict) any other character, so only the
+    head is checked up front, to refuse binary data at once; the whole text is
+    checked only when decoding fails, to say which mistake the client made.
     """
     if isinstance(text, str):
         text = text.encode("ascii", "replace")
     view = memoryview(text).cast("B")
-    for at in range(0, len(view), _CHECK_SLICE):
-        if bytes(view[at : at + _CHECK_SLICE]).translate(None, _BASE64_TEXT):
-            raise UnreadableVolume(f"{where}: expected {EXPECTED}, got text that is neither")
+    neither = UnreadableVolume(f"{where}: expected {EXPECTED}, got text that is neither")
+    if not _is_base64_text(view, 0, 65536):
+        raise neither
     try:
         return binascii.a2b_base64(view)
     except (binascii.Error, ValueError):
+        if not _is_base64_text(view, 65536):
+            raise neither from None
         raise UnreadableVolume(
             f"{where}: the base64 text is truncated or corrupt (its length or padding is wrong); expected {EXPECTED}"
         ) from None
@@ -105,9 +118,11 @@ def unwrap(raw: bytes, where: str) -> tuple[bytes, str]:
     """The image file's bytes and format, whether the field carried them raw or as base64 text."""
     fmt = sniff_format(raw)
     if fmt is None:
-        raw = decode_base64(raw, where)
+        text, raw = raw, decode_base64(raw, where)
         fmt = sniff_format(raw)
         if fmt is None:
+            if not _is_base64_text(memoryview(text).cast("B")):
+                raise UnreadableVolume(f"{where}: expected {EXPECTED}, got text that is neither")
             raise UnreadableVolume(f"{where}: the data is not {EXPECTED}")
     _check_single_file(raw, fmt, where)
     return raw, fmt

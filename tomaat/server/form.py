@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 from werkzeug.http import parse_options_header
 
 from ..protocol.errors import RequestError
+from ..web import body_bytes
 
 MAX_PART_HEADER = 16384
 
@@ -36,17 +37,24 @@ def _part_name(head: bytes) -> str:
     raise _malformed("a part has no Content-Disposition header")
 
 
-def split_multipart(body: bytes, boundary: bytes, max_fields: int) -> dict[str, memoryview]:
-    """Each part's name and a view of its bytes in body (RFC 2046: preamble and epilogue are ignored)."""
-    view, dash = memoryview(body), b"--" + boundary
+def _starts(body, prefix: bytes, at: int = 0) -> bool:
+    return body[at : at + len(prefix)] == prefix  # bytes and memory maps alike
+
+
+def split_multipart(body, boundary: bytes, max_fields: int) -> dict[str, memoryview]:
+    """Each part's name and a read-only view of its bytes in body (RFC 2046: preamble and epilogue are ignored).
+
+    body is bytes or a memory map (web.BodyBuffer): both have find() and slicing.
+    """
+    view, dash = memoryview(body).toreadonly(), b"--" + boundary
     delimiter = b"\r\n" + dash
-    at = 0 if body.startswith(dash) else body.find(delimiter)
+    at = 0 if _starts(body, dash) else body.find(delimiter)
     if at < 0:
         raise _malformed("the boundary given in Content-Type never occurs in the body")
     at += len(dash) if at == 0 else len(delimiter)
     fields: dict[str, memoryview] = {}
     while True:
-        if body.startswith(b"--", at):
+        if _starts(body, b"--", at):
             return fields
         line_end = body.find(b"\r\n", at)
         if line_end < 0 or body[at:line_end].strip(b" \t"):
@@ -77,10 +85,12 @@ def read_fields(body, content_type: str | None, max_fields: int = 256) -> dict[s
         boundary = options.get("boundary")
         if not boundary:
             raise RequestError("multipart/form-data without a boundary parameter")
-        return split_multipart(body.read(), boundary.encode("latin-1"), max_fields)
+        return split_multipart(body_bytes(body), boundary.encode("latin-1"), max_fields)
     if mimetype in ("application/x-www-form-urlencoded", ""):
         try:
-            query = parse_qs(body.read().decode("latin-1"), keep_blank_values=True, max_num_fields=max_fields)
+            query = parse_qs(
+                bytes(body_bytes(body)).decode("latin-1"), keep_blank_values=True, max_num_fields=max_fields
+            )
         except ValueError:  # parse_qs's only complaint: more fields than max_num_fields
             raise RequestError(f"too many form fields (more than {max_fields})", 413) from None
         repeated = next((key for key, values in query.items() if len(values) > 1), None)
