@@ -11,9 +11,7 @@ import argparse
 import base64
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,44 +21,7 @@ import numpy as np
 import requests
 import SimpleITK as sitk
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def start(command: list[str], url: str, env: dict) -> subprocess.Popen:
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{command} exited with {process.returncode}")
-        try:
-            requests.get(url + "/health", timeout=1)
-            return process
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"{url} did not come up")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+from .support import ROOT, free_port, start, status_kib, stop
 
 
 def percentiles(latencies: list[float]) -> str:
@@ -106,12 +67,12 @@ def bench_predictions(total: int, clients: int, env: dict) -> bool:
             for ok, latency in pool.map(one, range(warm)):
                 errors += not ok
                 latencies.append(latency)
-            after_warm = rss_mib(server.pid)
+            after_warm = status_kib(server.pid, "VmRSS") / 1024
             for ok, latency in pool.map(one, range(total - warm)):
                 errors += not ok
                 latencies.append(latency)
         elapsed = time.perf_counter() - began
-        after_all = rss_mib(server.pid)
+        after_all = status_kib(server.pid, "VmRSS") / 1024
     finally:
         stop(server)
     bound = after_warm * 1.10

@@ -59,7 +59,7 @@ def tomaat_serve(app_path: str, port: int, tls: tuple[str, str] | None, extra: l
     return command + list(extra)
 
 
-def _status_kib(pid: int, key: str) -> int:
+def status_kib(pid: int, key: str) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith(key + ":"):
@@ -81,7 +81,7 @@ class PeakMemory:
         self.method = "VmHWM"
 
     def __enter__(self):
-        self.base = _status_kib(self.pid, "VmRSS")
+        self.base = status_kib(self.pid, "VmRSS")
         try:
             with open(f"/proc/{self.pid}/clear_refs", "w") as handle:
                 handle.write("5")
@@ -93,12 +93,12 @@ class PeakMemory:
 
     def _sample(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, _status_kib(self.pid, "VmRSS"))
+            self.peak = max(self.peak, status_kib(self.pid, "VmRSS"))
             time.sleep(0.001)
 
     def __exit__(self, *exc):
         if self.method == "VmHWM":
-            peak = _status_kib(self.pid, "VmHWM")
+            peak = status_kib(self.pid, "VmHWM")
         else:
             self._stop.set()
             self._thread.join()
