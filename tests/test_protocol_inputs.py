@@ -1,7 +1,6 @@
 """Form field bytes -> the values an app finds in data[destination], through real SimpleITK files."""
 
 import base64
-import contextlib
 import math
 import os
 import tempfile
@@ -9,6 +8,7 @@ import tempfile
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scratch_checks import no_scratch_left, private_tempdir  # noqa: F401 (an autouse fixture)
 
 from tomaat.protocol.elements import Checkbox, Fiducials, RadioButton, Slider, Transform, Volume
 from tomaat.protocol.errors import RequestError, UnreadableVolume
@@ -16,29 +16,6 @@ from tomaat.protocol.inputs import decode_field, decode_fields
 from tomaat.protocol.volumes import sniff_format
 
 # --- scratch folders: none may be left behind -----------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def private_tempdir(tmp_path, monkeypatch):
-    """A temp folder of our own, so other processes' scratch folders cannot make these checks flaky."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    yield folder
-    assert _scratch_dirs() == set(), "a tomaat- scratch folder was left behind"
-
-
-def _scratch_dirs() -> set:
-    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("tomaat-")}
-
-
-@contextlib.contextmanager
-def no_scratch_left():
-    before = _scratch_dirs()
-    try:
-        yield
-    finally:
-        assert _scratch_dirs() == before
 
 
 def decode(element, raw):

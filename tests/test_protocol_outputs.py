@@ -1,15 +1,13 @@
 """App values -> v1 output items (encode_item) and back (decode_item), and the app called without a server."""
 
 import base64
-import contextlib
 import json
 import math
-import os
-import tempfile
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scratch_checks import no_scratch_left, private_tempdir  # noqa: F401 (an autouse fixture)
 
 from tomaat.protocol.elements import (
     Fiducials,
@@ -25,29 +23,6 @@ from tomaat.protocol.volumes import sniff_format
 from tomaat.server.app import TomaatApp
 
 # --- scratch folders: none may be left behind -----------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def private_tempdir(tmp_path, monkeypatch):
-    """A temp folder of our own, so other processes' scratch folders cannot make these checks flaky."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    yield folder
-    assert _scratch_dirs() == set(), "a tomaat- scratch folder was left behind"
-
-
-def _scratch_dirs() -> set:
-    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("tomaat-")}
-
-
-@contextlib.contextmanager
-def no_scratch_left():
-    before = _scratch_dirs()
-    try:
-        yield
-    finally:
-        assert _scratch_dirs() == before
 
 
 def encode(element, value, reference=None) -> dict:
