@@ -72,6 +72,25 @@ def v1_base64(image: sitk.Image) -> str:
     return base64.encodebytes(image_bytes(image, ".mha")).decode("ascii")
 
 
+def make_affine() -> sitk.AffineTransform:
+    """A linear transform with nothing at its default: matrix, translation and centre all set."""
+    transform = sitk.AffineTransform(3)
+    transform.SetMatrix((1.1, 0.2, 0.0, -0.1, 0.9, 0.05, 0.0, 0.3, 1.2))
+    transform.SetTranslation((1.0, -2.0, 3.5))
+    transform.SetCenter((5.0, 6.0, 7.0))
+    return transform
+
+
+def make_bspline() -> sitk.BSplineTransform:
+    """A B-spline transform on an offset grid with non-zero coefficients."""
+    grid = sitk.Image([8, 8, 8], sitk.sitkFloat32)
+    grid.SetSpacing((2.0, 2.0, 2.0))
+    grid.SetOrigin((-8.0, -8.0, -8.0))
+    transform = sitk.BSplineTransformInitializer(grid, [3, 3, 3], 3)
+    transform.SetParameters(np.linspace(-1.0, 1.0, len(transform.GetParameters())).tolist())
+    return transform
+
+
 def assert_same_grid(result: sitk.Image, expected: sitk.Image, tol=1e-6) -> None:
     assert result.GetSize() == expected.GetSize()
     np.testing.assert_allclose(result.GetSpacing(), expected.GetSpacing(), atol=tol)

@@ -8,6 +8,7 @@ import tempfile
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import make_affine, make_bspline
 from scratch_checks import no_scratch_left, private_tempdir  # noqa: F401 (an autouse fixture)
 
 from tomaat.protocol.elements import Checkbox, Fiducials, RadioButton, Slider, Transform, Volume
@@ -353,30 +354,13 @@ def _transform_field(kind: str, data: bytes) -> bytes:
     return kind.encode() + b"\n" + base64.encodebytes(data)
 
 
-def affine() -> sitk.AffineTransform:
-    transform = sitk.AffineTransform(3)
-    transform.SetMatrix((1.1, 0.2, 0.0, -0.1, 0.9, 0.05, 0.0, 0.3, 1.2))
-    transform.SetTranslation((1.0, -2.0, 3.5))
-    transform.SetCenter((5.0, 6.0, 7.0))
-    return transform
-
-
-def bspline() -> sitk.BSplineTransform:
-    grid = sitk.Image([8, 8, 8], sitk.sitkFloat32)
-    grid.SetSpacing((2.0, 2.0, 2.0))
-    grid.SetOrigin((-8.0, -8.0, -8.0))
-    transform = sitk.BSplineTransformInitializer(grid, [3, 3, 3], 3)
-    transform.SetParameters(np.linspace(-1.0, 1.0, len(transform.GetParameters())).tolist())
-    return transform
-
-
 def written_transform(transform, path) -> bytes:
     sitk.WriteTransform(transform, str(path))
     return path.read_bytes()
 
 
 def test_transform_mat_is_an_affine_transform(tmp_path):
-    expected = affine()
+    expected = make_affine()
     result = decode(Transform("initial"), _transform_field("mat", written_transform(expected, tmp_path / "t.mat")))
     assert isinstance(result, sitk.AffineTransform)
     assert result.GetParameters() == expected.GetParameters()
@@ -385,7 +369,7 @@ def test_transform_mat_is_an_affine_transform(tmp_path):
 
 
 def test_transform_h5_is_a_bspline_transform(tmp_path):
-    expected = bspline()
+    expected = make_bspline()
     result = decode(Transform("initial"), _transform_field("h5", written_transform(expected, tmp_path / "t.h5")))
     assert isinstance(result, sitk.BSplineTransform)
     np.testing.assert_array_equal(result.GetParameters(), expected.GetParameters())
@@ -437,7 +421,7 @@ def test_transform_file_that_is_not_a_transform_is_400():
 
 
 def test_transform_with_truncated_base64_is_refused(tmp_path):
-    text = _transform_field("mat", written_transform(affine(), tmp_path / "t.mat"))
+    text = _transform_field("mat", written_transform(make_affine(), tmp_path / "t.mat"))
     error = refused(Transform("initial"), text[:-7])
     assert error.status == 415
     assert "truncated or corrupt" in error.message

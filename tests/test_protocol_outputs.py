@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import make_affine, make_bspline
 from scratch_checks import no_scratch_left, private_tempdir  # noqa: F401 (an autouse fixture)
 
 from tomaat.protocol.elements import (
@@ -244,17 +245,8 @@ def test_transform_grid_of_another_kind_is_a_type_error(value):
     encode_refused(TransformGrid("deformation"), value, match="DisplacementFieldTransform or a vector image")
 
 
-def bspline() -> sitk.BSplineTransform:
-    grid = sitk.Image([8, 8, 8], sitk.sitkFloat32)
-    grid.SetSpacing((2.0, 2.0, 2.0))
-    grid.SetOrigin((-8.0, -8.0, -8.0))
-    transform = sitk.BSplineTransformInitializer(grid, [3, 3, 3], 3)
-    transform.SetParameters(np.linspace(-1.0, 1.0, len(transform.GetParameters())).tolist())
-    return transform
-
-
 def test_transform_bspline_round_trip():
-    expected = bspline()
+    expected = make_bspline()
     item = encode(TransformBSpline("deformation"), expected)
     assert item["type"] == "TransformBSpline"
     assert base64.b64decode(item["content"])[:8] == b"\x89HDF\r\n\x1a\n"
@@ -264,16 +256,8 @@ def test_transform_bspline_round_trip():
     assert result.GetFixedParameters() == expected.GetFixedParameters()
 
 
-def affine() -> sitk.AffineTransform:
-    transform = sitk.AffineTransform(3)
-    transform.SetMatrix((1.1, 0.2, 0.0, -0.1, 0.9, 0.05, 0.0, 0.3, 1.2))
-    transform.SetTranslation((1.0, -2.0, 3.5))
-    transform.SetCenter((5.0, 6.0, 7.0))
-    return transform
-
-
 def test_transform_linear_round_trip():
-    expected = affine()
+    expected = make_affine()
     item = encode(TransformLinear("registration", "Rigid"), expected)
     assert item["type"] == "TransformLinear" and item["label"] == "Rigid"
     result = decode(item)
