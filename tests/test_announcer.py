@@ -9,7 +9,8 @@ from test_registry_support import assert_no_key_material, eventually, get_json, 
 from twisted.internet import protocol, reactor
 
 from tomaat import tls
-from tomaat.server.announcer import Announcer, backoff_delay, pin_fingerprint, registry_base, trust_certificate
+from tomaat.server.announcer import Announcer, backoff_delay, registry_base
+from tomaat.trust import pin_fingerprint, trust_certificate
 
 logs = support.logs  # a fixture shared with the registry tests
 

@@ -20,10 +20,13 @@ CERT_NAME = "tls-cert.pem"
 KEY_NAME = "tls-key.pem"
 
 
-def fingerprint(cert_pem: bytes) -> str:
-    """SHA-256 of the DER certificate, upper-case hex pairs joined by colons (as TOMAAT-Slicer stores it)."""
-    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+def der_fingerprint(der: bytes) -> str:
+    """SHA-256 of a DER certificate, upper-case hex pairs joined by colons (as TOMAAT-Slicer stores it)."""
     return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+
+
+def fingerprint(cert_pem: bytes) -> str:
+    return der_fingerprint(x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER))
 
 
 def _self_signed(hostname: str) -> tuple[bytes, bytes]:

@@ -9,7 +9,6 @@ and trusting on first use are two such checks.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -18,6 +17,8 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
+
+from .tls import der_fingerprint
 
 
 def normalise_fingerprint(fingerprint: str) -> str:
@@ -47,8 +48,7 @@ class FingerprintCreator:
     def _verify(self, connection, x509, errno, depth, ok):
         if depth != 0:
             return True  # the leaf decides: it is the one whose fingerprint is trusted
-        der = x509.to_cryptography().public_bytes(Encoding.DER)
-        return bool(self.check(":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())))
+        return bool(self.check(der_fingerprint(x509.to_cryptography().public_bytes(Encoding.DER))))
 
     def clientConnectionForTLS(self, protocol):
         context = SSL.Context(SSL.TLS_CLIENT_METHOD)

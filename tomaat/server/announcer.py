@@ -27,8 +27,6 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-from ..trust import PinnedFingerprint, pin_fingerprint, trust_certificate  # noqa: F401  (shared with the client)
-
 log = logging.getLogger("tomaat.server.announcer")
 
 PAYLOAD_FIELDS = ("prediction_url", "interface_url", "name", "modality", "anatomy", "task", "description")

@@ -19,7 +19,8 @@ from twisted.python.threadpool import ThreadPool
 from .. import web
 from ..protocol import elements, scratch
 from ..protocol.headers import DEFAULT_MAX_VOXELS
-from .announcer import Announcer, pin_fingerprint
+from ..trust import pin_fingerprint
+from .announcer import Announcer
 from .app import TomaatApp
 from .delayed import DelayedResults
 from .metrics import Metrics
