@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 
 from ..protocol import fiducials as wire_fiducials
 from ..protocol.elements import Checkbox, Fiducials, RadioButton, Slider, Transform, Volume
+from ..protocol.inputs import CHECKBOX_FALSE, CHECKBOX_TRUE
 from .errors import ValidationError
 from .inputs import FIDUCIALS_HELP, IMAGE_HELP, TRANSFORM_HELP, VolumeFile, load_fiducials, load_transform
-
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
 
 
 def describe(element) -> str:
@@ -67,9 +65,9 @@ def _checkbox(element: Checkbox, value) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in _TRUE:
+    if text in CHECKBOX_TRUE:
         return True
-    if text in _FALSE:
+    if text in CHECKBOX_FALSE:
         return False
     raise ValidationError(
         f"'{element.destination}' (checkbox): {value!r} is not a checkbox value; expected true or false"

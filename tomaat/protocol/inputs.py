@@ -10,8 +10,8 @@ from .errors import RequestError
 from .headers import DEFAULT_MAX_VOXELS
 from .volumes import read_image
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off", ""}
+CHECKBOX_TRUE = frozenset({"true", "1", "yes", "on"})
+CHECKBOX_FALSE = frozenset({"false", "0", "no", "off"})
 
 
 def _text(raw: bytes, where: str) -> str:
@@ -35,9 +35,9 @@ def _slider(element: Slider, raw: bytes, where: str) -> float:
 
 def _checkbox(raw: bytes, where: str) -> bool:
     text = _text(raw, where).lower()
-    if text in _TRUE:
+    if text in CHECKBOX_TRUE:
         return True
-    if text in _FALSE:
+    if text in CHECKBOX_FALSE or not text:  # an empty field, as some forms send an unticked box
         return False
     raise RequestError(f"{where}: {text[:40]!r} is not a checkbox value; expected True or False")
 
