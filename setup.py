@@ -22,6 +22,7 @@ setup(
         "psycopg[binary]>=3.1",  # the registry's PostgreSQL store (a wheel: nothing to compile)
         "crochet>=2.1",  # the blocking client: the reactor in a background thread
         "rich>=13",  # the client's upload bar and spinner
+        "pybase64>=1.3",  # SIMD base64: v1 volumes are base64 text (docs/performance.md)
     ],
     extras_require={
         "test": [

@@ -6,7 +6,6 @@ checked and encoded completely before the first byte is uploaded.
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
 import os
@@ -14,6 +13,7 @@ import os
 import numpy as np
 import SimpleITK as sitk
 
+from ..protocol import b64
 from ..protocol import fiducials as wire_fiducials
 from ..protocol.errors import RequestError
 from ..protocol.scratch import write_then_bytes
@@ -206,10 +206,10 @@ def _transform_field(transform: sitk.Transform) -> str:
     name = transform.GetName()
     if name == "DisplacementFieldTransform":
         field = sitk.DisplacementFieldTransform(transform).GetDisplacementField()
-        return "nii.gz\n" + base64.encodebytes(write_image(field, "nii.gz")).decode("ascii")
+        return "nii.gz\n" + b64.encode_lines(write_image(field, "nii.gz")).decode("ascii")
     kind = "mat" if name in LINEAR else "h5"
     data = write_then_bytes("." + kind, lambda path: sitk.WriteTransform(transform, path))
-    return kind + "\n" + base64.encodebytes(data).decode("ascii")
+    return kind + "\n" + b64.encode_lines(data).decode("ascii")
 
 
 def load_transform(value, where: str) -> str:
@@ -225,7 +225,7 @@ def load_transform(value, where: str) -> str:
     for kind in ("mat", "h5"):
         if lower.endswith("." + kind):
             with open(path, "rb") as handle:
-                return kind + "\n" + base64.encodebytes(handle.read()).decode("ascii")
+                return kind + "\n" + b64.encode_lines(handle.read()).decode("ascii")
     if lower.endswith((".txt", ".tfm")):
         try:
             return _transform_field(sitk.ReadTransform(path))
@@ -237,4 +237,4 @@ def load_transform(value, where: str) -> str:
             f"{where}: {path} has {field.GetNumberOfComponentsPerPixel()} component(s) per voxel; a displacement "
             f"field needs {field.GetDimension()}; expected {TRANSFORM_HELP}"
         )
-    return "nii.gz\n" + base64.encodebytes(write_image(field, "nii.gz")).decode("ascii")
+    return "nii.gz\n" + b64.encode_lines(write_image(field, "nii.gz")).decode("ascii")

@@ -9,10 +9,10 @@ so nobody mistakes a default for a choice.
 
 from __future__ import annotations
 
-import base64
 import math
 from dataclasses import dataclass, field
 
+from ..protocol import b64
 from ..protocol import fiducials as wire_fiducials
 from ..protocol.elements import Checkbox, Fiducials, RadioButton, Slider, Transform, Volume
 from ..protocol.inputs import CHECKBOX_FALSE, CHECKBOX_TRUE
@@ -106,7 +106,7 @@ class PreparedRequest:
                     data, fmt = value.native()
                     parts.append((name, f"{name}.{fmt}", data))
                 else:
-                    parts.append((name, None, base64.encodebytes(value.mha())))
+                    parts.append((name, None, b64.encode_lines(value.mha())))
             elif isinstance(element, Fiducials):
                 parts.append((name, None, wire_fiducials.format_points(value).encode("ascii")))
             elif isinstance(element, Checkbox):

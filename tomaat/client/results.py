@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from ..protocol import b64
 from ..protocol.errors import RequestError
 from ..protocol.outputs import decode_item
 from ..protocol.volumes import FORMATS
@@ -160,12 +161,11 @@ def _save_grid(output: Output, base: str, fmt: str):
 
 
 def _save_transform_file(suffix: str, what: str):
-    import base64
 
     def save(output: Output, base: str, fmt: str):
         path = f"{base}.{suffix}"
         with open(path, "wb") as handle:
-            handle.write(base64.b64decode(output.raw))
+            handle.write(b64.decode(output.raw))
         yield path, what
 
     return save

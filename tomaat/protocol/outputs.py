@@ -6,17 +6,15 @@ fault, and the server turns it into a 500 that names the field.
 
 from __future__ import annotations
 
-import base64
-
 import numpy as np
 import SimpleITK as sitk
 
-from . import fiducials, transforms
+from . import b64, fiducials, transforms
 from .volumes import read_image, write_image
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return b64.encode(data)
 
 
 def label_image(value, reference: sitk.Image | None) -> sitk.Image:
@@ -84,7 +82,7 @@ def decode_item(item: dict):
     if kind == "LabelVolume" or kind == "TransformGrid":
         return read_image(content.encode("ascii"), kind)
     if kind == "VTKMesh":
-        return base64.b64decode(content)
+        return b64.decode(content)
     if kind == "Fiducials":
         return fiducials.parse(content, kind)
     if kind in ("TransformBSpline", "TransformLinear"):

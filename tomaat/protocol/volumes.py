@@ -7,13 +7,12 @@ detached NRRD) would make the server open a path of the client's choosing.
 
 from __future__ import annotations
 
-import binascii
 import re
 import zlib
 
 import SimpleITK as sitk
 
-from . import mha
+from . import b64, mha
 from .errors import UnreadableVolume
 from .headers import DEFAULT_MAX_VOXELS, check_size
 from .scratch import write_then_bytes, write_then_read
@@ -94,7 +93,7 @@ def _is_base64_text(view: memoryview, start: int = 0, stop: int | None = None) -
 def decode_base64(text, where: str) -> bytes:
     """The bytes of base64 text with line breaks, decoded without copying the text first.
 
-    binascii skips whitespace and (not strict) any other character, so only the
+    Decoding skips whitespace and any other character, so only the
     head is checked up front, to refuse binary data at once; the whole text is
     checked only when decoding fails, to say which mistake the client made.
     """
@@ -105,8 +104,8 @@ def decode_base64(text, where: str) -> bytes:
     if not _is_base64_text(view, 0, 65536):
         raise neither
     try:
-        return binascii.a2b_base64(view)
-    except (binascii.Error, ValueError):
+        return b64.decode(view)
+    except (b64.Error, ValueError):
         if not _is_base64_text(view, 65536):
             raise neither from None
         raise UnreadableVolume(
