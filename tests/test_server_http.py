@@ -86,6 +86,7 @@ async def test_metadata_routes_and_cors(serve):
     metrics = (await call("GET", service.url + "/metrics")).text
     assert 'tomaat_predictions_total{status="400"} 1.0' in metrics
     assert 'tomaat_stage_seconds_count{stage="parse"} 1.0' in metrics
+    assert 'tomaat_stage_seconds_count{stage="send"} 1.0' in metrics
     assert "tomaat_in_flight_requests 0.0" in metrics
     for response in (
         health,

@@ -29,5 +29,9 @@ class Metrics:
         for stage, seconds in timings.items():
             self.stages.labels(stage).observe(seconds)
 
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """A stage timed after the worker reported the request: `send`, timed on the reactor."""
+        self.stages.labels(stage).observe(seconds)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -15,6 +15,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from ..protocol.errors import RequestError, error_items
 from .form import read_fields
 from .pipeline import Timings
+from .sending import send
 
 
 def _json(request, value, status: int = 200) -> bytes:
@@ -78,7 +79,15 @@ class PredictionRoutes:
             if prefer_async:
                 request.setHeader(b"Preference-Applied", b"respond-async")
             return _json(request, _delayed(request_id), 202 if prefer_async else 200)
-        return outcome.addCallback(lambda result: _json(request, result[1], result[0]))
+        return outcome.addCallback(self._answer, request)
+
+    def _answer(self, result: tuple[int, bytes], request):
+        """Send a prediction's (status, JSON bytes), timing the `send` stage; Klein then finishes the request."""
+        status, body = result
+        sent = send(request, _json(request, body, status))
+        return sent.addCallback(lambda seconds: self.service.metrics.observe_stage("send", seconds)).addCallback(
+            lambda _: b""
+        )
 
     @app.route("/responses", methods=["POST"])
     def responses(self, request):
@@ -97,7 +106,7 @@ class PredictionRoutes:
             return _json(request, error_items(message), 404)
         if result is None:
             return _json(request, _delayed(request_id))
-        return _json(request, result[1], result[0])
+        return self._answer(result, request)
 
     def _form_error(self, failure, request):
         failure.trap(RequestError)
