@@ -23,6 +23,7 @@ setup(
         "crochet>=2.1",  # the blocking client: the reactor in a background thread
         "rich>=13",  # the client's upload bar and spinner
         "pybase64>=1.3",  # SIMD base64: v1 volumes are base64 text (docs/performance.md)
+        "isal>=1.6",  # ISA-L zlib streams: compressed MHA labels written and read 2x faster (docs/performance.md)
     ],
     extras_require={
         "test": [

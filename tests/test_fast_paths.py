@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from tomaat.protocol import mha
 from tomaat.protocol.errors import RequestError
-from tomaat.protocol.volumes import decode_base64, read_image
+from tomaat.protocol.volumes import decode_base64, read_image, write_image
 from tomaat.server.form import read_fields
 
 
@@ -23,15 +23,20 @@ def _file(image: sitk.Image, folder, compress: bool = False) -> tuple[bytes, str
         return handle.read(), path
 
 
-@pytest.mark.parametrize("dims", [2, 3])
-@pytest.mark.parametrize("dtype", list(mha.DTYPES.values()))
-@pytest.mark.parametrize("compress", [False, True])
-def test_mha_read_in_memory_matches_simpleitk_exactly(tmp_path, dims, dtype, compress):
-    rng = np.random.default_rng(dims)
+def _odd_grid(dims: int, dtype, seed: int) -> sitk.Image:
+    rng = np.random.default_rng(seed)
     image = sitk.GetImageFromArray(rng.uniform(0, 100, (5, 6, 7)[:dims]).astype(dtype))
     image.SetSpacing(rng.uniform(0.1, 3, dims).tolist())
     image.SetOrigin(rng.uniform(-100, 100, dims).tolist())
     image.SetDirection(np.linalg.qr(rng.normal(size=(dims, dims)))[0].ravel().tolist())
+    return image
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("dtype", list(mha.DTYPES.values()))
+@pytest.mark.parametrize("compress", [False, True])
+def test_mha_read_in_memory_matches_simpleitk_exactly(tmp_path, dims, dtype, compress):
+    image = _odd_grid(dims, dtype, seed=dims)
     raw, path = _file(image, tmp_path, compress)
     mine, truth = mha.read(raw), sitk.ReadImage(path)
     assert mine is not None
@@ -42,6 +47,34 @@ def test_mha_read_in_memory_matches_simpleitk_exactly(tmp_path, dims, dtype, com
         truth.GetOrigin(),
         truth.GetDirection(),
     )
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("dtype", list(mha.DTYPES.values()))
+@pytest.mark.parametrize("compress", [False, True])
+def test_mha_written_in_memory_reads_back_in_simpleitk_exactly(tmp_path, dims, dtype, compress):
+    image = _odd_grid(dims, dtype, seed=dims + 10)
+    raw = write_image(image, "mha", compress)
+    assert (b"CompressedData = True" in raw) == compress
+    path = tmp_path / "written.mha"
+    path.write_bytes(raw)
+    for back in (sitk.ReadImage(str(path)), mha.read(raw)):
+        assert back.GetPixelID() == image.GetPixelID()
+        assert np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image))
+        assert (back.GetSpacing(), back.GetOrigin(), back.GetDirection()) == (
+            image.GetSpacing(),
+            image.GetOrigin(),
+            image.GetDirection(),
+        )
+
+
+def test_images_the_mha_writer_does_not_know_go_through_simpleitk():
+    vector = sitk.Compose([sitk.Image(4, 5, 6, sitk.sitkFloat32)] * 3)
+    assert mha.write(vector, True, 1) is None
+    assert read_image(write_image(vector, "mha")).GetNumberOfComponentsPerPixel() == 3
+    four_d = sitk.Image([2, 3, 4, 5], sitk.sitkUInt8)
+    assert mha.write(four_d, True, 1) is None
+    assert read_image(write_image(four_d, "mha")).GetSize() == (2, 3, 4, 5)
 
 
 def test_unusual_mha_falls_back_to_simpleitk(tmp_path):
