@@ -5,6 +5,8 @@ subprocesses and prints the median end-to-end latency of (a) tomaat's own
 client (a binary v2 part), (b) a v1 client (base64 MHA in a multipart form,
 JSON with base64 back, as TOMAAT-Slicer sends), (c) the floor; the ratios
 a/c and b/c; the server's time per stage; its peak memory growth for one request.
+With --tls the whole run is repeated over HTTPS and the TLS/plain ratios printed,
+so both figures of each ratio come from the same minutes of a noisy machine.
 Usage: python -m benchmarks.latency [--size 256] [--tls] [--runs N] [--quick]
 """
 
@@ -56,7 +58,7 @@ def ours(url: str, mha: bytes, expected: int):
 
     client = Client(url, insecure=True, timeout=300)
 
-    def one() -> float:
+    def one() -> tuple[float, float]:
         began = time.perf_counter()
         result = client.predict(images=mha, threshold=THRESHOLD)
         labels = sitk.GetArrayViewFromImage(result.outputs[0].value)
@@ -69,16 +71,14 @@ def ours(url: str, mha: bytes, expected: int):
 
 def v1(url: str, mha: bytes, expected: int, folder: str):
     def one() -> tuple[float, float]:
+        """(end-to-end seconds, seconds of it the client spent base64-encoding the volume)."""
         began = time.perf_counter()
-        fields = {"images": base64.encodebytes(mha), "threshold": str(THRESHOLD), "module_version": "1"}
+        text = base64.encodebytes(mha)  # the standard library, as TOMAAT-Slicer does
+        encoded = time.perf_counter() - began
+        fields = {"images": text, "threshold": str(THRESHOLD), "module_version": "1"}
         form = MultipartEncoder({k: (None, v) for k, v in fields.items()})
-        answer = requests.post(
-            url + "/predict", data=form, headers={"Content-Type": form.content_type}, verify=False, stream=True
-        )
-        headers_at = time.perf_counter()
-        body = answer.content
-        sent = time.perf_counter() - headers_at
-        items = json.loads(body)
+        answer = requests.post(url + "/predict", data=form, headers={"Content-Type": form.content_type}, verify=False)
+        items = json.loads(answer.content)
         path = os.path.join(folder, "labels.mha")  # as Slicer does: the file is written, then loaded
         with open(path, "wb") as handle:
             handle.write(base64.b64decode(items[0]["content"]))
@@ -86,7 +86,7 @@ def v1(url: str, mha: bytes, expected: int, folder: str):
         elapsed = time.perf_counter() - began
         os.remove(path)
         assert answer.status_code == 200 and int(labels.sum()) == expected, "v1 client: wrong answer"
-        return elapsed, sent
+        return elapsed, encoded
 
     return one
 
@@ -96,18 +96,17 @@ def floor(url: str, array: np.ndarray, expected: int):
 
     def one() -> tuple[float, float]:
         began = time.perf_counter()
-        answer = requests.post(url, data=raw, headers={"X-Threshold": str(THRESHOLD)}, verify=False, stream=True)
-        headers_at = time.perf_counter()
+        answer = requests.post(url, data=raw, headers={"X-Threshold": str(THRESHOLD)}, verify=False)
         mask = np.frombuffer(answer.content, dtype=np.uint8)
         elapsed = time.perf_counter() - began
         assert int(mask.sum()) == expected, "floor: wrong mask"
-        return elapsed, elapsed - (headers_at - began)
+        return elapsed, 0.0
 
     return one
 
 
 def measure(one, runs: int, url: str | None = None) -> tuple[float, float, dict]:
-    """(median seconds, median client-observed download seconds, mean server seconds per stage)."""
+    """(median ms, median ms of the client's own encoding, mean server seconds per stage)."""
     one()  # warm-up: imports, connections, first-touch allocations
     before = stage_sums(url) if url else {}
     times, sends = zip(*(one() for _ in range(runs)), strict=True)
@@ -116,54 +115,69 @@ def measure(one, runs: int, url: str | None = None) -> tuple[float, float, dict]
     return median_ms(times), median_ms(sends), stages
 
 
+def run(size: int, runs: int, tls: tuple[str, str] | None, folder: str) -> dict:
+    """Both servers up, the three clients timed, both servers down: one table's figures."""
+    env = {**os.environ, "TMPDIR": folder, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__)) or "."}
+    scheme = "https" if tls else "http"
+    array, mha = volume(size, folder)
+    expected = int((array >= THRESHOLD).sum())
+    port, floor_port = free_port(), free_port()
+    url, floor_url = f"{scheme}://127.0.0.1:{port}", f"{scheme}://127.0.0.1:{floor_port}"
+    server = start(tomaat_serve("examples/threshold.py", port, tls), url, env, os.path.join(folder, "server.log"))
+    bare = start([sys.executable, "-m", "benchmarks.floor", str(floor_port), *(tls or ())], floor_url, env)
+    try:
+        a, _, stages_a = measure(ours(url, mha, expected), runs, url)
+        b, encode_b, stages_b = measure(v1(url, mha, expected, folder), runs, url)
+        c, _, _ = measure(floor(floor_url, array, expected), runs)
+        with PeakMemory(server.pid) as memory_a:
+            ours(url, mha, expected)()
+        with PeakMemory(server.pid) as memory_b:
+            v1(url, mha, expected, folder)()
+    finally:
+        stop(server)
+        stop(bare)
+    return {
+        "scheme": scheme, "mib": array.nbytes / 2**20, "a": a, "b": b, "c": c, "encode_b": encode_b,
+        "stages_a": stages_a, "stages_b": stages_b, "memory_a": memory_a, "memory_b": memory_b,
+    }  # fmt: skip
+
+
+def report(size: int, runs: int, r: dict) -> None:
+    a, b, c, mib = r["a"], r["b"], r["c"], r["mib"]
+    print(f"latency: {size}^3 float32 ({mib:.0f} MiB), {r['scheme']}, median of {runs} runs")
+    print(f"{'client':<34}{'median ms':>10}{'x floor':>9}")
+    print(f"{'(a) tomaat client, v2 binary part':<34}{a:>10.1f}{a / c:>9.2f}")
+    print(f"{'(b) v1 client, base64 multipart':<34}{b:>10.1f}{b / c:>9.2f}")
+    print(f"{'    of which its own base64 encoding':<34}{r['encode_b']:>10.1f}{r['encode_b'] / c:>9.2f}")
+    print(f"{'(c) floor, raw bytes':<34}{c:>10.1f}{1:>9.2f}")
+    print("server stages, mean ms per request (send: until the transport took the answer's last byte)")
+    print(f"{'stage':<14}{'(a)':>9}{'(b)':>9}")
+    for name in STAGES:
+        print(f"{name:<14}{r['stages_a'].get(name, 0.0) * 1000:>9.1f}{r['stages_b'].get(name, 0.0) * 1000:>9.1f}")
+    grow_a, grow_b = r["memory_a"].growth_mib, r["memory_b"].growth_mib
+    print(
+        f"server peak memory growth for one request: (a) {grow_a:.0f} MiB, (b) {grow_b:.0f} MiB "
+        f"= {grow_a / mib:.1f}x / {grow_b / mib:.1f}x the volume ({r['memory_a'].method})"
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="edge of the cubic float32 volume (default 256)")
-    parser.add_argument("--tls", action="store_true", help="HTTPS for both servers (self-signed certificate)")
+    parser.add_argument("--tls", action="store_true", help="also over HTTPS (self-signed), with TLS/plain ratios")
     parser.add_argument("--runs", type=int, default=5, help="timed requests per client (default 5)")
     parser.add_argument("--quick", action="store_true", help="a small run for CI (32^3, 2 runs)")
     args = parser.parse_args(argv)
     size, runs = (32, 2) if args.quick else (args.size, args.runs)
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
-        env = {**os.environ, "TMPDIR": folder, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__)) or "."}
-        tls = None
+        plain = run(size, runs, None, folder)
+        report(size, runs, plain)
         if args.tls:
             from tomaat.tls import ensure_certificate
 
-            tls = ensure_certificate(folder, "127.0.0.1")
-        scheme = "https" if tls else "http"
-        array, mha = volume(size, folder)
-        expected = int((array >= THRESHOLD).sum())
-        port, floor_port = free_port(), free_port()
-        url, floor_url = f"{scheme}://127.0.0.1:{port}", f"{scheme}://127.0.0.1:{floor_port}"
-        server = start(tomaat_serve("examples/threshold.py", port, tls), url, env, os.path.join(folder, "server.log"))
-        bare = start([sys.executable, "-m", "benchmarks.floor", str(floor_port), *(tls or ())], floor_url, env)
-        try:
-            a, _, stages_a = measure(ours(url, mha, expected), runs, url)
-            b, send_b, stages_b = measure(v1(url, mha, expected, folder), runs, url)
-            c, send_c, _ = measure(floor(floor_url, array, expected), runs)
-            with PeakMemory(server.pid) as memory_a:
-                ours(url, mha, expected)()
-            with PeakMemory(server.pid) as memory_b:
-                v1(url, mha, expected, folder)()
-        finally:
-            stop(server)
-            stop(bare)
-    stages_a["send"], stages_b["send"] = float("nan"), send_b / 1000
-    mib = array.nbytes / 2**20
-    print(f"latency: {size}^3 float32 ({mib:.0f} MiB), {scheme}, median of {runs} runs")
-    print(f"{'client':<34}{'median ms':>10}{'x floor':>9}")
-    print(f"{'(a) tomaat client, v2 binary part':<34}{a:>10.1f}{a / c:>9.2f}")
-    print(f"{'(b) v1 client, base64 multipart':<34}{b:>10.1f}{b / c:>9.2f}")
-    print(f"{'(c) floor, raw bytes':<34}{c:>10.1f}{1:>9.2f}")
-    print(f"server stages, mean ms per request (send: client-observed download; floor's {send_c:.1f} ms)")
-    print(f"{'stage':<14}{'(a)':>9}{'(b)':>9}")
-    for name in STAGES:
-        print(f"{name:<14}{stages_a.get(name, 0.0) * 1000:>9.1f}{stages_b.get(name, 0.0) * 1000:>9.1f}")
-    print(
-        f"server peak memory growth for one request: (a) {memory_a.growth_mib:.0f} MiB, (b) {memory_b.growth_mib:.0f} MiB "
-        f"= {memory_a.growth_mib / mib:.1f}x / {memory_b.growth_mib / mib:.1f}x the volume ({memory_a.method})"
-    )
+            secure = run(size, runs, ensure_certificate(folder, "127.0.0.1"), folder)
+            report(size, runs, secure)
+            print("TLS / plain HTTP, same run: " + ", ".join(f"({k}) {secure[k] / plain[k]:.2f}" for k in "abc"))
     print("OK")
     return 0
 
