@@ -33,6 +33,7 @@ setup(
             "requests-toolbelt>=1.0",
             "ruff>=0.5",
             "hypothesis>=6.100",
+            "h5py>=3.8",  # crafts hostile HDF5 transforms (external links, virtual datasets) in tests only
         ],
         "tensorflow": ["tensorflow-cpu>=2.16,<2.22", "scikit-image>=0.22"],  # Keras 3; the CPU wheel (see docs/deep-learning.md for GPUs)
         "torch": ["torch==2.13.0", "scikit-image>=0.22"],  # pinned: the CPU build these machines install

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import SimpleITK as sitk
 
+from . import hdf5
 from .errors import RequestError
 from .scratch import write_then_bytes, write_then_read
 from .volumes import decode_base64, read_image
@@ -34,6 +35,7 @@ def parse(text: bytes, where: str = "transform") -> sitk.Transform:
             )
         return sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
     data = decode_base64(payload, where)
+    hdf5.check(data, where, kind, KINDS[kind])  # either kind: ITK reads HDF5 bytes whatever the name
     try:
         return write_then_read("." + kind, data, sitk.ReadTransform)
     except RuntimeError:
