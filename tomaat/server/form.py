@@ -14,8 +14,8 @@ from urllib.parse import parse_qs
 
 from werkzeug.http import parse_options_header
 
+from ..body import body_bytes
 from ..protocol.errors import RequestError
-from ..web import body_bytes
 
 MAX_PART_HEADER = 16384
 
@@ -44,7 +44,7 @@ def _starts(body, prefix: bytes, at: int = 0) -> bool:
 def split_multipart(body, boundary: bytes, max_fields: int) -> dict[str, memoryview]:
     """Each part's name and a read-only view of its bytes in body (RFC 2046: preamble and epilogue are ignored).
 
-    body is bytes or a memory map (web.BodyBuffer): both have find() and slicing.
+    body is bytes or a memory map (body.BodyBuffer): both have find() and slicing.
     """
     view, dash = memoryview(body).toreadonly(), b"--" + boundary
     delimiter = b"\r\n" + dash
