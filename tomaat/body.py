@@ -3,6 +3,33 @@
 from __future__ import annotations
 
 import mmap
+import threading
+
+
+class Budget:
+    """The bytes of request bodies held at once: being received, queued and being worked on.
+
+    max_queue bounds how many requests wait, not how large they are: 64 queued
+    uploads of 2 GiB would be 128 GiB. Each body takes its announced length
+    from the budget when its headers arrive and gives it back when it is
+    closed, on whichever thread closes it.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit  # 0: no limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self.limit and self.used + size > self.limit:
+                return False
+            self.used += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.used -= size
 
 
 class BodyBuffer:
@@ -14,9 +41,10 @@ class BodyBuffer:
     so a client announcing a huge body and sending nothing costs nothing.
     """
 
-    def __init__(self, length: int):
+    def __init__(self, length: int, budget: Budget | None = None):
         self.map = mmap.mmap(-1, length)
         self.position = 0
+        self._budget = budget  # already taken from by the caller
 
     def write(self, data) -> None:
         end = self.position + len(data)
@@ -37,6 +65,11 @@ class BodyBuffer:
         return data
 
     def close(self) -> None:
+        if self._budget is not None:
+            self._budget.give(len(self.map))
+            self._budget = None
+        if self.map.closed:
+            return
         try:
             self.map.close()
         except BufferError:

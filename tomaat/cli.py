@@ -41,6 +41,9 @@ def main():
 @click.option("--max-voxels", type=int, default=None, help="Largest image, read from its header (default 1024^3).")
 @click.option("--max-fields", type=int, default=None, help="Most form fields per request (default 256).")
 @click.option("--max-queue", type=int, default=None, help="Most requests waiting for a thread, then 503 (default 64).")
+@click.option(
+    "--max-pending-bytes", type=int, default=None, help="Most body bytes held at once, then 503 (default 4 GiB)."
+)
 @click.option("--app-timeout", type=float, default=None, help="Seconds the app may run before a 504 (default 600).")
 @click.option("--idle-timeout", type=float, default=None, help="Seconds a silent connection is kept (default 60).")
 @click.option("--receive-timeout", type=float, default=None, help="Seconds to receive one request (default 900).")
@@ -69,7 +72,7 @@ def serve(target, port, interface, no_tls, cert, key, threads, state_dir, delaye
         "registry_fingerprint": announcing["registry_fingerprint"],
         "announce_period": announcing["announce_period"],
     }
-    limits = ("max_body_bytes", "max_voxels", "max_fields", "max_queue")
+    limits = ("max_body_bytes", "max_voxels", "max_fields", "max_queue", "max_pending_bytes")
     limits += ("app_timeout", "idle_timeout", "receive_timeout", "shutdown_grace")
     options.update({name: announcing[name] for name in limits})
     options = {k: v for k, v in options.items() if v is not None}

@@ -12,8 +12,10 @@ import time
 
 from twisted.web import resource, server
 
-from .body import BodyBuffer
+from .body import BodyBuffer, Budget
 from .protocol.errors import error_items
+
+SMALL_BODY = 1 << 20  # bodies below this are never refused for the budget: a /responses form, say
 
 CORS_HEADERS = {
     b"Access-Control-Allow-Origin": b"*",
@@ -30,6 +32,11 @@ class TimedRequest(server.Request):
     byte a second would hold a connection and its buffers for ever; the
     receive deadline, from the request's first line to its last body byte,
     drops it with a 408.
+
+    A body that does not fit in the site's budget of bodies held at once is
+    read and dropped, and answered 503 once it has arrived: clients such as
+    requests read no answer before their upload ends, so hanging up early
+    would show them a broken connection instead of the reason.
     """
 
     def __init__(self, *args, **kwargs):
@@ -39,6 +46,7 @@ class TimedRequest(server.Request):
         self.received_at = None
         self._body_bytes = 0
         self._refused = False
+        self._dropping = False
         self._deadline = None
         limit = getattr(getattr(self.channel, "site", None), "receive_timeout", None)
         if limit:
@@ -52,7 +60,7 @@ class TimedRequest(server.Request):
     def _too_slow(self, limit):
         self._deadline = None
         message = f"the request did not arrive within {limit:g} seconds; the connection is closed"
-        self._refuse(b"408 Request Timeout", self.channel.site.too_slow(message))
+        self._refuse(b"408 Request Timeout", self.channel.site.refusal(message))
 
     def connectionLost(self, reason):
         self._cancel_deadline()
@@ -63,8 +71,11 @@ class TimedRequest(server.Request):
         if length is not None and length > self.channel.site.max_body_bytes:
             super().gotLength(0)
             self._refuse_too_large()
+        elif length and length >= SMALL_BODY and not self.channel.site.budget.take(length):
+            super().gotLength(0)
+            self._dropping = True
         elif length:
-            self.content = BodyBuffer(length)
+            self.content = BodyBuffer(length, self.channel.site.budget if length >= SMALL_BODY else None)
         else:
             super().gotLength(length)
 
@@ -75,17 +86,20 @@ class TimedRequest(server.Request):
         if self._body_bytes > self.channel.site.max_body_bytes:  # chunked uploads have no length up front
             self._refuse_too_large()
             return
-        super().handleContentChunk(data)
+        if not self._dropping:
+            super().handleContentChunk(data)
 
     def _refuse_too_large(self):
         self._refuse(b"413 Request Entity Too Large", self.channel.site.too_large(self.channel.site.max_body_bytes))
 
-    def _refuse(self, status: bytes, answer):
+    def _refuse(self, status: bytes, answer, retry_after: int | None = None):
         """Answer before the request is complete, which Twisted's Request cannot do, and hang up."""
         self._refused = True
         self._cancel_deadline()
         body = json.dumps(answer)
         head = [b"HTTP/1.1 " + status, b"Content-Type: application/json", b"Connection: close"]
+        if retry_after is not None:
+            head.append(b"Retry-After: %d" % retry_after)
         head += [name + b": " + value for name, value in CORS_HEADERS.items()]
         head.append(b"Content-Length: %d" % len(body))
         self.channel.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body.encode("utf-8"))
@@ -94,6 +108,10 @@ class TimedRequest(server.Request):
     def requestReceived(self, command, path, version):
         self._cancel_deadline()
         self.received_at = time.perf_counter()
+        if self._dropping:
+            message = "the server is receiving too many large uploads at once; try again shortly"
+            self._refuse(b"503 Service Unavailable", self.channel.site.refusal(message), retry_after=5)
+            return
         super().requestReceived(command, path, version)
 
 
@@ -120,8 +138,13 @@ class QuietSite(server.Site):
     max_body_bytes = 2 * 1024**3
     receive_timeout = 900.0
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.budget = Budget(0)  # no limit unless the service sets one
+
     @staticmethod
-    def too_slow(message: str):
+    def refusal(message: str):
+        """The JSON of an early answer (408, 503) in the service's protocol."""
         return error_items(message)
 
     @staticmethod
@@ -133,11 +156,15 @@ class QuietSite(server.Site):
         pass
 
 
-def make_site(klein_resource, max_body_bytes: int | None = None, too_large=None, refusal=None) -> server.Site:
-    """refusal(message) shapes other early answers (408) in the service's protocol."""
+def make_site(
+    klein_resource, max_body_bytes: int | None = None, too_large=None, refusal=None, budget: Budget | None = None
+) -> server.Site:
+    """refusal(message) shapes other early answers (408, 503) in the service's protocol."""
     site = QuietSite(CorsResource(klein_resource))
     if refusal is not None:
-        site.too_slow = refusal
+        site.refusal = refusal
+    if budget is not None:
+        site.budget = budget
     if max_body_bytes is not None:
         site.max_body_bytes = max_body_bytes
     if too_large is not None:

@@ -11,7 +11,7 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, worker):
+    def __init__(self, worker, budget=None):
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "tomaat_predictions", "Prediction requests by HTTP status", ["status"], registry=self.registry
@@ -23,6 +23,9 @@ class Metrics:
         queued.set_function(lambda: worker.queued)
         running = Gauge("tomaat_in_flight_requests", "Requests being processed", registry=self.registry)
         running.set_function(lambda: worker.in_flight)
+        if budget is not None:
+            held = Gauge("tomaat_pending_body_bytes", "Bytes of request bodies held at once", registry=self.registry)
+            held.set_function(lambda: budget.used)
 
     def observe(self, status: int, timings: dict) -> None:
         self.requests.labels(str(status)).inc()

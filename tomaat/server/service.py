@@ -17,6 +17,7 @@ from twisted.internet import task
 from twisted.python.threadpool import ThreadPool
 
 from .. import web
+from ..body import Budget
 from ..protocol import elements, scratch
 from ..protocol.headers import DEFAULT_MAX_VOXELS
 from ..trust import pin_fingerprint
@@ -52,6 +53,7 @@ DEFAULTS = {
     "max_voxels": DEFAULT_MAX_VOXELS,  # per image, read from its header before anything is allocated
     "max_fields": 256,  # form fields per request
     "max_queue": 64,  # requests waiting for a worker thread; beyond it 503 + Retry-After (0: unbounded)
+    "max_pending_bytes": 4 * 1024**3,  # bodies of 1 MiB+ held at once (received, queued, in work); then 503 (0: none)
     "app_timeout": 600.0,  # seconds from the app's first step to its answer; then 504 (0: none)
     "idle_timeout": 60.0,  # seconds a connection may send nothing before it is closed
     "receive_timeout": 900.0,  # seconds from a request's first line to its last body byte; then 408
@@ -101,7 +103,8 @@ class TomaatService:
         self.worker = Worker(
             reactor, self.pool, self.pipeline, float(self.config["app_timeout"]), int(self.config["max_queue"])
         )
-        self.metrics = Metrics(self.worker)
+        self.budget = Budget(int(self.config["max_pending_bytes"]))
+        self.metrics = Metrics(self.worker, self.budget)
         self.worker.observers.append(self.metrics.observe)
         self.delayed = DelayedResults(reactor, float(self.config["response_ttl"]))
         self.announcer = None
@@ -117,6 +120,12 @@ class TomaatService:
         return self.announcer.announced_at if self.announcer else ""
 
     @property
+    def upload_limit(self) -> int:
+        """The largest body accepted: a body larger than the pending budget could never be taken in."""
+        limit, pending = int(self.config["max_body_bytes"]), int(self.config["max_pending_bytes"])
+        return min(limit, pending) if pending else limit
+
+    @property
     def delayed_responses(self) -> bool:
         return bool(self.config["delayed_responses"])
 
@@ -126,7 +135,7 @@ class TomaatService:
             input_interface=[e.to_dict() for e in self.input_interface],
             output_interface=[e.to_output_dict() for e in self.output_interface],
             protocol=PROTOCOL_VERSION,
-            max_upload_bytes=int(self.config["max_body_bytes"]),
+            max_upload_bytes=self.upload_limit,
             max_voxels=int(self.config["max_voxels"]),
             tls_fingerprint=self.fingerprint,
         )
@@ -179,7 +188,7 @@ class TomaatService:
         endpoint = self._endpoint()
         scratch.remove_orphans()
         self.pool.start()
-        site = web.make_site(PredictionRoutes(self).app.resource(), int(self.config["max_body_bytes"]))
+        site = web.make_site(PredictionRoutes(self).app.resource(), self.upload_limit, budget=self.budget)
         site.timeOut = float(self.config["idle_timeout"]) or None
         site.receive_timeout = float(self.config["receive_timeout"]) or None
         try:
