@@ -63,7 +63,8 @@ def ours(url: str, mha: bytes, expected: int):
         result = client.predict(images=mha, threshold=THRESHOLD)
         labels = sitk.GetArrayViewFromImage(result.outputs[0].value)
         elapsed = time.perf_counter() - began
-        assert int(labels.sum()) == expected, "our client: wrong mask"
+        got = int(labels.sum())
+        assert got == expected, f"our client: {got} voxels labelled, expected {expected}"
         return elapsed, 0.0
 
     return one
@@ -82,10 +83,12 @@ def v1(url: str, mha: bytes, expected: int, folder: str):
         path = os.path.join(folder, "labels.mha")  # as Slicer does: the file is written, then loaded
         with open(path, "wb") as handle:
             handle.write(base64.b64decode(items[0]["content"]))
-        labels = sitk.GetArrayViewFromImage(sitk.ReadImage(path))
+        image = sitk.ReadImage(path)  # kept: a view's buffer lives only as long as its image
+        labels = sitk.GetArrayViewFromImage(image)
         elapsed = time.perf_counter() - began
         os.remove(path)
-        assert answer.status_code == 200 and int(labels.sum()) == expected, "v1 client: wrong answer"
+        got = int(labels.sum())
+        assert answer.status_code == 200 and got == expected, f"v1 client: {answer.status_code}, {got} != {expected}"
         return elapsed, encoded
 
     return one
@@ -99,7 +102,8 @@ def floor(url: str, array: np.ndarray, expected: int):
         answer = requests.post(url, data=raw, headers={"X-Threshold": str(THRESHOLD)}, verify=False)
         mask = np.frombuffer(answer.content, dtype=np.uint8)
         elapsed = time.perf_counter() - began
-        assert int(mask.sum()) == expected, "floor: wrong mask"
+        got = int(mask.sum())
+        assert got == expected, f"floor: {got} voxels labelled, expected {expected}"
         return elapsed, 0.0
 
     return one
