@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from .. import web
+from ..daemon import Daemon
 from . import store
 from .ratelimit import FailureLimiter
 from .routes import RegistryRoutes
@@ -49,8 +49,10 @@ def refusal_answer(message: str) -> dict:
     return {"status": 1, "error": message}
 
 
-class RegistryService:
+class RegistryService(Daemon):
     """`RegistryService(db=..., port=...)`; `await listen()`, `await stop()`, or `run()` to serve until interrupted."""
+
+    log = log
 
     def __init__(self, config=None, *, reactor=None, clock=time.time, **options):
         self.config = {**DEFAULTS, **(config or {}), **options}
@@ -80,14 +82,6 @@ class RegistryService:
             "expiry": self.expiry,
             "version": __version__,
         }
-
-    def _endpoint(self):
-        endpoint, self.fingerprint = web.server_endpoint(self.reactor, self.config)
-        return endpoint
-
-    @property
-    def url(self) -> str:
-        return web.local_url(self.config, self.port)
 
     async def _purge(self):
         try:
@@ -132,23 +126,5 @@ class RegistryService:
             self.store.close()
             self.store = None
 
-    def run(self) -> None:
-        """Serve until interrupted."""
-        web.log_to_stdlib()
-
-        def started(port):
-            log.info("registry serving on %s (store: %s, expiry %g s)", self.url, self.database.describe(), self.expiry)
-            if self.fingerprint:
-                log.info("TLS certificate fingerprint (SHA-256): %s", self.fingerprint)
-            self.reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(self.stop()))
-
-        def failed(failure):
-            log.error("could not start: %s", failure.getErrorMessage())
-            self.exit_code = 1
-            self.reactor.stop()
-
-        self.exit_code = 0
-        self.reactor.callWhenRunning(lambda: Deferred.fromCoroutine(self.listen()).addCallbacks(started, failed))
-        self.reactor.run()
-        if self.exit_code:
-            sys.exit(self.exit_code)
+    def started_message(self) -> str:
+        return f"registry serving on {self.url} (store: {self.database.describe()}, expiry {self.expiry:g} s)"

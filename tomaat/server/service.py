@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 
@@ -18,6 +17,7 @@ from twisted.python.threadpool import ThreadPool
 
 from .. import web
 from ..body import Budget
+from ..daemon import Daemon
 from ..protocol import elements, scratch
 from ..protocol.headers import DEFAULT_MAX_VOXELS
 from ..trust import pin_fingerprint
@@ -73,12 +73,14 @@ class WorkerPool(ThreadPool):
     threadFactory = _DaemonThread
 
 
-class TomaatService:
+class TomaatService(Daemon):
     """Serve an app: `TomaatService(config, app, input_interface, output_interface).run()`.
 
     Interfaces and metadata default to the app's class attributes, so a
     subclassed app needs only `TomaatService(app=MyApp()).run()`.
     """
+
+    log = log
 
     def __init__(self, config=None, app=None, input_interface=None, output_interface=None, *, reactor=None, **options):
         if not isinstance(app, TomaatApp):
@@ -150,14 +152,6 @@ class TomaatService:
             "version": str(self.config.get("version", "")),
         }
 
-    def _endpoint(self):
-        endpoint, self.fingerprint = web.server_endpoint(self.reactor, self.config)
-        return endpoint
-
-    @property
-    def url(self) -> str:
-        return web.local_url(self.config, self.port)
-
     @property
     def public_url(self) -> str:
         """Where clients reach this service: configured, never guessed from an outside service."""
@@ -226,25 +220,5 @@ class TomaatService:
         await task.deferLater(self.reactor, 0.05, lambda: None)  # one more turn: answers leave the write buffers
         return True
 
-    def run(self) -> None:
-        """Serve until interrupted (the blocking entry point upstream users call)."""
-        from twisted.internet.defer import Deferred
-
-        web.log_to_stdlib()
-
-        def started(port):
-            log.info("%s serving on %s (%d worker threads)", self.config["name"], self.url, self.config["threads"])
-            if self.fingerprint:
-                log.info("TLS certificate fingerprint (SHA-256): %s", self.fingerprint)
-            self.reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(self.stop()))
-
-        def failed(failure):
-            log.error("could not start: %s", failure.getErrorMessage())
-            self.reactor.stop()
-            self.exit_code = 1
-
-        self.exit_code = 0
-        self.reactor.callWhenRunning(lambda: Deferred.fromCoroutine(self.listen()).addCallbacks(started, failed))
-        self.reactor.run()
-        if self.exit_code:
-            sys.exit(self.exit_code)
+    def started_message(self) -> str:
+        return f"{self.config['name']} serving on {self.url} ({self.config['threads']} worker threads)"

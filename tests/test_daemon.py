@@ -1,0 +1,41 @@
+"""Both daemons as an operator starts them: a start that fails says why in the log and exits 1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def taken_port():
+    """A port some other program is listening on."""
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+@pytest.mark.parametrize("daemon", ["server", "registry"])
+def test_a_port_in_use_stops_the_start_with_exit_1_and_the_reason(daemon, taken_port, tmp_path):
+    if daemon == "server":
+        command = ["-m", "tomaat", "serve", "examples/threshold.py"]
+    else:
+        command = ["-m", "tomaat.registry.cli", "serve", "--db", str(tmp_path / "registry.sqlite3")]
+    done = subprocess.run(
+        [sys.executable, *command, "--port", str(taken_port), "--no-tls"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "could not start" in output and f":{taken_port}" in output and "in use" in output, output
+    assert "serving on" not in output and "Traceback" not in output, output

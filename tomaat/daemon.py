@@ -1,0 +1,88 @@
+"""Start-up, logging and shutdown of a listening service: the same for the prediction server and the registry.
+
+Each service says only how it listens, how it stops and what it logs once
+it is up; opening the endpoint (TLS or not), the URL a local process uses,
+and turning a failed start into exit status 1 live here once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from twisted.internet.defer import Deferred
+
+
+def log_to_stdlib() -> None:
+    """Send Twisted's log events to the standard logging module, configured once for the process."""
+    from twisted.logger import STDLibLogObserver, globalLogBeginner
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
+
+
+def server_endpoint(reactor, config: dict):
+    """The endpoint a service listens on, and its certificate's fingerprint (None for plain HTTP).
+
+    Both services read the same keys: port, interface, tls, cert, key, state_dir.
+    """
+    from twisted.internet import endpoints
+
+    from . import tls
+
+    port, interface = int(config["port"]), config["interface"]
+    if not config["tls"]:
+        return endpoints.TCP4ServerEndpoint(reactor, port, interface=interface), None
+    cert, key = config["cert"], config["key"]
+    if not (cert and key):
+        cert, key = tls.ensure_certificate(config["state_dir"])
+    endpoint = endpoints.SSL4ServerEndpoint(reactor, port, tls.server_options(cert, key), interface=interface)
+    return endpoint, tls.file_fingerprint(cert)
+
+
+def local_url(config: dict, port) -> str:
+    """How a process on this machine reaches a listening service (tests, logs, the demo)."""
+    scheme = "https" if config["tls"] else "http"
+    interface = config["interface"]
+    host = "127.0.0.1" if interface in ("0.0.0.0", "") else interface
+    return f"{scheme}://{host}:{port.getHost().port}"
+
+
+class Daemon:
+    """The base of a service whose instances set config, reactor, port and fingerprint, and define
+    listen(), stop() and started_message(); `log` is where its start-up lines go."""
+
+    log = logging.getLogger("tomaat")
+
+    def _endpoint(self):
+        endpoint, self.fingerprint = server_endpoint(self.reactor, self.config)
+        return endpoint
+
+    @property
+    def url(self) -> str:
+        return local_url(self.config, self.port)
+
+    def started_message(self) -> str:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        """Serve until interrupted (SIGINT or SIGTERM stop the reactor, which awaits stop()); exit 1 if start fails."""
+        log_to_stdlib()
+
+        def started(port):
+            self.log.info("%s", self.started_message())
+            if self.fingerprint:
+                self.log.info("TLS certificate fingerprint (SHA-256): %s", self.fingerprint)
+            self.reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(self.stop()))
+
+        def failed(failure):
+            self.log.error("could not start: %s", failure.getErrorMessage())
+            self.exit_code = 1
+            self.reactor.stop()
+
+        self.exit_code = 0
+        self.reactor.callWhenRunning(lambda: Deferred.fromCoroutine(self.listen()).addCallbacks(started, failed))
+        self.reactor.run()
+        if self.exit_code:
+            sys.exit(self.exit_code)
