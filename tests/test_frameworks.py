@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -76,3 +78,56 @@ def test_pytorch_sliding_window_matches_whole_volume(tmp_path):
     windowed = TorchModel(str(path), window=WINDOW, overlap=0.5, batch_size=2).predict(array)
     assert_close_to_whole(windowed, whole)
     assert TorchModel(net, half=True).half is torch.cuda.is_available()
+
+
+def _tiny_torch_net(torch):
+    torch.manual_seed(1)
+    return torch.nn.Sequential(
+        torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 3, padding=1), torch.nn.Softmax(1)
+    ).eval()
+
+
+def test_an_exported_pt2_file_sets_the_window_and_fills_its_fixed_batch(tmp_path):
+    torch = pytest.importorskip("torch")
+    from tomaat.frameworks.pytorch import TorchModel
+
+    net = _tiny_torch_net(torch)
+    path = tmp_path / "tiny.pt2"
+    torch.export.save(torch.export.export(net, (torch.zeros(5, 1, *WINDOW),)), str(path))
+    array = volume(channels_last=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the point of .pt2: no TorchScript
+        model = TorchModel(str(path), batch_size=1)
+        assert (model.window, model.batch_size) == (WINDOW, 5)
+        windowed = model.predict(array)  # 36 windows: the eighth batch holds one and four zero windows
+    assert_close_to_whole(windowed, TorchModel(net).predict(array))
+    exact = model.predict(array[:, :, :16, :16, :16])  # one window, batch filled up to 5
+    np.testing.assert_allclose(exact, TorchModel(net).predict(array[:, :, :16, :16, :16]), atol=1e-6)
+
+
+def test_an_exported_program_with_dynamic_shapes_runs_whole_volumes_or_any_window():
+    torch = pytest.importorskip("torch")
+    from tomaat.frameworks.pytorch import TorchModel
+
+    net = _tiny_torch_net(torch)
+    auto = torch.export.Dim.AUTO
+    program = torch.export.export(
+        net, (torch.zeros(2, 1, *WINDOW),), dynamic_shapes=({0: auto, 2: auto, 3: auto, 4: auto},)
+    )
+    array = volume(channels_last=False)
+    whole = TorchModel(net).predict(array)
+    np.testing.assert_allclose(TorchModel(program).predict(array), whole, atol=1e-6)
+    windowed = TorchModel(program, window=WINDOW, batch_size=3)
+    assert windowed.fixed_batch is None and windowed.batch_size == 3
+    assert_close_to_whole(windowed.predict(array), whole)
+
+
+def test_an_exported_program_refuses_a_window_it_cannot_run():
+    torch = pytest.importorskip("torch")
+    from tomaat.frameworks.pytorch import TorchModel
+
+    program = torch.export.export(_tiny_torch_net(torch), (torch.zeros(1, 1, *WINDOW),))
+    with pytest.raises(
+        ValueError, match=r"window \(32, 32, 32\) differs from the exported model's input size \(16, 16, 16\)"
+    ):
+        TorchModel(program, window=(32, 32, 32))

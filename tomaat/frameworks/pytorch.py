@@ -10,10 +10,17 @@ from .base import Model
 
 
 class TorchModel(Model):
-    """A `torch.nn.Module` or a TorchScript file; channels-first volumes in and out.
+    """A `torch.nn.Module`, an exported program (`torch.export`, a `.pt2` file) or a TorchScript file.
 
     `half=True` runs in float16 on CUDA (half the memory, tensor cores); on the CPU
     it is ignored, because float16 3D convolutions there are slow or missing.
+
+    An exported program is PyTorch's successor to TorchScript (torch 2.13 warns on
+    `torch.jit.load`). It runs only the shapes it was exported for, so those
+    shapes drive the sliding window: fixed spatial dimensions are the window
+    (given or checked), and a fixed batch size is filled with zeros when the
+    last windows do not make a whole batch. Export in `eval()` mode: an
+    exported program keeps the mode it was traced in.
     """
 
     channels_last = False
@@ -28,19 +35,64 @@ class TorchModel(Model):
         half: bool = False,
         device: str | None = None,
     ):
-        super().__init__(window, overlap, batch_size, blend)
         import torch
 
         self._torch = torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if isinstance(model, (str, os.PathLike)):
-            model = torch.jit.load(os.fspath(model), map_location=self.device)
         self.half = half and self.device.type == "cuda"
         self.dtype = torch.float16 if self.half else torch.float32
-        self.model = model.to(self.device, self.dtype).eval()
+        if isinstance(model, (str, os.PathLike)):
+            path = os.fspath(model)
+            model = torch.export.load(path) if path.endswith(".pt2") else torch.jit.load(path, map_location=self.device)
+        self.fixed_batch = None
+        if isinstance(model, torch.export.ExportedProgram):
+            batch, spatial = _input_shape(model)
+            window = _window(window, spatial)
+            if batch is not None:
+                self.fixed_batch = batch_size = batch
+            if self.device.type != "cpu":
+                model = torch.export.passes.move_to_device_pass(model, self.device)
+            self.model = model.module().to(self.dtype)  # an exported module has no train/eval switch
+        else:
+            self.model = model.to(self.device, self.dtype).eval()
+        super().__init__(window, overlap, batch_size, blend)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
+        size = self.fixed_batch or len(batch)
+        outputs = []
         with torch.inference_mode():
-            tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self.dtype)
-            return self.model(tensor).float().cpu().numpy()
+            for first in range(0, len(batch), size):
+                part = batch[first : first + size]
+                short = size - len(part)
+                if short:
+                    part = np.concatenate([part, np.zeros((short,) + part.shape[1:], dtype=part.dtype)])
+                tensor = torch.from_numpy(np.ascontiguousarray(part)).to(self.device, self.dtype)
+                outputs.append(self.model(tensor).float().cpu().numpy()[: size - short])
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+
+def _input_shape(program) -> tuple[int | None, tuple[int | None, ...]]:
+    """(batch, spatial) of an exported program's one tensor input; None where a dimension was exported dynamic."""
+    names = program.graph_signature.user_inputs
+    if len(names) != 1:
+        raise ValueError(f"the exported model takes {len(names)} inputs; TorchModel feeds it one volume batch")
+    [node] = [node for node in program.graph.nodes if node.op == "placeholder" and node.name == names[0]]
+    shape = tuple(dim if isinstance(dim, int) else None for dim in node.meta["val"].shape)
+    if len(shape) < 3:
+        raise ValueError(f"the exported model's input has shape {shape}; expected (batch, channels, *spatial)")
+    return shape[0], shape[2:]
+
+
+def _window(window, spatial: tuple[int | None, ...]):
+    """The sliding window for an exported program: its fixed spatial shape, which a given window must equal."""
+    if all(dim is None for dim in spatial):
+        return window
+    if None in spatial:
+        raise ValueError(
+            f"the exported model fixes some spatial dimensions and not others {spatial}; "
+            "export with all spatial dimensions fixed (the window) or all dynamic"
+        )
+    if window is not None and tuple(window) != spatial:
+        raise ValueError(f"window {tuple(window)} differs from the exported model's input size {spatial}")
+    return spatial
