@@ -187,3 +187,31 @@ async def test_a_request_over_the_servers_limit_is_not_sent(serve, tmp_path, pha
     with pytest.raises(ValidationError, match="accepts at most 200 bytes"):
         await client.predict({"images": phantom, "seeds": [[1, 2, 3]], "moving": affine_field()})
     assert await metrics_predictions(client) == ""
+
+
+@pytest_twisted.ensureDeferred
+async def test_inputs_are_read_and_results_decoded_off_the_reactor_thread(serve, tmp_path, phantom, monkeypatch):
+    """A client in an asynchronous program must not stall its other connections while it reads or decodes volumes."""
+    from twisted.python.threadable import isInIOThread
+
+    from tomaat.client import async_client
+    from tomaat.client.results import Result
+
+    on_reactor = {}
+    real_prepare, real_from_items = async_client.prepare, Result.from_items.__func__
+
+    def prepare(*args):
+        on_reactor["prepare"] = isInIOThread()
+        return real_prepare(*args)
+
+    def from_items(cls, *args):
+        on_reactor["from_items"] = isInIOThread()
+        return real_from_items(cls, *args)
+
+    monkeypatch.setattr(async_client, "prepare", prepare)
+    monkeypatch.setattr(Result, "from_items", classmethod(from_items))
+    service = await serve(EverythingApp())
+    client = AsyncClient(service.url, known_hosts=str(tmp_path / "kh.json"))
+    result = await client.predict({"images": phantom, "seeds": [[1, 2, 3]], "moving": affine_field()})
+    assert_same_grid(result["labels"], phantom)
+    assert on_reactor == {"prepare": False, "from_items": False}
