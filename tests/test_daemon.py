@@ -8,8 +8,7 @@ import subprocess
 import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_cli_serve import ROOT
 
 
 @pytest.fixture
