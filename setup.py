@@ -24,6 +24,7 @@ setup(
         "rich>=13",  # the client's upload bar and spinner
         "pybase64>=1.3",  # SIMD base64: v1 volumes are base64 text (docs/performance.md)
         "isal>=1.6",  # ISA-L zlib streams: compressed MHA labels written and read 2x faster (docs/performance.md)
+        "landlockpy==0.2.0",  # confines the processes that decode untrusted files: files, TCP, scopes (docs/security.md)
     ],
     extras_require={
         "test": [

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import struct
 import time
 import zlib
 
+import numpy as np
 from conftest import image_bytes, make_phantom
 
 HUGE = 100000
@@ -68,3 +70,69 @@ def raw_exchange(port: int, data: bytes, trickle: bool = False, every: float = 0
                 return received
             received += chunk
     raise AssertionError(f"the server neither answered nor closed the connection within {limit}s")
+
+
+# ---- files that make a reader open other files, or read what was never sent (docs/security.md) ----
+
+SECRET = (np.arange(64, dtype=np.int16) * 7 + 3).astype("<i2")  # stands for a server file's bytes
+
+
+def secret_file(folder) -> str:
+    path = os.path.join(str(folder), "secret.bin")
+    with open(path, "wb") as handle:
+        handle.write(SECRET.tobytes())
+    return path
+
+
+def nrrd_late_data_file(secret: str, padding: int = 70 * 1024) -> bytes:
+    """A NRRD whose `data file` line comes after `padding` bytes of comments: past any 64 KiB peek."""
+    comments = b"# padding\n" * (padding // 10)
+    fields = f"type: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\ndata file: {secret}\n\n"
+    return b"NRRD0004\n" + comments + fields.encode()
+
+
+def _hdf5_with_external_voxels(folder, secret: str) -> bytes:
+    """An ITK HDF5 image whose voxels are external data in `secret`, after a 512-byte user block."""
+    import h5py
+    import SimpleITK as sitk
+
+    plain, hostile = os.path.join(str(folder), "plain.hdf5"), os.path.join(str(folder), "hostile.hdf5")
+    sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), plain)
+    with h5py.File(plain, "r") as source, h5py.File(hostile, "w", userblock_size=512) as target:
+        for key in source:
+            source.copy(source[key], target, name=key)
+        voxels = "ITKImage/0/VoxelData"
+        attributes = dict(target[voxels].attrs)
+        del target[voxels]
+        dataset = target.create_dataset(voxels, shape=(4, 4, 4), dtype="<i2", external=[(secret, 0, SECRET.nbytes)])
+        for key, value in attributes.items():
+            dataset.attrs[key] = value
+    with open(hostile, "rb") as handle:
+        return handle.read()
+
+
+def _nifti_head(size: int) -> bytes:
+    head = bytearray(352)
+    struct.pack_into("<i", head, 0, 348)
+    struct.pack_into("<8h", head, 40, 3, size, size, size, 1, 1, 1, 1)
+    struct.pack_into("<hh", head, 70, 2, 8)  # uint8
+    struct.pack_into("<8f", head, 76, 1, 1, 1, 1, 1, 1, 1, 1)
+    struct.pack_into("<f", head, 108, 352.0)
+    head[344:348] = b"n+1\x00"
+    return bytes(head)
+
+
+POLYGLOT_HEADS = {
+    "mha": b"ObjectType = Image\nNDims = 3\nBinaryData = True\nDimSize = 2 2 2\nElementType = MET_UCHAR\n"
+    b"ElementDataFile = LOCAL\n" + bytes(8),
+    "nrrd": b"NRRD0004\ntype: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n\n" + bytes(8),
+    "nii": _nifti_head(2) + bytes(8),
+}
+
+
+def polyglot(fmt: str, folder, secret: str) -> bytes:
+    """A valid `fmt` header and data, and at byte 512 an HDF5 image made of the secret file's bytes."""
+    data = bytearray(_hdf5_with_external_voxels(folder, secret))
+    head = POLYGLOT_HEADS[fmt]
+    data[: len(head)] = head
+    return bytes(data)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from tomaat.protocol.elements import Checkbox, Fiducials, RadioButton, Slider, Transform, Volume
 from tomaat.protocol.errors import RequestError
 from tomaat.protocol.inputs import decode_field
+from tomaat.protocol.limits import Allowance, Limits
 from tomaat.registry.announcement import check_announcement, check_withdrawal, read_object
 
 ELEMENTS = [
@@ -28,7 +29,7 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 @given(st.sampled_from(ELEMENTS), st.sampled_from(PREFIXES), st.binary(max_size=600))
 def test_decode_field_raises_only_request_errors(element, prefix, raw):
     try:
-        decode_field(element, prefix + raw, max_voxels=10**6)
+        decode_field(element, prefix + raw, Allowance(Limits(max_voxels=10**6)))
     except RequestError as error:
         assert error.message and 400 <= error.status < 500
 
@@ -45,7 +46,7 @@ def test_decode_field_survives_any_nifti_dimensions(ndim, dims, bitpix):
     header[108:112] = struct.pack("<f", 352.0)
     header[344:348] = b"n+1\x00"
     try:
-        decode_field(Volume("images"), bytes(header) + bytes(64), max_voxels=10**6)
+        decode_field(Volume("images"), bytes(header) + bytes(64), Allowance(Limits(max_voxels=10**6)))
     except RequestError as error:
         assert 400 <= error.status < 500
 

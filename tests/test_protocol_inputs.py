@@ -3,7 +3,6 @@
 import base64
 import math
 import os
-import tempfile
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import SimpleITK as sitk
 from conftest import make_affine, make_bspline
 from scratch_checks import no_scratch_left, private_tempdir  # noqa: F401 (an autouse fixture)
 
+from tomaat.files import confined
 from tomaat.protocol.elements import Checkbox, Fiducials, RadioButton, Slider, Transform, Volume
 from tomaat.protocol.errors import RequestError, UnreadableVolume
 from tomaat.protocol.inputs import decode_field, decode_fields
@@ -124,23 +124,15 @@ def test_all_formats_give_the_same_image(tmp_path):
         assert_same_image(other, results[0], atol=1e-6)
 
 
-def test_volume_is_read_from_a_private_scratch_folder(tmp_path, monkeypatch):
-    """The leftover checks are meaningful: the file really goes through a tomaat- folder in gettempdir()."""
-    seen = []
-    real_read = sitk.ReadImage
-
-    def spy(path, *args, **kwargs):
-        folder = os.path.dirname(path)
-        seen.append((folder, os.path.isdir(folder)))
-        return real_read(path, *args, **kwargs)
-
-    monkeypatch.setattr(sitk, "ReadImage", spy)
-    decode(Volume("images"), file_bytes(phantom(), tmp_path / "in.nrrd"))
-    ((folder, existed),) = seen
-    assert existed
-    assert os.path.dirname(folder) == tempfile.gettempdir()
-    assert os.path.basename(folder).startswith("tomaat-")
-    assert not os.path.exists(folder)
+def test_a_nrrd_goes_through_a_decoder_folder_that_is_empty_after_it(tmp_path):
+    """The leftover checks are meaningful for confined decoding too: the file is written, read and removed."""
+    image = decode(Volume("images"), file_bytes(phantom(), tmp_path / "in.nrrd"))
+    assert image.GetSize() == phantom().GetSize()
+    decoders = confined.POOL.decoders
+    assert decoders, "a NRRD is decoded in a decoder process"
+    for decoder in decoders:
+        assert os.path.dirname(decoder.folder) == confined._BASE
+        assert os.listdir(decoder.folder) == []
 
 
 @pytest.mark.parametrize(

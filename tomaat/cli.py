@@ -39,6 +39,11 @@ def main():
 @click.option("--announce-period", type=float, default=None, help="Seconds between re-announcements (default 1600).")
 @click.option("--max-body-bytes", type=int, default=None, help="Largest request body (default 2 GiB); else 413.")
 @click.option("--max-voxels", type=int, default=None, help="Largest image, read from its header (default 1024^3).")
+@click.option("--max-decoded-bytes", type=int, default=None, help="Most bytes one request's inputs decode to (4 GiB).")
+@click.option("--max-decoded-total", type=int, default=None, help="Most decoded bytes of all requests at once (8 GiB).")
+@click.option("--max-points", type=int, default=None, help="Most points per fiducials input (default 100000).")
+@click.option("--max-transform-parameters", type=int, default=None, help="Most parameters per transform (10^7).")
+@click.option("--decoders", type=int, default=None, help="Confined processes decoding NIfTI, NRRD, transforms (2).")
 @click.option("--max-fields", type=int, default=None, help="Most form fields per request (default 256).")
 @click.option("--max-queue", type=int, default=None, help="Most requests waiting for a thread, then 503 (default 64).")
 @click.option(
@@ -72,7 +77,8 @@ def serve(target, port, interface, no_tls, cert, key, threads, state_dir, delaye
         "registry_fingerprint": announcing["registry_fingerprint"],
         "announce_period": announcing["announce_period"],
     }
-    limits = ("max_body_bytes", "max_voxels", "max_fields", "max_queue", "max_pending_bytes")
+    limits = ("max_body_bytes", "max_voxels", "max_fields", "max_queue", "max_pending_bytes", "decoders")
+    limits += ("max_decoded_bytes", "max_decoded_total", "max_points", "max_transform_parameters")
     limits += ("app_timeout", "idle_timeout", "receive_timeout", "shutdown_grace")
     options.update({name: announcing[name] for name in limits})
     options = {k: v for k, v in options.items() if v is not None}

@@ -1,22 +1,29 @@
-"""How big an image file says it is, read from its header before SimpleITK allocates anything.
+"""What an image file will cost once decoded, read from the whole of its header before anything is allocated.
 
-SimpleITK allocates the whole voxel buffer a header asks for, so a 200-byte
-file claiming 100000^3 voxels would take the process down. Each format's
-header is parsed here just far enough to learn the image size, and a .nii.gz
-is decompressed in bounded chunks so a gzip bomb is refused by its stream
-length, not after it fills memory.
+A decoder allocates the whole voxel buffer a header asks for, so a 200-byte
+file claiming 100000^3 voxels would take the process down. The check must read
+the header exactly as the decoder will: a check that stops at 64 KiB while the
+decoder reads on, or that takes the first of two `sizes` lines while the
+decoder takes the last, is a check an attacker walks around. So each format's
+header is parsed whole and strictly here: NRRD fields in teem's spellings,
+each once, from an allow-list that has no `data file`; NIfTI sizes from the
+datatype code the decoder uses, not from `bitpix`; MHA by our own reader's
+parser (mha.py), which is also the only MHA decoder. The data must then be
+exactly as long as the header says, raw or once inflated, so a decoder never
+fills a buffer from memory it did not read (which sent earlier requests' voxels
+to a client) and a gzip bomb stops at the size its header accounts for.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import struct
 import zlib
 
+from . import mha
 from .errors import TooLarge, UnreadableVolume
+from .limits import DEFAULT_MAX_VOXELS
 
-DEFAULT_MAX_VOXELS = 1024**3
 HEADER_BYTES = 65536  # text headers longer than this are not images we accept
 _CHUNK = 1 << 20
 
@@ -31,80 +38,119 @@ def _positive(sizes, where: str) -> list[int]:
     return list(sizes)
 
 
-def _text_value(header: bytes, key: bytes, separator: bytes) -> bytes | None:
-    found = re.search(rb"^[ \t]*" + key + rb"[ \t]*" + separator + rb"[ \t]*([^\r\n]*)", header, re.M | re.I)
-    return found.group(1).strip() if found else None
+# NRRD: field names compare without case and spaces, as teem compares them.
+_NRRD_FIELDS = {
+    "dimension", "type", "encoding", "sizes", "endian", "content", "kinds", "labels", "units", "spacings",
+    "thicknesses", "axismins", "axismaxs", "centers", "centerings", "space", "spacedimension", "spaceunits",
+    "spaceorigin", "spacedirections", "measurementframe", "min", "max", "oldmin", "oldmax", "sampleunits",
+}  # fmt: skip
+_NRRD_TYPES = {}
+for _size, _names in {
+    1: "signed char,int8,int8_t,uchar,unsigned char,uint8,uint8_t",
+    2: "short,short int,signed short,signed short int,int16,int16_t,ushort,unsigned short,unsigned short int,"
+    "uint16,uint16_t",
+    4: "int,signed int,int32,int32_t,uint,unsigned int,uint32,uint32_t,float",
+    8: "longlong,long long,long long int,signed long long,signed long long int,int64,int64_t,ulonglong,"
+    "unsigned long long,unsigned long long int,uint64,uint64_t,double",
+}.items():
+    _NRRD_TYPES.update(dict.fromkeys(_names.split(","), _size))
+_NRRD_EXPECTED = "one .nrrd file with its data attached, raw or gzip-encoded"
 
 
-def _integers(text: bytes | None, where: str, key: str) -> list[int]:
-    if text is None:
-        raise UnreadableVolume(f"{where}: the image header has no {key}")
+def _nrrd_refuse(where: str, problem: str) -> UnreadableVolume:
+    return UnreadableVolume(f"{where}: {problem}; expected {_NRRD_EXPECTED}")
+
+
+def nrrd_header(raw, where: str) -> tuple[dict[str, str], int]:
+    """Every field of a NRRD header, and where its data starts."""
+    head = bytes(raw[:HEADER_BYTES])
+    fields, at = {}, 0
+    for number, line in enumerate(head.split(b"\n")):
+        end = at + len(line) + 1
+        if end > len(head):
+            raise _nrrd_refuse(where, f"the NRRD header does not end with a blank line within {HEADER_BYTES} bytes")
+        text = line.rstrip(b"\r").decode("latin-1")
+        at = end
+        if number == 0 or text.startswith("#"):
+            continue
+        if not text:
+            return fields, at
+        pair, field = text.find(":="), text.find(": ")
+        if pair >= 0 and (field < 0 or pair < field):
+            continue  # a key/value pair: metadata the decoder keeps, never a file name
+        name, sep, value = text.partition(":")
+        key = name.lower().replace(" ", "")
+        if key == "datafile":
+            raise _nrrd_refuse(where, "detached NRRD headers are not accepted (the header names a data file)")
+        if not sep or key not in _NRRD_FIELDS:
+            raise _nrrd_refuse(where, f"the NRRD header's field {name[:40]!r} is not one this server reads")
+        if key in fields:
+            raise _nrrd_refuse(where, f"the NRRD header gives {name.strip()!r} more than once")
+        fields[key] = value.strip()
+    raise _nrrd_refuse(where, "the NRRD header ends without a blank line before the data")
+
+
+def _nrrd_layout(raw, where: str) -> tuple[list[int], int, str, int]:
+    fields, start = nrrd_header(raw, where)
     try:
-        return [int(part) for part in text.split()]
+        sizes = [int(part) for part in fields.get("sizes", "").split()]
+        dimension = int(fields.get("dimension", ""))
     except ValueError:
-        raise UnreadableVolume(f"{where}: the image header's {key} is not a list of whole numbers") from None
-
-
-_MET_BYTES = {b"MET_CHAR": 1, b"MET_UCHAR": 1, b"MET_SHORT": 2, b"MET_USHORT": 2, b"MET_INT": 4, b"MET_UINT": 4}
-_MET_BYTES.update({b"MET_FLOAT": 4, b"MET_DOUBLE": 8, b"MET_LONG_LONG": 8, b"MET_ULONG_LONG": 8})
-_MHA_DATA = re.compile(rb"^[ \t]*ElementDataFile[ \t]*[=:][ \t]*LOCAL[ \t]*\r?\n", re.M | re.I)
-
-
-def mha_voxels(raw: bytes, where: str) -> int:
-    header = bytes(raw[:HEADER_BYTES])
-    sizes = _positive(_integers(_text_value(header, b"DimSize", b"[=:]"), where, "DimSize"), where)
-    channels = _text_value(header, b"ElementNumberOfChannels", b"[=:]")
-    count = _positive(_integers(channels, where, "ElementNumberOfChannels"), where)[0] if channels else 1
-    return math.prod(sizes) * count
-
-
-def _check_mha_length(raw: bytes, header: bytes, voxels: int, where: str) -> None:
-    """MetaIO reads a short uncompressed data block without complaint, so a truncated file must be caught here."""
-    compressed = (_text_value(header, b"CompressedData", b"[=:]") or b"").lower() == b"true"
-    per_voxel = _MET_BYTES.get((_text_value(header, b"ElementType", b"[=:]") or b"").upper())
-    start = _MHA_DATA.search(header)
-    if compressed or per_voxel is None or start is None:
-        return
-    if len(raw) - start.end() < voxels * per_voxel:
-        raise UnreadableVolume(
-            f"{where}: the mha file could not be read (truncated or corrupt): its header announces {voxels * per_voxel} bytes of data, "
-            f"it holds {len(raw) - start.end()}"
+        raise _nrrd_refuse(where, "the NRRD header's sizes and dimension must be whole numbers") from None
+    if len(sizes) != dimension or not 1 <= dimension <= 16:
+        raise _nrrd_refuse(where, f"the NRRD header's sizes ({len(sizes)} numbers) do not match its dimension")
+    per_voxel = _NRRD_TYPES.get(" ".join(fields.get("type", "").lower().split()))
+    if per_voxel is None:
+        raise _nrrd_refuse(
+            where, f"the NRRD type {fields.get('type', '')[:30]!r} is not a scalar type this server reads"
         )
+    encoding = {"raw": "raw", "gzip": "gzip", "gz": "gzip"}.get(fields.get("encoding", "").lower())
+    if encoding is None:
+        raise _nrrd_refuse(where, f"the NRRD encoding {fields.get('encoding', '')[:20]!r} is not raw or gzip")
+    return _positive(sizes, where), per_voxel, encoding, start
 
 
-def nrrd_voxels(raw: bytes, where: str) -> int:
-    header = bytes(raw[:HEADER_BYTES]).split(b"\n\n", 1)[0]
-    return math.prod(_positive(_integers(_text_value(header, b"sizes", b":"), where, "sizes"), where))
+def _exact(where: str, fmt: str, announced: int, held: int, inflated: bool = False) -> UnreadableVolume:
+    what = "inflates to" if inflated else "holds"
+    more = "more" if held > announced else "fewer"
+    return UnreadableVolume(
+        f"{where}: the {fmt} file could not be read (truncated or corrupt): its header announces "
+        f"{announced} bytes of data, it {what} {more}"
+    )
+
+
+# NIfTI datatype codes and their bytes per voxel, as niftilib sizes its reads (bitpix is not used).
+_NIFTI_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8, 1792: 16}
+_NIFTI_BYTES[2304] = 4
 
 
 def _nifti_layout(head: bytes, where: str) -> tuple[int, int, int]:
-    """(voxels, bytes per voxel, data offset) from a NIfTI-1 or NIfTI-2 header."""
+    """(voxels, bytes per voxel, data offset) from a single-file NIfTI-1 or NIfTI-2 header."""
     for order in "<>":
         size = struct.unpack(order + "i", head[:4])[0] if len(head) >= 4 else 0
-        if size == 348 and len(head) >= 348:
+        if size == 348 and len(head) >= 348 and head[344:348] == b"n+1\x00":
             dims = struct.unpack(order + "8h", head[40:56])
-            bitpix = struct.unpack(order + "h", head[72:74])[0]
+            datatype = struct.unpack(order + "h", head[70:72])[0]
             offset = struct.unpack(order + "f", head[108:112])[0]
             break
-        if size == 540 and len(head) >= 540:
+        if size == 540 and len(head) >= 540 and head[4:8] == b"n+2\x00":
             dims = struct.unpack(order + "8q", head[16:80])
-            bitpix = struct.unpack(order + "h", head[14:16])[0]
+            datatype = struct.unpack(order + "h", head[12:14])[0]
             offset = struct.unpack(order + "q", head[168:176])[0]
             break
     else:
-        raise UnreadableVolume(f"{where}: the NIfTI header is truncated or corrupt")
+        raise UnreadableVolume(f"{where}: the NIfTI header is truncated or corrupt (a single-file .nii is expected)")
     if not 1 <= dims[0] <= 7:
         raise UnreadableVolume(f"{where}: the NIfTI header gives {dims[0]} dimensions; expected 1 to 7")
+    if datatype not in _NIFTI_BYTES:
+        raise UnreadableVolume(f"{where}: the NIfTI datatype code {datatype} is not one this server reads")
     if not math.isfinite(offset) or not 0 <= offset < 2**40:
         raise UnreadableVolume(f"{where}: the NIfTI header's data offset is invalid")
-    return math.prod(_positive(dims[1 : dims[0] + 1], where)), max(int(bitpix), 8) // 8, int(offset)
+    offset = max(int(offset), 352 if size == 348 else 544)  # niftilib reads no data from inside the header
+    return math.prod(_positive(dims[1 : dims[0] + 1], where)), _NIFTI_BYTES[datatype], offset
 
 
-def nifti_voxels(raw: bytes, where: str) -> int:
-    return _nifti_layout(bytes(raw[:540]), where)[0]
-
-
-def _inflate(raw: bytes):
+def _inflate(raw):
     """The decompressed pieces of a gzip file, at most _CHUNK bytes each.
 
     Like zlib's gzread, which ITK uses, a following gzip member is read on and
@@ -120,6 +166,8 @@ def _inflate(raw: bytes):
         elif position < len(view):
             data, position = view[position : position + _CHUNK], position + _CHUNK
         else:
+            if not stream.eof:
+                raise zlib.error("truncated")
             return
         yield stream.decompress(data, _CHUNK)
         if stream.eof:
@@ -130,48 +178,68 @@ def _inflate(raw: bytes):
             stream = zlib.decompressobj(wbits=31)
 
 
-def check_gzip_nifti(raw: bytes, where: str, max_voxels: int) -> None:
-    """Decompress in bounded chunks: refuse a stream longer than its header says the image is."""
-    head, seen, allowed = b"", 0, None
+def _inflated_exactly(raw, expected: int | None, where: str, fmt: str, head_bytes: int = 0, on_head=None) -> None:
+    """Inflate in bounded pieces; refuse a stream that is longer or shorter than expected.
+
+    on_head(head) may learn `expected` from the first head_bytes inflated (a NIfTI header).
+    """
+    head, seen = b"", 0
     try:
         for piece in _inflate(raw):
+            if len(head) < head_bytes:
+                head += piece[: head_bytes - len(head)]
+                if len(head) == head_bytes and on_head is not None:
+                    expected = on_head(head)
             seen += len(piece)
-            if allowed is None:
-                head += piece[: 540 - len(head)]
-                if len(head) < 540:
-                    continue
-                allowed = _allowed(head, where, max_voxels)
-            if seen > allowed:
+            if expected is not None and seen > expected:
                 raise TooLarge(
-                    f"{where}: the .nii.gz data decompresses to more than the {allowed} bytes its header accounts for"
+                    f"{where}: the {fmt} data decompresses to more than the {expected} bytes its header accounts for"
                 )
     except zlib.error:
-        raise UnreadableVolume(f"{where}: the .nii.gz file is not valid gzip data (truncated or corrupt)") from None
-    if allowed is None:
-        _allowed(head, where, max_voxels)
+        raise UnreadableVolume(f"{where}: the {fmt} file is not valid gzip data (truncated or corrupt)") from None
+    if expected is None:
+        expected = on_head(head)  # a file shorter than head_bytes: NIfTI-1 needs only 348 of them
+    if seen != expected:
+        raise _exact(where, fmt, expected, seen, inflated=True)
 
 
-def _allowed(head: bytes, where: str, max_voxels: int) -> int:
-    voxels, per_voxel, offset = _nifti_layout(head, where)
+def _check_voxels(voxels: int, where: str, max_voxels: int) -> None:
     if voxels > max_voxels:
         raise _too_large(where, voxels, max_voxels)
-    return max(offset, 548) + voxels * per_voxel + 65536  # extensions and padding fit in the slack
 
 
-def check_size(raw: bytes, fmt: str, where: str, max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
-    """Raise TooLarge when the header claims more voxels than max_voxels (or its stream is a bomb)."""
-    if fmt == "nii.gz":
-        check_gzip_nifti(raw, where, max_voxels)
-        return
-    voxels = {"mha": mha_voxels, "nrrd": nrrd_voxels, "nii": nifti_voxels}[fmt](raw, where)
-    if voxels > max_voxels:
-        raise _too_large(where, voxels, max_voxels)
+def check(raw, fmt: str, where: str, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[int, mha.Header | None]:
+    """The bytes the image takes once decoded, and an MHA file's parsed header for its reader.
+
+    TooLarge or UnreadableVolume when the file is not what its header says.
+    """
     if fmt == "mha":
-        _check_mha_length(raw, bytes(raw[:HEADER_BYTES]), voxels, where)
-    elif fmt == "nii":
-        _, per_voxel, offset = _nifti_layout(bytes(raw[:540]), where)
-        if len(raw) < offset + voxels * per_voxel:  # ITK, too, reads a short .nii without complaint
-            raise UnreadableVolume(
-                f"{where}: the nii file could not be read (truncated or corrupt): its header announces {offset + voxels * per_voxel} bytes, "
-                f"it holds {len(raw)}"
-            )
+        header = mha.parse_header(raw, where)
+        _check_voxels(math.prod(header.sizes), where, max_voxels)
+        return header.nbytes, header
+    if fmt == "nrrd":
+        sizes, per_voxel, encoding, start = _nrrd_layout(raw, where)
+        voxels = math.prod(sizes)
+        _check_voxels(voxels, where, max_voxels)
+        if encoding == "gzip":
+            _inflated_exactly(memoryview(raw)[start:], voxels * per_voxel, where, "nrrd")
+        elif len(raw) - start != voxels * per_voxel:
+            raise _exact(where, "nrrd", voxels * per_voxel, len(raw) - start)
+        return voxels * per_voxel, None
+    if fmt == "nii":
+        voxels, per_voxel, offset = _nifti_layout(bytes(raw[:540]), where)
+        _check_voxels(voxels, where, max_voxels)
+        if len(raw) != offset + voxels * per_voxel:  # ITK, too, reads a short .nii without complaint
+            raise _exact(where, "nii", offset + voxels * per_voxel, len(raw))
+        return voxels * per_voxel, None
+    if fmt == "nii.gz":
+        layout = {}
+
+        def expected(head: bytes) -> int:
+            layout["voxels"], layout["per_voxel"], offset = _nifti_layout(head, where)
+            _check_voxels(layout["voxels"], where, max_voxels)
+            return offset + layout["voxels"] * layout["per_voxel"]
+
+        _inflated_exactly(raw, None, where, "nii.gz", 540, expected)
+        return layout["voxels"] * layout["per_voxel"], None
+    raise UnreadableVolume(f"{where}: unknown image format {fmt!r}")

@@ -7,7 +7,7 @@ import math
 from . import fiducials, transforms
 from .elements import Checkbox, Fiducials, RadioButton, Slider, Transform, Volume
 from .errors import RequestError
-from .headers import DEFAULT_MAX_VOXELS
+from .limits import Allowance
 from .volumes import read_image
 
 CHECKBOX_TRUE = frozenset({"true", "1", "yes", "on"})
@@ -51,10 +51,11 @@ def _radio(element: RadioButton, raw: bytes, where: str) -> str:
     return text
 
 
-def decode_field(element, raw: bytes, max_voxels: int = DEFAULT_MAX_VOXELS):
+def decode_field(element, raw: bytes, allowance: Allowance | None = None):
     where = f"field '{element.destination}' ({element.wire_type})"
+    allowance = allowance or Allowance()
     if isinstance(element, Volume):
-        return read_image(raw, where, max_voxels)
+        return read_image(raw, where, allowance)
     if isinstance(element, Slider):
         return _slider(element, raw, where)
     if isinstance(element, Checkbox):
@@ -62,17 +63,21 @@ def decode_field(element, raw: bytes, max_voxels: int = DEFAULT_MAX_VOXELS):
     if isinstance(element, RadioButton):
         return _radio(element, raw, where)
     if isinstance(element, Fiducials):
-        return fiducials.parse(_text(raw, where), where)
+        return fiducials.parse(_text(raw, where), where, allowance.limits.max_points)
     if isinstance(element, Transform):
-        return transforms.parse(raw, where)
+        return transforms.parse(raw, where, allowance)
     raise RequestError(f"{where}: unsupported element type")
 
 
-def decode_fields(interface, fields: dict[str, bytes], max_voxels: int = DEFAULT_MAX_VOXELS) -> dict:
-    """All declared inputs, cheap ones first so a bad slider is reported before a large volume is decoded."""
+def decode_fields(interface, fields: dict[str, bytes], allowance: Allowance | None = None) -> dict:
+    """All declared inputs, cheap ones first so a bad slider is reported before a large volume is decoded.
+
+    Each decoded input is charged to the allowance, which the caller releases when the request ends.
+    """
+    allowance = allowance or Allowance()
     missing = [e.destination for e in interface if e.destination not in fields]
     if missing:
         expected = ", ".join(f"'{e.destination}' ({e.wire_type})" for e in interface)
         raise RequestError(f"missing field(s) {', '.join(repr(m) for m in missing)}; this service expects {expected}")
     order = sorted(interface, key=lambda e: isinstance(e, (Volume, Transform)))
-    return {e.destination: decode_field(e, fields[e.destination], max_voxels) for e in order}
+    return {e.destination: decode_field(e, fields[e.destination], allowance) for e in order}

@@ -1,26 +1,32 @@
-"""Image files as bytes: tell the format by content, read and write through SimpleITK.
+"""Image files as bytes: we tell the format by content, and that format's reader alone reads it.
 
-SimpleITK reads and writes only named files, hence the scratch module.
-Single-file formats only: a header that points at another file (MHD/raw,
-detached NRRD) would make the server open a path of the client's choosing.
+ITK's own choice of reader looks for HDF5 and DICOM inside any file before it
+looks for MHA, NRRD or NIfTI, so a valid MHA header with an HDF5 image at byte
+512 was read as HDF5, external data and all. Here the format is decided once,
+by sniff_format; its header is checked whole (headers.py) and charged to the
+request's allowance; MHA is then decoded by our own parser and NRRD and NIfTI
+by ITK's reader for that format only, in a confined decoder process
+(files/confined.py). Single-file formats only: a header that points at another
+file (MHD/raw, detached NRRD) is refused.
 """
 
 from __future__ import annotations
 
-import re
 import zlib
 
 import SimpleITK as sitk
 
-from . import b64, mha
+from ..files import confined
+from . import b64, headers, mha
 from .errors import UnreadableVolume
-from .headers import DEFAULT_MAX_VOXELS, check_size
-from .scratch import write_then_bytes, write_then_read
+from .limits import Allowance
+from .scratch import write_then_bytes
 
 # zlib level for written images: labels are mostly runs. On a 256^3 label map ISA-L level 1 takes 9 ms for
 # 0.89 MB; SimpleITK's zlib took 19 ms for 1.03 MB at level 1, Python's 250 ms at 6 (docs/performance.md).
 LABEL_LEVEL = 1
 FORMATS = {"mha": ".mha", "nii": ".nii", "nii.gz": ".nii.gz", "nrrd": ".nrrd"}
+READERS = {"nii": "NiftiImageIO", "nii.gz": "NiftiImageIO", "nrrd": "NrrdImageIO"}  # ITK's, for the decoders
 EXPECTED = "an MHA, NIfTI (.nii/.nii.gz) or NRRD image file, raw or base64-encoded"
 
 _MHA_KEYS = (b"ObjectType", b"NDims", b"ObjectSubType", b"Comment", b"TransformMatrix", b"DimSize")
@@ -48,37 +54,6 @@ def sniff_format(raw: bytes) -> str | None:
     if head.lstrip().startswith(_MHA_KEYS):
         return "mha"
     return None
-
-
-def _mha_data_is_local(header: bytes) -> bool:
-    """Whether the first mention of ElementDataFile is a line of its own saying LOCAL.
-
-    MetaIO takes the first line whose key is ElementDataFile (separator '=' or ':')
-    and stops reading the header there; a mention anywhere earlier, such as a
-    Comment quoting 'ElementDataFile = LOCAL', must not stand in for that line.
-    """
-    found = re.search(rb"ElementDataFile", header, re.IGNORECASE)
-    if found is None:
-        return False
-    line_start = max(header.rfind(b"\n", 0, found.start()), header.rfind(b"\r", 0, found.start())) + 1
-    if header[line_start : found.start()].strip(b" \t"):
-        return False
-    return re.match(rb"ElementDataFile[ \t]*[=:][ \t]*LOCAL[ \t]*[\r\n]", header[found.start() :]) is not None
-
-
-def _check_single_file(raw: bytes, fmt: str, where: str) -> None:
-    if fmt == "mha":
-        if not _mha_data_is_local(bytes(raw[:65536])):
-            raise UnreadableVolume(
-                f"{where}: the MHA header must say 'ElementDataFile = LOCAL' (a single .mha file); "
-                "detached .mhd/.raw pairs are not accepted, send the image as one .mha file"
-            )
-    elif fmt == "nrrd":
-        header = bytes(raw[:65536]).split(b"\n\n", 1)[0]
-        if re.search(rb"^data ?file\s*:", header, re.MULTILINE | re.IGNORECASE):
-            raise UnreadableVolume(
-                f"{where}: detached NRRD headers are not accepted; send one .nrrd file with the data attached"
-            )
 
 
 def _is_base64_text(view: memoryview, start: int = 0, stop: int | None = None) -> bool:
@@ -123,20 +98,23 @@ def unwrap(raw: bytes, where: str) -> tuple[bytes, str]:
             if not _is_base64_text(memoryview(text).cast("B")):
                 raise UnreadableVolume(f"{where}: expected {EXPECTED}, got text that is neither")
             raise UnreadableVolume(f"{where}: the data is not {EXPECTED}")
-    _check_single_file(raw, fmt, where)
     return raw, fmt
 
 
-def read_image(raw: bytes, where: str = "volume", max_voxels: int = DEFAULT_MAX_VOXELS) -> sitk.Image:
-    """The image in raw, refused from its header alone when it is larger than max_voxels."""
+def read_image(raw: bytes, where: str = "volume", allowance: Allowance | None = None) -> sitk.Image:
+    """The image in raw, refused from its header alone when it costs more than the allowance."""
+    allowance = allowance or Allowance()
     data, fmt = unwrap(raw, where)
-    check_size(data, fmt, where, max_voxels)
+    size, header = headers.check(data, fmt, where, allowance.limits.max_voxels)
+    allowance.charge(size, where)
+    if header is not None:
+        return mha.read(data, header, where)
     try:
-        image = mha.read(data) if fmt == "mha" else None
-        return image if image is not None else write_then_read(FORMATS[fmt], data, sitk.ReadImage)
-    except RuntimeError:
+        return confined.read_image(data, FORMATS[fmt], READERS[fmt], size)
+    except confined.DecodeFailed as failure:
+        stopped = " (the decoder stopped: the file is corrupt or hostile)" if failure.reason != "refused" else ""
         raise UnreadableVolume(
-            f"{where}: the {fmt} file could not be read (truncated or corrupt); expected {EXPECTED}"
+            f"{where}: the {fmt} file could not be read (truncated or corrupt){stopped}; expected {EXPECTED}"
         ) from None
 
 

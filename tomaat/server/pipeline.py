@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import SimpleITK as sitk
 
 from ..protocol.errors import AppFailure, AppTimeout
-from ..protocol.headers import DEFAULT_MAX_VOXELS
 from ..protocol.inputs import decode_fields
+from ..protocol.limits import Allowance, DecodedBudget, Limits
 from ..protocol.outputs import encode_item
 from .form import read_fields
 
@@ -62,13 +62,14 @@ class Watch:
 
 
 class Pipeline:
-    def __init__(self, app, inputs, outputs, gpu_lock=None, max_fields=256, max_voxels=DEFAULT_MAX_VOXELS):
+    def __init__(self, app, inputs, outputs, gpu_lock=None, max_fields=256, limits=None, decoded=None):
         self.app = app
         self.inputs = inputs
         self.outputs = outputs
         self.gpu_lock = gpu_lock or GPU_LOCK
         self.max_fields = int(max_fields)
-        self.max_voxels = int(max_voxels)
+        self.limits = limits or Limits()
+        self.decoded = decoded or DecodedBudget()
 
     def _app_step(self, step: str, data: dict) -> dict:
         try:
@@ -97,11 +98,17 @@ class Pipeline:
         return items
 
     def run(self, body, content_type: str | None, timings: Timings, watch: Watch | None = None) -> list[dict]:
-        watch = watch or Watch()
+        allowance = Allowance(self.limits, self.decoded)
+        try:
+            return self._run(body, content_type, timings, watch or Watch(), allowance)
+        finally:
+            allowance.release()
+
+    def _run(self, body, content_type, timings: Timings, watch: Watch, allowance: Allowance) -> list[dict]:
         with timings.stage("parse"):
             fields = read_fields(body, content_type, self.max_fields)
         with timings.stage("decode"):
-            data = decode_fields(self.inputs, fields, self.max_voxels)
+            data = decode_fields(self.inputs, fields, allowance)
         del fields
         reference = next((v for v in data.values() if isinstance(v, sitk.Image)), None)
         watch.app_started()

@@ -18,8 +18,9 @@ from twisted.python.threadpool import ThreadPool
 from .. import web
 from ..body import Budget
 from ..daemon import Daemon
+from ..files import confined
 from ..protocol import elements, scratch
-from ..protocol.headers import DEFAULT_MAX_VOXELS
+from ..protocol.limits import DEFAULT_MAX_VOXELS, DecodedBudget, Limits
 from ..trust import pin_fingerprint
 from .announcer import Announcer
 from .app import TomaatApp
@@ -51,6 +52,13 @@ DEFAULTS = {
     "max_body_bytes": 2 * 1024**3,
     # Limits against heavy and hostile traffic (docs/security.md); 0 turns a limit off where noted.
     "max_voxels": DEFAULT_MAX_VOXELS,  # per image, read from its header before anything is allocated
+    "max_decoded_bytes": 4 * 1024**3,  # one request's inputs once decoded, charged from their headers; then 413
+    "max_decoded_total": 8 * 1024**3,  # all requests' decoded inputs at once; then 503 (0: none)
+    "max_points": 100_000,  # per fiducials input; then 413
+    "max_transform_parameters": 10_000_000,  # per transform input; then 413
+    "decoders": 2,  # confined processes that decode NIfTI, NRRD and transform files (docs/security.md)
+    "decoder_memory": confined.DEFAULT_MEMORY,  # address space each decoder may add once loaded
+    "decode_timeout": confined.DEFAULT_TIMEOUT,  # seconds one file may take to decode; then 415
     "max_fields": 256,  # form fields per request
     "max_queue": 64,  # requests waiting for a worker thread; beyond it 503 + Retry-After (0: unbounded)
     "max_pending_bytes": 4 * 1024**3,  # bodies of 1 MiB+ held at once (received, queued, in work); then 503 (0: none)
@@ -99,8 +107,6 @@ class TomaatService(Daemon):
             self.app,
             self.input_interface,
             self.output_interface,
-            max_fields=int(self.config["max_fields"]),
-            max_voxels=int(self.config["max_voxels"]),
         )
         self.worker = Worker(
             reactor, self.pool, self.pipeline, float(self.config["app_timeout"]), int(self.config["max_queue"])
@@ -116,6 +122,11 @@ class TomaatService(Daemon):
             raise ValueError("'announce' needs the registry's URL (e.g. https://registry:8001), not True")
         if self.config["announce"] and not str(self.config["api_key"]).strip():
             raise ValueError("announcing needs an api_key from the registry's operator")
+
+    @property
+    def limits(self) -> Limits:
+        names = ("max_voxels", "max_decoded_bytes", "max_points", "max_transform_parameters")
+        return Limits(**{name: int(self.config[name]) for name in names})
 
     @property
     def announced_at(self) -> str:
@@ -139,6 +150,9 @@ class TomaatService(Daemon):
             protocol=PROTOCOL_VERSION,
             max_upload_bytes=self.upload_limit,
             max_voxels=int(self.config["max_voxels"]),
+            max_decoded_bytes=int(self.config["max_decoded_bytes"]),
+            max_points=int(self.config["max_points"]),
+            max_transform_parameters=int(self.config["max_transform_parameters"]),
             tls_fingerprint=self.fingerprint,
         )
         return info
@@ -181,6 +195,13 @@ class TomaatService(Daemon):
         """Start the pool and the port (port 0 picks a free one); returns the listening port."""
         endpoint = self._endpoint()
         scratch.remove_orphans()
+        # the configuration is final here: `tomaat serve` may update a service built in the app's module
+        self.pipeline.max_fields = int(self.config["max_fields"])
+        self.pipeline.limits = self.limits
+        self.pipeline.decoded = DecodedBudget(int(self.config["max_decoded_total"]))
+        confined.POOL.configure(
+            int(self.config["decoders"]), int(self.config["decoder_memory"]), float(self.config["decode_timeout"])
+        )
         self.pool.start()
         site = web.make_site(PredictionRoutes(self).app.resource(), self.upload_limit, budget=self.budget)
         site.timeOut = float(self.config["idle_timeout"]) or None

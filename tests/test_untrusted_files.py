@@ -1,0 +1,247 @@
+"""Attacks through the files a client uploads: each is refused with a 4xx, gives nothing back, and the server goes on.
+
+Each hostile file is built here; where the attack worked before, a control shows that ITK's own
+automatic reading of the same bytes does read the secret, so the refusal is not an accident.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+import pytest_twisted
+import SimpleITK as sitk
+from clients import slicer_post
+from conftest import image_bytes, make_phantom, v1_base64
+from hostile import SECRET, nrrd_late_data_file, polyglot, secret_file
+from test_server_limits import _post_file
+
+from examples.threshold import ThresholdApp
+from tomaat import LabelVolume, TomaatApp, Transform, Volume
+from tomaat.files import confined
+from tomaat.protocol.errors import RequestError
+from tomaat.protocol.outputs import decode_item
+from tomaat.protocol.volumes import read_image
+
+GOOD = {"images": v1_base64(make_phantom()), "threshold": "100"}
+
+
+def _secret_leaked(response) -> bool:
+    text = response.text
+    return any(str(int(v)) in text for v in SECRET[5:9]) or base64.b64encode(SECRET.tobytes()[:12]).decode() in text
+
+
+async def _refused_then_good(service, filename: str, data: bytes, status: int, message: str):
+    response = await _post_file(service.url + "/predict", "images", filename, data)
+    assert response.status_code == status, response.text[:400]
+    assert message in response.json()[0]["content"]
+    assert not _secret_leaked(response)
+    good = await slicer_post(service.url + "/predict", GOOD)
+    assert good.status_code == 200
+    return response
+
+
+# ---- 1. a server file named by a NRRD header past the first 64 KiB ---------------------------------
+
+
+def test_control_itk_reads_the_file_a_late_nrrd_data_file_names(tmp_path):
+    path = tmp_path / "late.nrrd"
+    path.write_bytes(nrrd_late_data_file(secret_file(tmp_path)))
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))).ravel(), SECRET)
+
+
+@pytest.mark.parametrize("padding", [0, 70 * 1024], ids=["first-64KiB", "after-70KiB"])
+@pytest_twisted.ensureDeferred
+async def test_a_nrrd_naming_a_server_file_is_refused(serve, tmp_path, leftovers, padding):
+    service = await serve(ThresholdApp())
+    data = nrrd_late_data_file(secret_file(tmp_path), padding)
+    message = "detached NRRD" if padding == 0 else "does not end with a blank line within 65536 bytes"
+    await _refused_then_good(service, "late.nrrd", data, 415, message)
+    assert leftovers() == []
+
+
+# ---- 2. an HDF5 image hidden at byte 512 of a valid MHA, NRRD or NIfTI file -------------------------
+
+
+@pytest.mark.parametrize("fmt", ["mha", "nrrd", "nii"])
+def test_control_itk_reads_the_hidden_hdf5_and_the_secret(tmp_path, fmt):
+    path = tmp_path / f"polyglot.{fmt}"
+    path.write_bytes(polyglot(fmt, tmp_path, secret_file(tmp_path)))
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))).ravel(), SECRET)
+
+
+@pytest.mark.parametrize("fmt", ["mha", "nrrd", "nii"])
+@pytest_twisted.ensureDeferred
+async def test_an_hdf5_hidden_in_a_valid_image_is_never_read_as_hdf5(serve, tmp_path, leftovers, fmt):
+    service = await serve(ThresholdApp())
+    data = polyglot(fmt, tmp_path, secret_file(tmp_path))
+    await _refused_then_good(service, f"polyglot.{fmt}", data, 415, "truncated or corrupt")
+    assert leftovers() == []
+
+
+# ---- 3. data shorter than its header: no reader may fill the image from memory ---------------------
+
+
+def _short_data_cases():
+    image = make_phantom()
+    mha = image_bytes(image, ".mha")
+    header = mha[: mha.index(b"ElementDataFile = LOCAL\n") + 24].replace(
+        b"CompressedData = False", b"CompressedData = True"
+    )
+    nrrd = image_bytes(image, ".nrrd")
+    nrrd_gzip = nrrd[: nrrd.index(b"\n\n") + 2].replace(b"encoding: raw", b"encoding: gzip")
+    nii_gz = image_bytes(image, ".nii.gz")
+    return {
+        "mha one compressed byte": ("short.mha", header + b"x"),
+        "mha compressed, cut short": ("short.mha", header + zlib.compress(bytes(400))),
+        "nrrd gzip, cut short": ("short.nrrd", nrrd_gzip + zlib.compress(bytes(400), wbits=31)),
+        "nii.gz cut short": ("short.nii.gz", nii_gz[: len(nii_gz) // 2]),
+        "nii cut short": ("short.nii", image_bytes(image, ".nii")[:-100]),
+    }
+
+
+@pytest.mark.parametrize("case", list(_short_data_cases()))
+@pytest_twisted.ensureDeferred
+async def test_data_shorter_than_its_header_is_refused(serve, leftovers, case):
+    service = await serve(ThresholdApp())
+    filename, data = _short_data_cases()[case]
+    await _refused_then_good(service, filename, data, 415, "")
+    assert leftovers() == []
+
+
+# ---- 4. the voxel limit: the header checked is the header decoded -----------------------------------
+
+TINY_MHA = b"ObjectType = Image\nNDims = 3\nBinaryData = True\nElementType = MET_UCHAR\n"
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (b"DimSize = 4 4 4\nDimSize = 128 128 128\n", "gives DimSize more than once"),
+        (b"dimsize = 128 128 128\nDimSize = 4 4 4\n", "the key 'dimsize'"),
+        (b"DimSize = 4 4 4\nHeaderSize = -1\n", "the key 'HeaderSize'"),
+    ],
+    ids=["twice", "lower-case-first", "header-size"],
+)
+@pytest_twisted.ensureDeferred
+async def test_an_mha_header_read_two_ways_is_refused(serve, lines, message):
+    service = await serve(ThresholdApp(), max_voxels=4096)
+    data = TINY_MHA + lines + b"ElementDataFile = LOCAL\n" + bytes(64)
+    await _refused_then_good(service, "twice.mha", data, 415, message)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_nrrd_with_two_sizes_lines_is_refused(serve):
+    service = await serve(ThresholdApp(), max_voxels=4096)
+    data = b"NRRD0004\ntype: uchar\ndimension: 3\nsizes: 4 4 4\nSizes: 128 128 128\nencoding: raw\n\n" + bytes(64)
+    await _refused_then_good(service, "twice.nrrd", data, 415, "more than once")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dicom_preamble_in_an_mha_header_is_read_as_the_mha_it_is(serve):
+    """GDCM looks for 'DICM' at byte 128 of any file; here it is inside a Comment, and the MHA says 2x2x2."""
+    service = await serve(ThresholdApp(), max_voxels=4096)
+    hidden = b"Comment = " + b"p" * 118 + b"DICM" + b"q" * 20 + b"\n" + TINY_MHA + b"DimSize = 2 2 2\n"
+    assert hidden[128:132] == b"DICM"
+    data = hidden + b"ElementDataFile = LOCAL\n" + bytes(8)
+    response = await _post_file(service.url + "/predict", "images", "dicm.mha", data)
+    assert response.status_code == 200, response.text[:300]
+    assert decode_item(response.json()[0]).GetSize() == (2, 2, 2)
+
+
+class FieldApp(TomaatApp):
+    input_interface = [Volume("images"), Transform("moving")]
+    output_interface = [LabelVolume("labels")]
+
+    def inference(self, data):
+        data["labels"] = sitk.GetArrayFromImage(data["images"]) > 0
+        return data
+
+
+def _field_bytes(size: int) -> bytes:
+    field = sitk.Image([size] * 3, sitk.sitkVectorFloat64, 3)
+    field.SetOrigin((-3.0, 4.0, 10.0))
+    return b"nii.gz\n" + base64.b64encode(image_bytes(field, ".nii.gz"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_displacement_field_obeys_the_voxel_limit(serve):
+    service = await serve(FieldApp(), max_voxels=4096)
+    images = v1_base64(make_phantom((8, 8, 8)))
+    response = await slicer_post(service.url + "/predict", {"images": images, "moving": _field_bytes(20)})
+    assert response.status_code == 413, response.text[:300]
+    assert "field 'moving'" in response.json()[0]["content"] and "8000 voxels" in response.json()[0]["content"]
+    good = await slicer_post(service.url + "/predict", {"images": images, "moving": _field_bytes(8)})
+    assert good.status_code == 200, good.text[:300]
+
+
+# ---- the confined decoders ----------------------------------------------------------------------
+
+
+def test_a_decoder_can_open_no_file_and_reach_no_port_but_its_own_folder(tmp_path):
+    if not confined.landlock_available():
+        pytest.skip("this kernel offers no Landlock: the server starts with a warning instead")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not for decoders")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        for path in (str(outside), "/etc/passwd", os.path.expanduser("~")):
+            answer = confined.probe(path, port)
+            assert answer["landlock"] >= 1
+            assert answer["open"] is False, path
+            assert answer["connect"] is False
+        own = confined.POOL.decoders[0].folder
+        assert confined.probe(own, port)["open"] is True  # the probe itself works: the refusals mean something
+
+
+def _nifti() -> bytes:
+    return image_bytes(make_phantom(), ".nii")
+
+
+def test_a_decoder_killed_mid_file_is_a_clean_refusal_and_the_next_file_decodes():
+    read_image(_nifti())  # a decoder is up and idle
+    (decoder,) = [d for d in confined.POOL.decoders if not d.busy][:1]
+    os.kill(decoder.pid, signal.SIGSTOP)  # it will take the next file and not answer
+    outcome = {}
+
+    def decode():
+        try:
+            outcome["image"] = read_image(_nifti(), "field 'images' (volume)")
+        except RequestError as error:
+            outcome["error"] = error
+
+    worker = threading.Thread(target=decode)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not decoder.busy and time.monotonic() < deadline:
+        worker.join(0.01)
+    assert decoder.busy, "the stopped decoder was given the file"
+    os.kill(decoder.pid, signal.SIGKILL)
+    worker.join(10)
+    assert outcome["error"].status == 415
+    assert "the decoder stopped" in outcome["error"].message and "field 'images'" in outcome["error"].message
+    assert decoder not in confined.POOL.decoders
+    assert read_image(_nifti()).GetSize() == make_phantom().GetSize()
+
+
+def test_a_decoder_past_its_deadline_is_replaced(monkeypatch):
+    read_image(_nifti())
+    idle = [d for d in confined.POOL.decoders if not d.busy]
+    for decoder in idle:
+        os.kill(decoder.pid, signal.SIGSTOP)
+    monkeypatch.setattr(confined.POOL, "timeout", 1.0)
+    with pytest.raises(RequestError, match="the decoder stopped") as refused:
+        read_image(_nifti())
+    assert refused.value.status == 415
+    for decoder in idle:
+        os.kill(decoder.pid, signal.SIGKILL)
+    assert read_image(_nifti()).GetSize() == make_phantom().GetSize()

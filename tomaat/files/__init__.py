@@ -1,0 +1,1 @@
+"""Untrusted image and transform files: decoded by third-party readers only in confined processes."""

@@ -1,0 +1,343 @@
+"""Untrusted files go to a small pool of confined decoder processes (decoder_process.py).
+
+ITK chooses readers by content and follows what files say (HDF5 external links, a NRRD's
+`data file`); its readers, HDF5's and teem's are large C++ and C code parsing hostile bytes.
+So no untrusted byte reaches them in the server's process: the server writes the file into a
+decoder's private folder, the decoder reads it with the reader we chose and writes the voxels
+or transform parameters back beside it, and the server maps that file. A decoder that crashes,
+hangs past its deadline or answers nonsense is killed and replaced; the request gets a clean
+415, and the next request a fresh decoder.
+
+The answers are distrusted: only JSON of the expected shape, a plain file (no link) of exactly
+the announced size, and only transform classes named here are rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+import os
+import select
+import shutil
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..protocol.scratch import PREFIX
+
+log = logging.getLogger("tomaat.files")
+
+DEFAULT_MEMORY = 5 * 1024**3  # address space a decoder may add once loaded: a 4 GiB image and its reader
+DEFAULT_TIMEOUT = 120.0
+START_TIMEOUT = 60.0
+# Fixed at import: the decoders outlive any one request, and tests point tempfile elsewhere per test.
+_BASE = tempfile.gettempdir()
+_MAX_ANSWER = 1 << 20
+_DTYPES = {np.dtype(t).str for t in ("i1", "u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f4", "<f8")}
+_TRANSFORMS = {
+    "AffineTransform": lambda d: sitk.AffineTransform(d),
+    "TranslationTransform": lambda d: sitk.TranslationTransform(d),
+    "ScaleTransform": lambda d: sitk.ScaleTransform(d),
+    "Euler2DTransform": lambda d: sitk.Euler2DTransform(),
+    "Euler3DTransform": lambda d: sitk.Euler3DTransform(),
+    "Similarity2DTransform": lambda d: sitk.Similarity2DTransform(),
+    "Similarity3DTransform": lambda d: sitk.Similarity3DTransform(),
+    "VersorRigid3DTransform": lambda d: sitk.VersorRigid3DTransform(),
+    "VersorTransform": lambda d: sitk.VersorTransform(),
+    "BSplineTransform": lambda d: sitk.BSplineTransform(d, 3),
+    "DisplacementFieldTransform": lambda d: sitk.DisplacementFieldTransform(d),
+}
+
+
+class DecodeFailed(Exception):
+    """The decoder could not read the file; `reason` says how, for the caller's message."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Decoder:
+    """One decoder process and its private folder."""
+
+    def __init__(self, memory: int):
+        self.folder = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-decoder-", dir=_BASE)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        env["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tomaat.files.decoder_process", self.folder, str(memory)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+            env=env,
+            cwd=self.folder,
+        )
+        self.busy = False
+        try:
+            self.ready = self._receive(time.monotonic() + START_TIMEOUT)
+        except DecodeFailed:
+            self.close()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _read(self, count: int, deadline: float) -> bytes:
+        data, fd = b"", self.process.stdout.fileno()
+        while len(data) < count:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise DecodeFailed("timeout")
+            piece = os.read(fd, count - len(data))
+            if not piece:
+                raise DecodeFailed("stopped")
+            data += piece
+        return data
+
+    def _receive(self, deadline: float) -> dict:
+        size = struct.unpack("<I", self._read(4, deadline))[0]
+        if size > _MAX_ANSWER:
+            raise DecodeFailed("nonsense")
+        try:
+            answer = json.loads(self._read(size, deadline))
+        except ValueError:
+            raise DecodeFailed("nonsense") from None
+        if not isinstance(answer, dict):
+            raise DecodeFailed("nonsense")
+        return answer
+
+    def ask(self, message: dict, timeout: float) -> dict:
+        data = json.dumps(message).encode()
+        self.busy = True
+        try:
+            self.process.stdin.write(struct.pack("<I", len(data)) + data)
+            self.process.stdin.flush()
+        except OSError:
+            raise DecodeFailed("stopped") from None
+        answer = self._receive(time.monotonic() + timeout)
+        self.busy = False
+        return answer
+
+    def clear(self) -> None:
+        for name in os.listdir(self.folder):
+            os.unlink(os.path.join(self.folder, name))
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class DecoderPool:
+    """At most `size` decoder processes, started on first use and reused one file at a time."""
+
+    def __init__(self, size: int = 2, memory: int = DEFAULT_MEMORY, timeout: float = DEFAULT_TIMEOUT):
+        self.configure(size, memory, timeout)
+        self._idle: list[_Decoder] = []
+        self._all: set[_Decoder] = set()
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def configure(self, size: int, memory: int, timeout: float) -> None:
+        """Take effect for decoders started from now on (the server calls this once at start)."""
+        self.size, self.memory, self.timeout = max(1, int(size)), int(memory), float(timeout)
+        self._slots = threading.BoundedSemaphore(self.size)
+
+    @property
+    def decoders(self) -> list[_Decoder]:
+        with self._lock:
+            return list(self._all)
+
+    def _start(self) -> _Decoder:
+        decoder = _Decoder(self.memory)
+        if not decoder.ready.get("landlock") and not self._warned:
+            self._warned = True
+            log.warning(
+                "untrusted files are decoded WITHOUT confinement (%s); they still go to separate, "
+                "memory-limited processes, with the reader chosen by the server",
+                str(decoder.ready.get("reason", "unknown reason"))[:200],
+            )
+        with self._lock:
+            self._all.add(decoder)
+        return decoder
+
+    def _discard(self, decoder: _Decoder) -> None:
+        with self._lock:
+            self._all.discard(decoder)
+        decoder.close()
+
+    def run(self, message: dict, data: bytes | None = None, suffix: str = "") -> tuple[dict, _Decoder]:
+        """Send one file (written as `input<suffix>`) and message; the answer, and the decoder to release."""
+        slots = self._slots
+        slots.acquire()
+        try:
+            decoder = self._ready(data, suffix)
+            try:
+                answer = decoder.ask({**message, "file": "input" + suffix, "out": "output.raw"}, self.timeout)
+            except DecodeFailed as failure:
+                log.warning("a decoder process %s on a %s file; replaced", failure.reason, suffix or "probe")
+                self._discard(decoder)
+                raise
+        except BaseException:
+            slots.release()
+            raise
+        return answer, decoder
+
+    def _ready(self, data: bytes | None, suffix: str) -> _Decoder:
+        """An idle decoder, or a new one, with the input written into its folder."""
+        with self._lock:
+            decoder = self._idle.pop() if self._idle else None
+        for _attempt in range(2):
+            if decoder is None or decoder.process.poll() is not None:
+                if decoder is not None:
+                    self._discard(decoder)  # it died while idle: the file never reached it
+                decoder = self._start()
+            try:
+                if data is not None:
+                    with open(os.path.join(decoder.folder, "input" + suffix), "wb") as handle:
+                        handle.write(data)
+                return decoder
+            except OSError:
+                self._discard(decoder)  # its folder was removed under it
+                decoder = None
+        raise DecodeFailed("stopped")
+
+    def release(self, decoder: _Decoder) -> None:
+        try:
+            decoder.clear()
+        except OSError:
+            self._discard(decoder)
+        else:
+            with self._lock:
+                self._idle.append(decoder)
+        self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            decoders, self._all, self._idle = list(self._all), set(), []
+        for decoder in decoders:
+            decoder.close()
+
+
+def _output(decoder: _Decoder, size: int) -> mmap.mmap:
+    """The decoder's output file, refused unless it is a plain file of exactly `size` bytes."""
+    path = os.path.join(decoder.folder, "output.raw")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        raise DecodeFailed("nonsense") from None
+    try:
+        status = os.fstat(fd)
+        if not (stat.S_ISREG(status.st_mode) and status.st_nlink == 1 and status.st_size == size):
+            raise DecodeFailed("nonsense")
+        return mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+    finally:
+        os.close(fd)
+
+
+def _numbers(answer: dict, key: str, count: int) -> list[float]:
+    values = answer.get(key)
+    if not isinstance(values, list) or len(values) != count or not all(isinstance(v, (int, float)) for v in values):
+        raise DecodeFailed("nonsense")
+    return [float(v) for v in values]
+
+
+POOL = DecoderPool()
+
+
+def landlock_available() -> bool:
+    """Whether decoders here can be confined: the package is installed and the kernel offers Landlock."""
+    try:
+        import landlockpy
+    except ImportError:
+        return False
+    return landlockpy.abi_version() >= 1
+
+
+def read_image(data: bytes, suffix: str, io: str, expected_bytes: int) -> sitk.Image:
+    """The image in `data`, read by ITK's `io` reader in a decoder; DecodeFailed when it cannot be."""
+    answer, decoder = POOL.run({"op": "image", "io": io}, data, suffix)
+    try:
+        if not answer.get("ok"):
+            raise DecodeFailed("refused")
+        dtype, shape = answer.get("dtype"), answer.get("shape")
+        if dtype not in _DTYPES or not isinstance(shape, list) or not all(isinstance(n, int) and n > 0 for n in shape):
+            raise DecodeFailed("nonsense")
+        vector = bool(answer.get("vector"))
+        dims = len(shape) - vector
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if not 2 <= dims <= 5 or size != expected_bytes:
+            raise DecodeFailed("nonsense")
+        mapped = _output(decoder, size)
+        try:
+            image = sitk.GetImageFromArray(np.frombuffer(mapped, dtype=dtype).reshape(shape), isVector=vector)
+        finally:
+            mapped.close()
+        image.SetSpacing(_numbers(answer, "spacing", dims))
+        image.SetOrigin(_numbers(answer, "origin", dims))
+        image.SetDirection(_numbers(answer, "direction", dims * dims))
+        return image
+    except (RuntimeError, ValueError):
+        raise DecodeFailed("nonsense") from None
+    finally:
+        POOL.release(decoder)
+
+
+def read_transform(data: bytes, suffix: str, max_parameters: int) -> sitk.Transform:
+    """The transform in `data`, read by ITK in a decoder and rebuilt here from its parameters."""
+    answer, decoder = POOL.run({"op": "transform"}, data, suffix)
+    try:
+        parts = answer.get("transforms")
+        if not answer.get("ok"):
+            raise DecodeFailed("refused")
+        if not isinstance(parts, list) or not parts or len(parts) > 64:
+            raise DecodeFailed("nonsense")
+        counts = [part.get("count") if isinstance(part, dict) else None for part in parts]
+        if not all(isinstance(count, int) and count >= 0 for count in counts):
+            raise DecodeFailed("nonsense")
+        if sum(counts) > max_parameters:
+            raise DecodeFailed("too many parameters")
+        mapped = _output(decoder, 8 * sum(counts))
+        values = np.frombuffer(mapped, dtype="<f8").copy() if mapped is not None else np.zeros(0)
+        if mapped is not None:
+            mapped.close()
+        built, at = [], 0
+        for part, count in zip(parts, counts, strict=True):
+            make, dimension = _TRANSFORMS.get(part.get("name")), part.get("dimension")
+            if make is None or dimension not in (2, 3) or not isinstance(part.get("fixed"), list):
+                raise DecodeFailed("refused")
+            transform = make(dimension)
+            transform.SetFixedParameters(_numbers(part, "fixed", len(part["fixed"])))
+            if transform.GetNumberOfParameters() != count:
+                raise DecodeFailed("nonsense")
+            transform.SetParameters(values[at : at + count].tolist())
+            built.append(transform)
+            at += count
+        if len(built) == 1 and not answer.get("composite"):
+            return built[0]
+        return sitk.CompositeTransform(built)
+    except (RuntimeError, ValueError, TypeError):
+        raise DecodeFailed("nonsense") from None
+    finally:
+        POOL.release(decoder)
+
+
+def probe(path: str, port: int) -> dict:
+    """Ask a decoder whether it can open `path` or connect to `port` on loopback (the confinement test)."""
+    answer, decoder = POOL.run({"op": "probe", "path": path, "port": port})
+    POOL.release(decoder)
+    return {**answer, "landlock": decoder.ready.get("landlock", 0)}

@@ -1,0 +1,69 @@
+"""What one request may cost once its inputs are decoded, and what all requests may cost at once.
+
+The upload budget counts bytes on the wire, but a 0.5 MiB compressed MHA can
+inflate to 1 GiB and a few bytes of header can ask a reader for gigabytes. So
+each input is charged its decoded size, from its header, before it is decoded:
+against the request's own allowance (413 past it: the request can never fit)
+and against the process's (503 past it: it may fit once others finish).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from .errors import RequestError, TooLarge
+
+DEFAULT_MAX_VOXELS = 1024**3
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_voxels: int = DEFAULT_MAX_VOXELS  # per image
+    max_decoded_bytes: int = 4 * 1024**3  # per request, all inputs decoded
+    max_points: int = 100_000  # per fiducials field
+    max_transform_parameters: int = 10_000_000  # per transform field (80 MB of doubles)
+
+
+class DecodedBudget:
+    """Decoded bytes held by all requests in work; 0 means no process-wide limit."""
+
+    def __init__(self, limit: int = 0):
+        self.limit, self.used = int(limit), 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self.limit and self.used + size > self.limit:
+                return False
+            self.used += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.used -= size
+
+
+class Allowance:
+    """One request's decoded bytes, charged before each decode and given back when the request ends."""
+
+    def __init__(self, limits: Limits | None = None, shared: DecodedBudget | None = None):
+        self.limits = limits or Limits()
+        self.shared = shared
+        self.used = 0
+
+    def charge(self, size: int, where: str) -> None:
+        limit = self.limits.max_decoded_bytes
+        if limit and self.used + size > limit:
+            raise TooLarge(
+                f"{where}: decoding it takes {size} bytes; with the request's other inputs that is more than "
+                f"the {limit} bytes one request may decode on this server"
+            )
+        if self.shared is not None and not self.shared.take(size):
+            raise RequestError("the server is decoding as much as it can hold; try again shortly", status=503)
+        self.used += size
+
+    def release(self) -> None:
+        if self.shared is not None:
+            self.shared.give(self.used)
+        self.used = 0
