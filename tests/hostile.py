@@ -87,7 +87,7 @@ def secret_file(folder) -> str:
 def nrrd_late_data_file(secret: str, padding: int = 70 * 1024) -> bytes:
     """A NRRD whose `data file` line comes after `padding` bytes of comments: past any 64 KiB peek."""
     comments = b"# padding\n" * (padding // 10)
-    fields = f"type: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\ndata file: {secret}\n\n"
+    fields = f"type: short\ndimension: 3\nsizes: 4 4 4\nendian: little\nencoding: raw\ndata file: {secret}\n\n"
     return b"NRRD0004\n" + comments + fields.encode()
 
 

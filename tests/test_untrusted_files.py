@@ -7,6 +7,7 @@ automatic reading of the same bytes does read the secret, so the refusal is not 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -177,7 +178,7 @@ async def test_a_displacement_field_obeys_the_voxel_limit(serve):
     images = v1_base64(make_phantom((8, 8, 8)))
     response = await slicer_post(service.url + "/predict", {"images": images, "moving": _field_bytes(20)})
     assert response.status_code == 413, response.text[:300]
-    assert "field 'moving'" in response.json()[0]["content"] and "8000 voxels" in response.json()[0]["content"]
+    assert "field 'moving'" in response.json()[0]["content"] and "24000 voxels" in response.json()[0]["content"]
     good = await slicer_post(service.url + "/predict", {"images": images, "moving": _field_bytes(8)})
     assert good.status_code == 200, good.text[:300]
 
@@ -243,5 +244,39 @@ def test_a_decoder_past_its_deadline_is_replaced(monkeypatch):
         read_image(_nifti())
     assert refused.value.status == 415
     for decoder in idle:
-        os.kill(decoder.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the pool killed the one it gave the file to
+            os.kill(decoder.pid, signal.SIGKILL)
     assert read_image(_nifti()).GetSize() == make_phantom().GetSize()
+
+
+def test_without_landlock_decoding_goes_on_with_one_warning(tmp_path, monkeypatch, caplog):
+    shadow = tmp_path / "shadow" / "landlockpy"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no landlock here')\n")
+    monkeypatch.setenv("PYTHONPATH", f"{shadow.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    pool = confined.DecoderPool(size=1)
+    monkeypatch.setattr(confined, "POOL", pool)
+    try:
+        with caplog.at_level("WARNING", logger="tomaat.files"):
+            for _ in range(2):
+                assert read_image(_nifti()).GetSize() == make_phantom().GetSize()
+            pool._discard(pool.decoders[0])  # a second decoder start warns no more
+            read_image(_nifti())
+    finally:
+        pool.close()
+    warnings = [r.getMessage() for r in caplog.records if "WITHOUT confinement" in r.getMessage()]
+    assert len(warnings) == 1 and "landlockpy package is not installed" in warnings[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_decoded_bytes_are_charged_per_request_and_process_and_given_back(serve):
+    one = await serve(ThresholdApp(), max_decoded_bytes=1000)
+    response = await slicer_post(one.url + "/predict", GOOD)
+    assert response.status_code == 413 and "1000 bytes one request may decode" in response.json()[0]["content"]
+    busy = await serve(ThresholdApp(), max_decoded_total=1000)
+    response = await slicer_post(busy.url + "/predict", GOOD)
+    assert response.status_code == 503 and "decoding as much as it can hold" in response.json()[0]["content"]
+    roomy = await serve(ThresholdApp(), max_decoded_total=10**6)
+    for _ in range(3):
+        assert (await slicer_post(roomy.url + "/predict", GOOD)).status_code == 200
+    assert roomy.pipeline.decoded.used == 0
