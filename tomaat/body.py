@@ -10,9 +10,10 @@ class Budget:
     """The bytes of request bodies held at once: being received, queued and being worked on.
 
     max_queue bounds how many requests wait, not how large they are: 64 queued
-    uploads of 2 GiB would be 128 GiB. Each body takes its announced length
-    from the budget when its headers arrive and gives it back when it is
-    closed, on whichever thread closes it.
+    uploads of 2 GiB would be 128 GiB. Each body is charged by the bytes that
+    actually arrived, chunked or not, and gives them back when it is closed, on
+    whichever thread closes it; a client that announces 2 GiB and sends one byte
+    holds one byte of the budget, not 2 GiB.
     """
 
     def __init__(self, limit: int):
@@ -32,42 +33,71 @@ class Budget:
             self.used -= size
 
 
+class OverBudget(Exception):
+    """The bytes that arrived would take the budget past its limit."""
+
+
+SMALL_BODY = 1 << 20  # bodies below this are never refused for the budget: a /responses form, say
+_GROW = 1 << 20
+
+
 class BodyBuffer:
-    """A request body of announced length, filled in place in an anonymous memory map.
+    """A request body, filled in place in an anonymous memory map as its bytes arrive.
 
     Twisted spools bodies over 100 KB to a temporary file that the form parser
     then reads back whole: a disk round trip and a copy. The map is the one
     place the body ever lives; its pages are only committed as bytes arrive,
-    so a client announcing a huge body and sending nothing costs nothing.
+    so a client announcing a huge body and sending nothing costs nothing. A
+    chunked body (no length up front) grows the map; finish() trims it.
     """
 
-    def __init__(self, length: int, budget: Budget | None = None):
-        self.map = mmap.mmap(-1, length)
-        self.position = 0
-        self._budget = budget  # already taken from by the caller
+    def __init__(self, length: int | None, budget: Budget | None = None):
+        # private: a shared anonymous map cannot grow (its pages past the first size fault with SIGBUS)
+        self.map = mmap.mmap(-1, length or _GROW, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.fixed = length is not None
+        self.position = self.size = self.charged = 0
+        self._budget = budget
+
+    def _charge(self, end: int) -> None:
+        if self._budget is None or end <= self.charged or end < SMALL_BODY:
+            return
+        step = max(end - self.charged, _GROW)
+        if not self._budget.take(step):
+            raise OverBudget
+        self.charged += step
 
     def write(self, data) -> None:
         end = self.position + len(data)
+        self._charge(end)
+        if end > len(self.map):
+            if self.fixed:
+                raise ValueError("more body bytes than the request announced")
+            self.map.resize(max(end, 2 * len(self.map)))
         self.map[self.position : end] = data
-        self.position = end
+        self.position, self.size = end, max(self.size, end)
+
+    def finish(self) -> None:
+        """The body is complete: the map holds exactly its bytes, for parsers that search the whole map."""
+        if self.size and len(self.map) != self.size:
+            self.map.resize(self.size)  # an empty body keeps its page; body_bytes gives b""
 
     def tell(self) -> int:
         return self.position
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        self.position = offset if whence == 0 else (self.position + offset if whence == 1 else len(self.map) + offset)
+        self.position = offset if whence == 0 else (self.position + offset if whence == 1 else self.size + offset)
         return self.position
 
     def read(self, size: int = -1) -> bytes:
-        end = len(self.map) if size is None or size < 0 else min(len(self.map), self.position + size)
+        end = self.size if size is None or size < 0 else min(self.size, self.position + size)
         data = self.map[self.position : end]
         self.position = end
         return data
 
     def close(self) -> None:
         if self._budget is not None:
-            self._budget.give(len(self.map))
-            self._budget = None
+            self._budget.give(self.charged)
+            self._budget, self.charged = None, 0
         if self.map.closed:
             return
         try:
@@ -79,6 +109,6 @@ class BodyBuffer:
 def body_bytes(content):
     """All of a request body as a bytes-like object that supports find(); no copy for a BodyBuffer."""
     if isinstance(content, BodyBuffer):
-        return content.map
+        return content.map if content.size == len(content.map) else content.map[: content.size]
     content.seek(0)
     return content.read()

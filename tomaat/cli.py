@@ -44,6 +44,8 @@ def main():
 @click.option("--max-points", type=int, default=None, help="Most points per fiducials input (default 100000).")
 @click.option("--max-transform-parameters", type=int, default=None, help="Most parameters per transform (10^7).")
 @click.option("--decoders", type=int, default=None, help="Confined processes decoding NIfTI, NRRD, transforms (2).")
+@click.option("--max-connections", type=int, default=None, help="Connections held at once (default 1000).")
+@click.option("--max-connections-per-address", type=int, default=None, help="Per client address (default 256).")
 @click.option("--max-fields", type=int, default=None, help="Most form fields per request (default 256).")
 @click.option("--max-queue", type=int, default=None, help="Most requests waiting for a thread, then 503 (default 64).")
 @click.option(
@@ -78,6 +80,7 @@ def serve(target, port, interface, no_tls, cert, key, threads, state_dir, delaye
         "announce_period": announcing["announce_period"],
     }
     limits = ("max_body_bytes", "max_voxels", "max_fields", "max_queue", "max_pending_bytes", "decoders")
+    limits += ("max_connections", "max_connections_per_address")
     limits += ("max_decoded_bytes", "max_decoded_total", "max_points", "max_transform_parameters")
     limits += ("app_timeout", "idle_timeout", "receive_timeout", "shutdown_grace")
     options.update({name: announcing[name] for name in limits})

@@ -7,15 +7,14 @@ timed, and every answer, 404s included, carries the CORS headers.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
-from .body import BodyBuffer, Budget
+from .body import BodyBuffer, Budget, OverBudget
 from .protocol.errors import error_items
-
-SMALL_BODY = 1 << 20  # bodies below this are never refused for the budget: a /responses form, say
 
 CORS_HEADERS = {
     b"Access-Control-Allow-Origin": b"*",
@@ -47,37 +46,18 @@ class TimedRequest(server.Request):
         self._body_bytes = 0
         self._refused = False
         self._dropping = False
-        self._deadline = None
-        limit = getattr(getattr(self.channel, "site", None), "receive_timeout", None)
-        if limit:
-            self._deadline = self.channel.callLater(limit, self._too_slow, limit)
-
-    def _cancel_deadline(self):
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
 
     def _too_slow(self, limit):
-        self._deadline = None
         message = f"the request did not arrive within {limit:g} seconds; the connection is closed"
         self._refuse(b"408 Request Timeout", self.channel.site.refusal(message))
-
-    def connectionLost(self, reason):
-        self._cancel_deadline()
-        super().connectionLost(reason)
 
     def gotLength(self, length):
         self.headers_at = time.perf_counter()
         if length is not None and length > self.channel.site.max_body_bytes:
             super().gotLength(0)
             self._refuse_too_large()
-        elif length and length >= SMALL_BODY and not self.channel.site.budget.take(length):
-            super().gotLength(0)
-            self._dropping = True
-        elif length:
-            self.content = BodyBuffer(length, self.channel.site.budget if length >= SMALL_BODY else None)
-        else:
-            super().gotLength(length)
+        else:  # charged to the budget by the bytes that arrive, chunked bodies too
+            self.content = BodyBuffer(length, self.channel.site.budget)
 
     def handleContentChunk(self, data):
         if self._refused:
@@ -86,8 +66,14 @@ class TimedRequest(server.Request):
         if self._body_bytes > self.channel.site.max_body_bytes:  # chunked uploads have no length up front
             self._refuse_too_large()
             return
-        if not self._dropping:
-            super().handleContentChunk(data)
+        if self._dropping:
+            return
+        try:
+            self.content.write(data)
+        except OverBudget:
+            self.content.close()  # the bytes so far are given back and dropped; the answer is 503 once all arrived
+            self.content = io.BytesIO()
+            self._dropping = True
 
     def _refuse_too_large(self):
         self._refuse(b"413 Request Entity Too Large", self.channel.site.too_large(self.channel.site.max_body_bytes))
@@ -95,7 +81,7 @@ class TimedRequest(server.Request):
     def _refuse(self, status: bytes, answer, retry_after: int | None = None):
         """Answer before the request is complete, which Twisted's Request cannot do, and hang up."""
         self._refused = True
-        self._cancel_deadline()
+        self.channel.request_arrived()
         body = json.dumps(answer)
         head = [b"HTTP/1.1 " + status, b"Content-Type: application/json", b"Connection: close"]
         if retry_after is not None:
@@ -106,13 +92,91 @@ class TimedRequest(server.Request):
         self.channel.loseConnection()
 
     def requestReceived(self, command, path, version):
-        self._cancel_deadline()
+        self.channel.request_arrived()
         self.received_at = time.perf_counter()
+        if isinstance(self.content, BodyBuffer):
+            self.content.finish()
         if self._dropping:
             message = "the server is receiving too many large uploads at once; try again shortly"
             self._refuse(b"503 Service Unavailable", self.channel.site.refusal(message), retry_after=5)
             return
         super().requestReceived(command, path, version)
+
+
+class Connections:
+    """Connections held at once, in all and per client address, with room always made for a new one.
+
+    Idle connections are what an attacker can hold cheaply (1,100 of them used up a server's
+    file descriptors, and /health failed). At a cap, the oldest idle connection (no request in
+    progress) of that address, or of all, is closed to admit the new one; only when every
+    connection is working is the newcomer turned away.
+    """
+
+    def __init__(self, total: int = 0, per_address: int = 0):
+        self.total, self.per_address = int(total), int(per_address)
+        self._open: dict = {}  # channel -> client address, oldest first
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def admit(self, channel) -> None:
+        peer = getattr(channel.transport.getPeer(), "host", "")
+        self._open[channel] = peer
+        for limit, same in ((self.per_address, lambda address: address == peer), (self.total, lambda address: True)):
+            held = [other for other, address in self._open.items() if same(address)]
+            if limit and len(held) > limit:
+                victim = next((other for other in held if other is not channel and not other.requests), channel)
+                self.forget(victim)
+                victim.transport.loseConnection()
+                if victim is channel:
+                    return
+
+    def forget(self, channel) -> None:
+        self._open.pop(channel, None)
+
+
+class GuardedChannel(http.HTTPChannel):
+    """An HTTP connection whose receive deadline runs from connect, and again after each answer.
+
+    Twisted makes a Request only once the request line is complete, so a deadline kept by the
+    Request let a client trickle the request line a byte at a time for ever (the idle timeout
+    resets on every byte).
+    """
+
+    _arrival = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._await_request()
+        self.site.connections.admit(self)
+
+    def _await_request(self):
+        limit = self.site.receive_timeout
+        if limit:
+            self._arrival = self.callLater(limit, self._too_slow, limit)
+
+    def request_arrived(self):
+        """The last body byte is in (or the request was refused): the deadline stops."""
+        if self._arrival is not None and self._arrival.active():
+            self._arrival.cancel()
+        self._arrival = None
+
+    def _too_slow(self, limit):
+        self._arrival = None
+        if self.requests:
+            self.requests[-1]._too_slow(limit)
+        else:
+            self.transport.loseConnection()  # not even a request line in time
+
+    def requestDone(self, request):
+        super().requestDone(request)
+        if not self.requests and self._arrival is None and self.transport is not None and self.connected:
+            self._await_request()
+
+    def connectionLost(self, reason):
+        self.request_arrived()
+        self.site.connections.forget(self)
+        super().connectionLost(reason)
 
 
 class CorsResource(resource.Resource):
@@ -134,6 +198,7 @@ class CorsResource(resource.Resource):
 class QuietSite(server.Site):
     """Our services log one line per request themselves, with timings; Twisted's access log is off."""
 
+    protocol = GuardedChannel
     requestFactory = TimedRequest
     max_body_bytes = 2 * 1024**3
     receive_timeout = 900.0
@@ -141,6 +206,7 @@ class QuietSite(server.Site):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.budget = Budget(0)  # no limit unless the service sets one
+        self.connections = Connections()
 
     @staticmethod
     def refusal(message: str):
@@ -157,10 +223,17 @@ class QuietSite(server.Site):
 
 
 def make_site(
-    klein_resource, max_body_bytes: int | None = None, too_large=None, refusal=None, budget: Budget | None = None
+    klein_resource,
+    max_body_bytes: int | None = None,
+    too_large=None,
+    refusal=None,
+    budget: Budget | None = None,
+    connections: Connections | None = None,
 ) -> server.Site:
     """refusal(message) shapes other early answers (408, 503) in the service's protocol."""
     site = QuietSite(CorsResource(klein_resource))
+    if connections is not None:
+        site.connections = connections
     if refusal is not None:
         site.refusal = refusal
     if budget is not None:

@@ -37,7 +37,9 @@ DEFAULTS = {
     "auth_failures": 10,  # failed authentications per client address per auth_window before 429 (0: no limit)
     "auth_window": 60.0,
     "idle_timeout": 60.0,  # seconds a connection may send nothing
-    "receive_timeout": 60.0,  # seconds from a request's first line to its last body byte; then 408
+    "receive_timeout": 60.0,  # seconds from connect (or the last answer) to a request's last body byte; then 408
+    "max_connections": 1000,  # held at once; at the cap the oldest idle connection is closed (0: none)
+    "max_connections_per_address": 256,  # the same, per client address (0: none)
 }
 
 
@@ -101,8 +103,15 @@ class RegistryService(Daemon):
                 await self.store.run(store.create_schema)
             except Exception as error:
                 raise RuntimeError(f"cannot use the database ({self.database.describe()}): {error}") from error
+            connections = web.Connections(
+                int(self.config["max_connections"]), int(self.config["max_connections_per_address"])
+            )
             site = web.make_site(
-                RegistryRoutes(self).app.resource(), self.max_body_bytes, too_large_answer, refusal_answer
+                RegistryRoutes(self).app.resource(),
+                self.max_body_bytes,
+                too_large_answer,
+                refusal_answer,
+                connections=connections,
             )
             site.timeOut = float(self.config["idle_timeout"]) or None
             site.receive_timeout = float(self.config["receive_timeout"]) or None

@@ -64,7 +64,9 @@ DEFAULTS = {
     "max_pending_bytes": 4 * 1024**3,  # bodies of 1 MiB+ held at once (received, queued, in work); then 503 (0: none)
     "app_timeout": 600.0,  # seconds from the app's first step to its answer; then 504 (0: none)
     "idle_timeout": 60.0,  # seconds a connection may send nothing before it is closed
-    "receive_timeout": 900.0,  # seconds from a request's first line to its last body byte; then 408
+    "receive_timeout": 900.0,  # seconds from connect (or the last answer) to a request's last body byte; then 408
+    "max_connections": 1000,  # held at once; at the cap the oldest idle connection is closed (0: none)
+    "max_connections_per_address": 256,  # the same, per client address (0: none)
     "shutdown_grace": 30.0,  # seconds SIGTERM waits for requests in progress before exiting
 }
 
@@ -203,7 +205,12 @@ class TomaatService(Daemon):
             int(self.config["decoders"]), int(self.config["decoder_memory"]), float(self.config["decode_timeout"])
         )
         self.pool.start()
-        site = web.make_site(PredictionRoutes(self).app.resource(), self.upload_limit, budget=self.budget)
+        connections = web.Connections(
+            int(self.config["max_connections"]), int(self.config["max_connections_per_address"])
+        )
+        site = web.make_site(
+            PredictionRoutes(self).app.resource(), self.upload_limit, budget=self.budget, connections=connections
+        )
         site.timeOut = float(self.config["idle_timeout"]) or None
         site.receive_timeout = float(self.config["receive_timeout"]) or None
         try:
