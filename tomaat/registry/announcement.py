@@ -9,10 +9,10 @@ and quote other values only shortened.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from ..protocol import text
 from .keys import looks_like_key
 
 # Longest accepted value of each announced field, in characters; the store's CHECK constraints use the same.
@@ -39,8 +39,7 @@ EXPECTED = {
     "task": "the task, e.g. segmentation",
     "description": "a text describing the service (may be empty)",
 }
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CONTROL_EXCEPT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL, _CONTROL_EXCEPT_LINES = text.CONTROL, text.CONTROL_EXCEPT_LINES
 
 
 @dataclass
@@ -62,6 +61,8 @@ def read_object(body: bytes) -> dict:
         data = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise ValueError("the body is not UTF-8 text; expected a JSON object") from None
+    except RecursionError:
+        raise ValueError("the body's JSON is nested too deeply; expected a flat JSON object") from None
     except json.JSONDecodeError as error:
         # the decoder's message gives a position, never the content, so it cannot carry a key
         raise ValueError(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
+from ..protocol.errors import error_items
+
 
 @dataclass
 class _Entry:
@@ -16,16 +18,38 @@ class _Entry:
     status: int = 200
     body: list = field(default_factory=list)
     timer: object = None
+    size: int = 0
+
+
+def _size(body) -> int:
+    """The bytes an answer holds: JSON bytes, or output items whose contents are the bulk."""
+    if isinstance(body, bytes | bytearray):
+        return len(body)
+    return sum(len(item.get("content") or "") for item in body if isinstance(item, dict))
 
 
 class DelayedResults:
-    def __init__(self, clock, ttl: float = 3600.0):
+    """At most max_count results at once (503 for one more) and max_bytes of kept answers.
+
+    A finished answer that would take the kept bytes past max_bytes is replaced by an error
+    the client collects instead (507), so 300 uncollected results cannot hold the memory they
+    would for a whole TTL.
+    """
+
+    def __init__(self, clock, ttl: float = 3600.0, max_count: int = 0, max_bytes: int = 0):
         self.clock = clock
         self.ttl = ttl
+        self.max_count, self.max_bytes = int(max_count), int(max_bytes)
+        self.held_bytes = 0
         self._entries: dict[str, _Entry] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def full(self) -> bool:
+        """No room for one more result: the caller answers 503 before starting the work."""
+        return bool(self.max_count) and len(self._entries) >= self.max_count
 
     def track(self, deferred) -> str:
         """Start keeping the outcome of deferred, which fires with (status, body)."""
@@ -34,19 +58,32 @@ class DelayedResults:
 
         def finished(outcome):
             entry.status, entry.body = outcome
-            entry.done = True
+            size = _size(entry.body)
+            if self.max_bytes and self.held_bytes + size > self.max_bytes:
+                entry.status, size = 507, 0
+                entry.body = error_items(
+                    "the result was too large to keep until collected (the server's delayed results are full); "
+                    "ask again without a delayed response"
+                )
+            entry.size, entry.done = size, True
             if request_id in self._entries:
-                entry.timer = self.clock.callLater(self.ttl, self._entries.pop, request_id, None)
+                self.held_bytes += size
+                entry.timer = self.clock.callLater(self.ttl, self._drop, request_id)
 
         deferred.addCallback(finished)
         return request_id
+
+    def _drop(self, request_id: str) -> None:
+        entry = self._entries.pop(request_id, None)
+        if entry is not None:
+            self.held_bytes -= entry.size
 
     def collect(self, request_id: str):
         """(status, body) once done, None while running; KeyError for unknown, expired or collected ids."""
         entry = self._entries[request_id]
         if not entry.done:
             return None
-        del self._entries[request_id]
+        self._drop(request_id)
         if entry.timer is not None and entry.timer.active():
             entry.timer.cancel()
         return entry.status, entry.body
@@ -56,3 +93,4 @@ class DelayedResults:
             if entry.timer is not None and entry.timer.active():
                 entry.timer.cancel()
         self._entries.clear()
+        self.held_bytes = 0

@@ -85,7 +85,11 @@ def read_fields(body, content_type: str | None, max_fields: int = 256) -> dict[s
         boundary = options.get("boundary")
         if not boundary:
             raise RequestError("multipart/form-data without a boundary parameter")
-        return split_multipart(body_bytes(body), boundary.encode("latin-1"), max_fields)
+        try:
+            boundary = boundary.encode("ascii")
+        except UnicodeEncodeError:  # werkzeug decodes RFC 2231 (boundary*=UTF-8''...) to any character
+            raise RequestError("the multipart boundary is not ASCII; expected a boundary as RFC 2046 allows") from None
+        return split_multipart(body_bytes(body), boundary, max_fields)
     if mimetype in ("application/x-www-form-urlencoded", ""):
         try:
             query = parse_qs(

@@ -17,6 +17,8 @@ from .form import read_fields
 from .pipeline import Timings
 from .sending import send
 
+RESPONSES_BODY = 4096  # a request_id form is a few hundred bytes: a larger one is never parsed
+
 
 def _json(request, value, status: int = 200) -> bytes:
     request.setResponseCode(status)
@@ -67,13 +69,19 @@ class PredictionRoutes:
             request.setHeader(b"Retry-After", b"5")
             message = f"the server is busy ({self.service.worker.queued} requests are waiting); try again shortly"
             return _json(request, error_items(message), 503)
+        prefer_async = _wants_async(request)
+        if (prefer_async or self.service.delayed_responses) and self.service.delayed.full:
+            request.content.close()
+            request.setHeader(b"Retry-After", b"30")
+            held = self.service.delayed.max_count
+            message = f"the server holds {held} uncollected delayed results; collect yours, or try again later"
+            return _json(request, error_items(message), 503)
         # The worker owns the body from here: Twisted would close it when an
         # async answer finishes, while the worker is still reading it.
         body, request.content = request.content, None
         timings = Timings(receive=(request.received_at or request.headers_at) - request.headers_at)
         content_type = (request.getHeader(b"Content-Type") or b"").decode("latin-1")
         outcome = self.service.worker.submit(body, content_type, timings, "POST /predict")
-        prefer_async = _wants_async(request)
         if prefer_async or self.service.delayed_responses:
             request_id = self.service.delayed.track(outcome)
             if prefer_async:
@@ -91,6 +99,11 @@ class PredictionRoutes:
 
     @app.route("/responses", methods=["POST"])
     def responses(self, request):
+        if request.content.seek(0, 2) > RESPONSES_BODY:
+            request.content.close()
+            message = f"the body is larger than {RESPONSES_BODY} bytes; /responses takes one field, request_id"
+            return _json(request, error_items(message), 413)
+        request.content.seek(0)
         content_type = (request.getHeader(b"Content-Type") or b"").decode("latin-1")
         fields = deferToThreadPool(self.service.reactor, self.service.pool, read_fields, request.content, content_type)
         return fields.addCallback(self._collect, request).addErrback(self._form_error, request)

@@ -49,6 +49,8 @@ DEFAULTS = {
     "state_dir": os.path.join(os.path.expanduser("~"), ".tomaat"),
     "delayed_responses": False,
     "response_ttl": 3600.0,
+    "max_delayed_results": 256,  # uncollected delayed results held at once; then 503 (0: no limit)
+    "max_delayed_bytes": 2 * 1024**3,  # their answers' bytes; a result past it is kept as a 507 error (0: none)
     "max_body_bytes": 2 * 1024**3,
     # Limits against heavy and hostile traffic (docs/security.md); 0 turns a limit off where noted.
     "max_voxels": DEFAULT_MAX_VOXELS,  # per image, read from its header before anything is allocated
@@ -116,7 +118,12 @@ class TomaatService(Daemon):
         self.budget = Budget(int(self.config["max_pending_bytes"]))
         self.metrics = Metrics(self.worker, self.budget)
         self.worker.observers.append(self.metrics.observe)
-        self.delayed = DelayedResults(reactor, float(self.config["response_ttl"]))
+        self.delayed = DelayedResults(
+            reactor,
+            float(self.config["response_ttl"]),
+            int(self.config["max_delayed_results"]),
+            int(self.config["max_delayed_bytes"]),
+        )
         self.announcer = None
         self.fingerprint = None
         self.port = None
