@@ -3,32 +3,52 @@
 from __future__ import annotations
 
 import pytest_twisted
-from test_registry_support import call, make_key, payload, post, start_registry
+from test_registry_support import call, db, make_key, payload, post, start_registry  # noqa: F401 (db: a fixture)
 
 BAD_KEY = "f" * 64
 
 
 @pytest_twisted.ensureDeferred
-async def test_repeated_bad_keys_get_429_with_retry_after_then_recover(tmp_path):
+async def test_repeated_bad_keys_get_429_but_a_valid_key_never_does(db):
+    """Behind one proxy every service shares an address: the bad keys of one must not expire the others."""
     now = [1000.0]
-    target = str(tmp_path / "registry.sqlite3")
-    key, _ = make_key(target)
-    registry = await start_registry(target, clock=lambda: now[0], auth_failures=3, auth_window=60)
+    key, _ = make_key(db)
+    registry = await start_registry(db, clock=lambda: now[0], auth_failures=3, auth_window=60)
     try:
         for _ in range(3):
             code, answer = await post(registry.url + "/announce", payload(BAD_KEY))
             assert code == 401
-        code, headers, raw = await call("POST", registry.url + "/announce", payload(key))
+        code, headers, raw = await call("POST", registry.url + "/announce", payload(BAD_KEY))
         assert code == 429, raw
         assert headers.getRawHeaders("Retry-After") == ["60"]
         assert b"too many requests with unknown or revoked keys" in raw
-        code, _, _ = await call("POST", registry.url + "/withdraw", payload(key))
-        assert code == 429
-        now[0] += 61
         code, answer = await post(registry.url + "/announce", payload(key))
         assert code == 200, answer
+        code, _, _ = await call("POST", registry.url + "/withdraw", payload(key))
+        assert code == 200
+        now[0] += 61
+        code, answer = await post(registry.url + "/announce", payload(BAD_KEY))
+        assert code == 401, answer
     finally:
         await registry.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_authentications_are_counted_across_registry_processes(db):
+    """Two registries on one database (as several processes behind a load balancer) share one count."""
+    now = [1000.0]
+    first = await start_registry(db, clock=lambda: now[0], auth_failures=4, auth_window=60)
+    second = await start_registry(db, clock=lambda: now[0], auth_failures=4, auth_window=60)
+    try:
+        for registry in (first, second, first, second):
+            code, _ = await post(registry.url + "/announce", payload(BAD_KEY))
+            assert code == 401
+        for registry in (first, second):
+            code, _ = await post(registry.url + "/announce", payload(BAD_KEY))
+            assert code == 429
+    finally:
+        await first.stop()
+        await second.stop()
 
 
 @pytest_twisted.ensureDeferred

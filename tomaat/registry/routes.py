@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed, NotFound
@@ -68,9 +69,6 @@ class RegistryRoutes:
 
     def _checked(self, request, check):
         """The checked body, or the answer refusing it: throttled, unreadable, or with field problems."""
-        throttled = self._throttled(request)
-        if throttled:
-            return None, throttled
         data, refused = self._body(request)
         if refused:
             return None, _answer(request, [refused[1]], refused[0])
@@ -87,18 +85,26 @@ class RegistryRoutes:
         request.setHeader(b"Retry-After", b"30")
         return _answer(request, ["the registry's database is unavailable; try again later"], 503)
 
-    def _throttled(self, request) -> bytes | None:
-        """A 429 for an address that failed authentication too often lately, before any database work."""
-        wait = self.service.auth_limiter.retry_after(_client(request))
-        if not wait:
-            return None
-        request.setHeader(b"Retry-After", str(wait).encode("ascii"))
-        message = f"too many requests with unknown or revoked keys from this address; try again in {wait} s"
-        return _answer(request, [message], 429)
-
-    def _unauthorized(self, request, url: str, what: str) -> bytes:
+    async def _unauthorized(self, request, url: str, what: str) -> bytes:
+        """401 for an unknown or revoked key; 429 once its address has failed too often lately (all processes)."""
         client = _client(request)
-        self.service.auth_limiter.failed(client)
+        config = self.service.config
+        try:
+            wait = await self.service.store.run(
+                store.failed_authentication,
+                client,
+                self.service.now(),
+                int(config["auth_failures"]),
+                float(config["auth_window"]),
+            )
+        except Exception as error:
+            return self._store_down(request, "counting a failed authentication", error)
+        if wait:
+            request.setHeader(b"Retry-After", str(math.ceil(wait)).encode("ascii"))
+            message = (
+                f"too many requests with unknown or revoked keys from this address; try again in {math.ceil(wait)} s"
+            )
+            return _answer(request, [message], 429)
         log.warning("%s of %s from %s refused: unknown or revoked API key", what, url, client)
         return _answer(request, ["unknown or revoked api_key; ask the registry's operator for a valid key"], 401)
 
@@ -126,7 +132,7 @@ class RegistryRoutes:
         except Exception as error:
             return self._store_down(request, "an announcement", error)
         if sid is None:
-            return self._unauthorized(request, url, "announcement")
+            return await self._unauthorized(request, url, "announcement")
         log.info("announced: SID %s, %s (%s)", sid, url, checked.fields["name"])
         return _answer(request, [], 200, SID=sid, expires_in=self.service.expiry)
 
@@ -141,7 +147,7 @@ class RegistryRoutes:
         except Exception as error:
             return self._store_down(request, "a withdrawal", error)
         if removed is None:
-            return self._unauthorized(request, url, "withdrawal")
+            return await self._unauthorized(request, url, "withdrawal")
         if not removed:
             return _answer(request, [f"this key has no announcement of {url!r} (it may have expired)"], 404)
         log.info("withdrawn: %s", url)

@@ -17,7 +17,6 @@ from twisted.internet.defer import Deferred
 from .. import web
 from ..daemon import Daemon
 from . import store
-from .ratelimit import FailureLimiter
 from .routes import RegistryRoutes
 
 log = logging.getLogger("tomaat.registry")
@@ -34,7 +33,7 @@ DEFAULTS = {
     "expiry": 3600.0,  # seconds an announcement lives without renewal (upstream's value)
     "max_body_bytes": 64 * 1024,
     "max_services_per_key": 100,  # live announcements one key may hold (0: no limit)
-    "auth_failures": 10,  # failed authentications per client address per auth_window before 429 (0: no limit)
+    "auth_failures": 10,  # failed authentications per client address per auth_window, then 429 (0: no limit)
     "auth_window": 60.0,
     "idle_timeout": 60.0,  # seconds a connection may send nothing
     "receive_timeout": 60.0,  # seconds from connect (or the last answer) to a request's last body byte; then 408
@@ -67,7 +66,6 @@ class RegistryService(Daemon):
             raise ValueError(f"expiry must be a positive number of seconds, got {self.config['expiry']!r}")
         self.max_body_bytes = int(self.config["max_body_bytes"])
         self.max_services = int(self.config["max_services_per_key"])
-        self.auth_limiter = FailureLimiter(clock, int(self.config["auth_failures"]), float(self.config["auth_window"]))
         self.database = store.Database(self.config["db"])
         self.store = None
         self.fingerprint = None

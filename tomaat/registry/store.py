@@ -48,6 +48,12 @@ def _schema() -> list[str]:
     UNIQUE (key_id, prediction_url)
 )""",
         "CREATE INDEX IF NOT EXISTS registry_services_announced ON registry_services (announced)",
+        # failed authentications, shared by every registry process on the database (added in place: no new version)
+        """CREATE TABLE IF NOT EXISTS registry_auth_failures (
+    address TEXT NOT NULL CHECK (length(address) <= 100),
+    at DOUBLE PRECISION NOT NULL
+)""",
+        "CREATE INDEX IF NOT EXISTS registry_auth_failures_address ON registry_auth_failures (address, at)",
     ]
 
 
@@ -282,6 +288,26 @@ def purge(tx: Tx, before: float) -> int:
     """Forget expired announcements; SIDs are derived, so a service that comes back keeps its SID."""
     tx.begin(write=True)
     return tx.execute("DELETE FROM registry_services WHERE announced <= ?", (before,)).rowcount
+
+
+def failed_authentication(tx: Tx, address: str, now: float, limit: int, window: float) -> float:
+    """Record one failed authentication from address; the seconds it must wait, 0 while it is under the limit.
+
+    Only failures are counted, and only here, after the key was looked up: a valid key is never
+    throttled, whoever shares its address (every service behind one TLS proxy does). Once an
+    address is at the limit its further failures are not recorded, so a flood adds no rows.
+    """
+    if not limit:
+        return 0.0
+    tx.begin(write=True)
+    tx.execute("DELETE FROM registry_auth_failures WHERE at <= ?", (now - window,))
+    count, oldest = tx.one(
+        "SELECT COUNT(*), MIN(at) FROM registry_auth_failures WHERE address = ? AND at > ?", (address, now - window)
+    )
+    if int(count) >= limit:
+        return max(1.0, float(oldest) + window - now)
+    tx.execute("INSERT INTO registry_auth_failures (address, at) VALUES (?, ?)", (address[:100], now))
+    return 0.0
 
 
 # ---- running them -------------------------------------------------------------------------------
