@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest_twisted
-from test_registry_support import call, db, make_key, payload, post, start_registry  # noqa: F401 (db: a fixture)
+import test_registry_support as support
+from test_registry_support import call, make_key, payload, post, start_registry
 
 BAD_KEY = "f" * 64
+db = support.db  # SQLite, and PostgreSQL where scripts/postgres.sh runs
 
 
 @pytest_twisted.ensureDeferred
