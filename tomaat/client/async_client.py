@@ -186,8 +186,8 @@ class AsyncClient:
                     self._info = ServiceInfo(1, elements.input_interface(interface))
                 else:
                     raise ServerError(_error_message(body, status), status)
-            except elements.InterfaceError as problem:
-                raise ServerError(f"the server's interface cannot be used: {problem}") from None
+            except (elements.InterfaceError, TypeError, ValueError, AttributeError) as problem:
+                raise ServerError(f"the server's interface cannot be used: {str(problem)[:200]}") from None
         return self._info
 
     async def interface(self) -> tuple:
@@ -226,13 +226,19 @@ class AsyncClient:
             response = await self.http.request("POST", self.url + "/predict", data=producer, headers=headers)
             return response.code, await response.content()
 
+        deadline = time.monotonic() + self.result_timeout  # the whole wait, sending included
+        attempt = defer.Deferred.fromCoroutine(send())
+        attempt.addTimeout(self.result_timeout, self.reactor)
         try:
-            status, answer = await defer.Deferred.fromCoroutine(send())
+            status, answer = await attempt
         except Exception as failure:
+            if time.monotonic() >= deadline:  # cancelled by the timeout, however treq reports the cancellation
+                raise ResultTimeout(f"{self.url} gave no answer within {self.result_timeout:g} s") from None
             raise self._failed(failure, "sending the prediction request") from None
         items = await self._off_reactor(self._items, status, answer)
         if len(items) == 1 and items[0].get("type") == "DelayedResponse":
-            items = await self.collect(str(items[0].get("request_id", "")))
+            left = max(0.0, deadline - time.monotonic())
+            items = await self.collect(str(items[0].get("request_id", "")), timeout=left)
         return await self._off_reactor(Result.from_items, items, info.outputs)
 
     def _items(self, status: int, body: bytes) -> list:

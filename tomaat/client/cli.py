@@ -13,16 +13,22 @@ from collections import defaultdict
 
 import click
 
+from ..protocol.text import printable
 from .errors import ClientError, ServerError, ValidationError
 
 DEFAULT_REGISTRY = "http://localhost:8001"
 EXIT = {ValidationError: 2, ServerError: 3}  # anything else a client error: 1
 
 
+def _say(text: str, err: bool = False) -> None:
+    """Print text that may come from a server: no terminal escapes, no bidi tricks, lines kept."""
+    click.echo(printable(str(text), keep_lines=True), err=err)
+
+
 def _fail(error: ClientError):
     kind = next((code for cls, code in EXIT.items() if isinstance(error, cls)), 1)
     label = {2: "invalid input", 3: "the server refused"}.get(kind, "error")
-    click.echo(f"tomaat: {label}: {error}", err=True)
+    _say(f"tomaat: {label}: {' '.join(str(error).split())}", err=True)
     sys.exit(kind)
 
 
@@ -52,22 +58,20 @@ def discover(registry_url, modality, anatomy, task, as_json, fingerprint, insecu
     except ClientError as error:
         _fail(error)
     if as_json:
-        click.echo(json.dumps(services, indent=2))
+        _say(json.dumps(services, indent=2))
         return
     if not services:
-        click.echo(f"no services at {registry_url}" + (" match the filters" if modality or anatomy or task else ""))
+        _say(f"no services at {registry_url}" + (" match the filters" if modality or anatomy or task else ""))
         return
     groups = defaultdict(list)
     for service in services:
         groups[(service.get("modality", ""), service.get("anatomy", ""), service.get("task", ""))].append(service)
     for (mod, ana, tsk), members in sorted(groups.items(), key=lambda g: tuple(s.lower() for s in g[0])):
-        click.echo(f"{mod} / {ana} / {tsk}")
+        _say(f"{mod} / {ana} / {tsk}")
         for service in sorted(members, key=lambda s: s.get("name", "")):
-            click.echo(
-                f"  {service.get('name', '?'):<24} {service.get('prediction_url', '')}  SID {service.get('SID', '')}"
-            )
+            _say(f"  {service.get('name', '?'):<24} {service.get('prediction_url', '')}  SID {service.get('SID', '')}")
             if service.get("description"):
-                click.echo(f"  {'':<24} {service['description']}")
+                _say(f"  {'':<24} {service['description']}")
 
 
 def _show_interface(info) -> None:
@@ -75,15 +79,15 @@ def _show_interface(info) -> None:
 
     meta = info.metadata
     if info.protocol >= 2:
-        click.echo(f"{meta.get('name', '?')} {meta.get('version', '')}".rstrip())
-        click.echo(f"  {meta.get('modality', '')} / {meta.get('anatomy', '')} / {meta.get('task', '')}")
+        _say(f"{meta.get('name', '?')} {meta.get('version', '')}".rstrip())
+        _say(f"  {meta.get('modality', '')} / {meta.get('anatomy', '')} / {meta.get('task', '')}")
         if meta.get("description"):
-            click.echo(f"  {meta['description']}")
+            _say(f"  {meta['description']}")
         if meta.get("tls_fingerprint"):
-            click.echo(f"  TLS fingerprint: {meta['tls_fingerprint']}")
+            _say(f"  TLS fingerprint: {meta['tls_fingerprint']}")
     else:
-        click.echo("a v1 server (no /info): only its inputs are known")
-    click.echo("inputs:")
+        _say("a v1 server (no /info): only its inputs are known")
+    _say("inputs:")
     for element in info.inputs:
         filled = default(element)
         suffix = (
@@ -93,12 +97,12 @@ def _show_interface(info) -> None:
             if filled is not None
             else ""
         )
-        click.echo(f"  {describe(element)}{suffix}")
+        _say(f"  {describe(element)}{suffix}")
     if info.outputs:
-        click.echo("outputs:")
+        _say("outputs:")
         for element in info.outputs:
             label = f" ({element.label})" if element.label else ""
-            click.echo(f"  '{element.field}' {element.output_type}{label}")
+            _say(f"  '{element.field}' {element.output_type}{label}")
 
 
 @click.command()
@@ -194,13 +198,13 @@ def predict(url, inputs, settings, out, prefer_async, volume_format, timeout, fi
         _fail(error)
     for name, value in client.filled:
         shown = f"{value:g}" if isinstance(value, float) else value
-        click.echo(f"default used for '{name}': {shown}")
+        _say(f"default used for '{name}': {shown}")
     for output in result.texts:
-        click.echo(f"{output.label or output.name}: {output.value}")
+        _say(f"{output.label or output.name}: {output.value}")
     written = result.save(out, volume_format)
-    click.echo(f"wrote {len(written)} file(s) to {out}:")
+    _say(f"wrote {len(written)} file(s) to {out}:")
     for path, what in written:
-        click.echo(f"  {path}  ({what})")
+        _say(f"  {path}  ({what})")
 
 
 COMMANDS = (discover, interface, predict)

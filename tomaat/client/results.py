@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from ..protocol import b64
 from ..protocol.errors import RequestError
+from ..protocol.limits import Allowance, Limits
 from ..protocol.outputs import decode_item
 from ..protocol.volumes import FORMATS
 from .errors import ServerError
@@ -54,18 +55,27 @@ class Result:
         self.outputs = outputs
 
     @classmethod
-    def from_items(cls, items: list, output_interface=None) -> Result:
-        """Decode the v1 item list; names come from the v2 output interface, else from each item's type."""
+    def from_items(cls, items: list, output_interface=None, limits: Limits | None = None) -> Result:
+        """Decode the v1 item list; names come from the v2 output interface, else from each item's type.
+
+        An answer is as untrusted as an upload: it is decoded by the server's own hardened
+        readers, confined, and all its items together are charged to one allowance.
+        """
         fields = [getattr(e, "field", None) for e in output_interface or ()]
         outputs, used = [], set()
+        allowance = Allowance(limits or Limits())
         for index, item in enumerate(items):
             kind = item.get("type")
             if kind not in NAMES:
-                raise ServerError(f"the server answered an item of unknown type {kind!r}")
+                raise ServerError(f"the server answered an item of unknown type {str(kind)[:40]!r}")
+            if not isinstance(item.get("content"), str) or not isinstance(item.get("label", ""), str):
+                raise ServerError(f"the server's {kind} output is malformed: its content and label must be text")
             try:
-                value = decode_item(item)
+                value = decode_item(item, allowance)
             except RequestError as error:
                 raise ServerError(f"the server's {kind} output could not be read: {error.message}") from None
+            except (TypeError, ValueError, RuntimeError, UnicodeError) as error:
+                raise ServerError(f"the server's {kind} output could not be read ({type(error).__name__})") from None
             if index < len(fields) and fields[index] and len(items) == len(fields):
                 name = fields[index]
             else:

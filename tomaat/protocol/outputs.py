@@ -10,6 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import b64, fiducials, transforms
+from .limits import Allowance
 from .volumes import read_image, write_image
 
 
@@ -76,16 +77,17 @@ def encode_item(element, value, reference: sitk.Image | None = None) -> dict:
     return {"type": kind, "content": content, "label": element.label}
 
 
-def decode_item(item: dict):
+def decode_item(item: dict, allowance: Allowance | None = None):
     """The Python value of one answer item, the inverse of encode_item (used by clients and tests)."""
+    allowance = allowance or Allowance()
     kind, content = item.get("type"), item.get("content")
     if kind == "LabelVolume" or kind == "TransformGrid":
-        return read_image(content.encode("ascii"), kind)
+        return read_image(content.encode("ascii", "replace"), kind, allowance)
     if kind == "VTKMesh":
         return b64.decode(content)
     if kind == "Fiducials":
-        return fiducials.parse(content, kind)
+        return fiducials.parse(content, kind, allowance.limits.max_points)
     if kind in ("TransformBSpline", "TransformLinear"):
         suffix = "h5" if kind == "TransformBSpline" else "mat"
-        return transforms.parse(f"{suffix}\n{content}".encode("ascii"), kind)
+        return transforms.parse(f"{suffix}\n{content}".encode("ascii", "replace"), kind, allowance)
     return content
