@@ -13,7 +13,8 @@ class Budget:
     uploads of 2 GiB would be 128 GiB. Each body is charged by the bytes that
     actually arrived, chunked or not, and gives them back when it is closed, on
     whichever thread closes it; a client that announces 2 GiB and sends one byte
-    holds one byte of the budget, not 2 GiB.
+    holds one byte of the budget, not 2 GiB. The same count serves decoded inputs
+    (protocol/limits.py), charged from their headers.
     """
 
     def __init__(self, limit: int):

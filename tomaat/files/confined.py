@@ -81,6 +81,7 @@ class _Decoder:
             cwd=self.folder,
         )
         self.busy = False
+        self.slots = None
         try:
             self.ready = self._receive(time.monotonic() + START_TIMEOUT)
         except DecodeFailed:
@@ -195,6 +196,7 @@ class DecoderPool:
         except BaseException:
             slots.release()
             raise
+        decoder.slots = slots  # released into the semaphore it came from, even if configure() replaced it since
         return answer, decoder
 
     def _ready(self, data: bytes | None, suffix: str) -> _Decoder:
@@ -224,7 +226,7 @@ class DecoderPool:
         else:
             with self._lock:
                 self._idle.append(decoder)
-        self._slots.release()
+        decoder.slots.release()
 
     def close(self) -> None:
         with self._lock:

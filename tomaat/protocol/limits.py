@@ -9,9 +9,9 @@ and against the process's (503 past it: it may fit once others finish).
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
+from ..body import Budget
 from .errors import RequestError, TooLarge
 
 DEFAULT_MAX_VOXELS = 1024**3
@@ -25,29 +25,10 @@ class Limits:
     max_transform_parameters: int = 10_000_000  # per transform field (80 MB of doubles)
 
 
-class DecodedBudget:
-    """Decoded bytes held by all requests in work; 0 means no process-wide limit."""
-
-    def __init__(self, limit: int = 0):
-        self.limit, self.used = int(limit), 0
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> bool:
-        with self._lock:
-            if self.limit and self.used + size > self.limit:
-                return False
-            self.used += size
-            return True
-
-    def give(self, size: int) -> None:
-        with self._lock:
-            self.used -= size
-
-
 class Allowance:
     """One request's decoded bytes, charged before each decode and given back when the request ends."""
 
-    def __init__(self, limits: Limits | None = None, shared: DecodedBudget | None = None):
+    def __init__(self, limits: Limits | None = None, shared: Budget | None = None):
         self.limits = limits or Limits()
         self.shared = shared
         self.used = 0

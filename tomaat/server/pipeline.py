@@ -13,9 +13,10 @@ from contextlib import contextmanager
 
 import SimpleITK as sitk
 
+from ..body import Budget
 from ..protocol.errors import AppFailure, AppTimeout
 from ..protocol.inputs import decode_fields
-from ..protocol.limits import Allowance, DecodedBudget, Limits
+from ..protocol.limits import Allowance, Limits
 from ..protocol.outputs import encode_item
 from .form import read_fields
 
@@ -69,7 +70,7 @@ class Pipeline:
         self.gpu_lock = gpu_lock or GPU_LOCK
         self.max_fields = int(max_fields)
         self.limits = limits or Limits()
-        self.decoded = decoded or DecodedBudget()
+        self.decoded = decoded or Budget(0)
 
     def _app_step(self, step: str, data: dict) -> dict:
         try:

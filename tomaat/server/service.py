@@ -20,7 +20,7 @@ from ..body import Budget
 from ..daemon import Daemon
 from ..files import confined
 from ..protocol import elements, scratch
-from ..protocol.limits import DEFAULT_MAX_VOXELS, DecodedBudget, Limits
+from ..protocol.limits import DEFAULT_MAX_VOXELS, Limits
 from ..trust import pin_fingerprint
 from .announcer import Announcer
 from .app import TomaatApp
@@ -207,7 +207,7 @@ class TomaatService(Daemon):
         # the configuration is final here: `tomaat serve` may update a service built in the app's module
         self.pipeline.max_fields = int(self.config["max_fields"])
         self.pipeline.limits = self.limits
-        self.pipeline.decoded = DecodedBudget(int(self.config["max_decoded_total"]))
+        self.pipeline.decoded = Budget(int(self.config["max_decoded_total"]))
         confined.POOL.configure(
             int(self.config["decoders"]), int(self.config["decoder_memory"]), float(self.config["decode_timeout"])
         )
