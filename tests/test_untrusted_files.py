@@ -280,3 +280,19 @@ async def test_decoded_bytes_are_charged_per_request_and_process_and_given_back(
     for _ in range(3):
         assert (await slicer_post(roomy.url + "/predict", GOOD)).status_code == 200
     assert roomy.pipeline.decoded.used == 0
+
+
+def test_a_decoder_does_not_inherit_the_servers_environment(monkeypatch):
+    """A reader taken over by a file could copy its environment into the voxels it returns."""
+    monkeypatch.setenv("TOMAAT_TEST_SECRET", "s3cr3t")
+    pool = confined.DecoderPool(size=1)
+    monkeypatch.setattr(confined, "POOL", pool)
+    try:
+        read_image(_nifti())
+        (decoder,) = pool.decoders
+        with open(f"/proc/{decoder.pid}/environ", "rb") as handle:
+            environment = handle.read()
+    finally:
+        pool.close()
+    assert b"TOMAAT_TEST_SECRET" not in environment and b"s3cr3t" not in environment
+    assert b"OPENBLAS_NUM_THREADS=1" in environment

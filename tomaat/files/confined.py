@@ -41,6 +41,7 @@ START_TIMEOUT = 60.0
 # Fixed at import: the decoders outlive any one request, and tests point tempfile elsewhere per test.
 _BASE = tempfile.gettempdir()
 _MAX_ANSWER = 1 << 20
+_PASSED_ENV = ("PATH", "PYTHONPATH", "PYTHONHOME", "LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _DTYPES = {np.dtype(t).str for t in ("i1", "u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f4", "<f8")}
 _TRANSFORMS = {
     "AffineTransform": lambda d: sitk.AffineTransform(d),
@@ -70,7 +71,10 @@ class _Decoder:
 
     def __init__(self, memory: int):
         self.folder = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-decoder-", dir=_BASE)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        # Only what Python needs: a decoder taken over by a file could copy its environment into
+        # the voxels it returns, so secrets passed to the server by environment must not be there.
+        env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
+        env.update(dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1"))
         env["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tomaat.files.decoder_process", self.folder, str(memory)],
