@@ -11,6 +11,8 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -296,3 +298,19 @@ def test_a_decoder_does_not_inherit_the_servers_environment(monkeypatch):
         pool.close()
     assert b"TOMAAT_TEST_SECRET" not in environment and b"s3cr3t" not in environment
     assert b"OPENBLAS_NUM_THREADS=1" in environment
+
+
+def test_a_process_that_decoded_leaves_no_decoder_folder_when_it_exits(tmp_path):
+    script = (
+        "import SimpleITK as sitk, tempfile, os\n"
+        "from tomaat.protocol.volumes import read_image\n"
+        "path = os.path.join(tempfile.gettempdir(), 'in.nii')\n"
+        "sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), path)\n"
+        "print(read_image(open(path, 'rb').read()).GetSize())\n"
+        "os.unlink(path)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "(4, 4, 4)" in done.stdout, done.stderr
+    assert os.listdir(tmp_path) == []

@@ -14,6 +14,7 @@ the announced size, and only transform classes named here are rebuilt.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import mmap
@@ -263,6 +264,7 @@ def _numbers(answer: dict, key: str, count: int) -> list[float]:
 
 
 POOL = DecoderPool()
+atexit.register(POOL.close)  # their folders go with them; a killed server's are swept by the next start
 
 
 def landlock_available() -> bool:
