@@ -1,4 +1,4 @@
-"""A private file path for libraries that only read and write named files (SimpleITK).
+"""A private file path for libraries that only write named files (SimpleITK writing our own outputs).
 
 The folder and whatever was written into it are removed when the block ends,
 on success and on every error, so no request leaves files behind. A process
@@ -25,14 +25,6 @@ _OWNED = re.compile(r"tomaat-(\d+)-")
 def scratch_path(suffix: str):
     with tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-") as folder:
         yield os.path.join(folder, "data" + suffix)
-
-
-def write_then_read(suffix: str, data: bytes, reader):
-    """Run reader(path) on a file holding data."""
-    with scratch_path(suffix) as path:
-        with open(path, "wb") as handle:
-            handle.write(data)
-        return reader(path)
 
 
 def write_then_bytes(suffix: str, writer) -> bytes:
