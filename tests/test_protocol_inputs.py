@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import make_affine, make_bspline
+from conftest import assert_same_grid, image_bytes, make_affine, make_bspline
 from scratch_checks import no_scratch_left, private_tempdir  # noqa: F401 (an autouse fixture)
 
 from tomaat.files import confined
@@ -455,3 +455,21 @@ def test_cheap_fields_are_checked_before_the_volume():
         decode_fields(INTERFACE, {"images": b"garbage", "threshold": b"2000", "mode": b"fast"})
     assert caught.value.status == 400
     assert "'threshold'" in caught.value.message
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_nifti_with_a_rescale_slope_decodes_to_floats_as_itk_gives_them(tmp_path, suffix):
+    """scl_slope/scl_inter make ITK return float32: the decoded size checked against the header must follow."""
+    import gzip
+    import struct
+
+    image = sitk.GetImageFromArray(np.arange(60, dtype=np.int16).reshape(3, 4, 5))
+    image.SetOrigin((-4.0, 7.5, 2.0))
+    image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    raw = bytearray(image_bytes(image, ".nii"))
+    struct.pack_into("<ff", raw, 112, 2.0, 1.0)
+    data = gzip.compress(bytes(raw)) if suffix == ".nii.gz" else bytes(raw)
+    back = decode(Volume("images"), data)
+    assert back.GetPixelID() == sitk.sitkFloat32
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back).ravel(), np.arange(60) * 2.0 + 1.0)
+    assert_same_grid(back, image)

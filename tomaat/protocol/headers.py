@@ -122,21 +122,30 @@ def _exact(where: str, fmt: str, announced: int, held: int, inflated: bool = Fal
 # NIfTI datatype codes and their bytes per voxel, as niftilib sizes its reads (bitpix is not used).
 _NIFTI_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8, 1792: 16}
 _NIFTI_BYTES[2304] = 4
+_NIFTI_INTEGERS = {2, 4, 8, 256, 512, 768, 1024, 1280}
 
 
-def _nifti_layout(head: bytes, where: str) -> tuple[int, int, int]:
-    """(voxels, bytes per voxel, data offset) from a single-file NIfTI-1 or NIfTI-2 header."""
+def _rescaled(slope: float, intercept: float) -> bool:
+    """Whether ITK applies scl_slope/scl_inter, which turns integer voxels into 32-bit floats."""
+    return math.isfinite(slope) and abs(slope) > 1e-12 and (abs(slope - 1) > 1e-12 or abs(intercept) > 1e-12)
+
+
+def _nifti_layout(head: bytes, where: str) -> tuple[int, int, int, int]:
+    """(voxels, bytes per voxel on disk, data offset, bytes per voxel once ITK decoded it) from a
+    single-file NIfTI-1 or NIfTI-2 header."""
     for order in "<>":
         size = struct.unpack(order + "i", head[:4])[0] if len(head) >= 4 else 0
         if size == 348 and len(head) >= 348 and head[344:348] == b"n+1\x00":
             dims = struct.unpack(order + "8h", head[40:56])
             datatype = struct.unpack(order + "h", head[70:72])[0]
             offset = struct.unpack(order + "f", head[108:112])[0]
+            slope, intercept = struct.unpack(order + "2f", head[112:120])
             break
         if size == 540 and len(head) >= 540 and head[4:8] == b"n+2\x00":
             dims = struct.unpack(order + "8q", head[16:80])
             datatype = struct.unpack(order + "h", head[12:14])[0]
             offset = struct.unpack(order + "q", head[168:176])[0]
+            slope, intercept = struct.unpack(order + "2d", head[176:192])
             break
     else:
         raise UnreadableVolume(f"{where}: the NIfTI header is truncated or corrupt (a single-file .nii is expected)")
@@ -147,7 +156,9 @@ def _nifti_layout(head: bytes, where: str) -> tuple[int, int, int]:
     if not math.isfinite(offset) or not 0 <= offset < 2**40:
         raise UnreadableVolume(f"{where}: the NIfTI header's data offset is invalid")
     offset = max(int(offset), 352 if size == 348 else 544)  # niftilib reads no data from inside the header
-    return math.prod(_positive(dims[1 : dims[0] + 1], where)), _NIFTI_BYTES[datatype], offset
+    voxels, per_voxel = math.prod(_positive(dims[1 : dims[0] + 1], where)), _NIFTI_BYTES[datatype]
+    decoded = 4 if datatype in _NIFTI_INTEGERS and _rescaled(slope, intercept) else per_voxel
+    return voxels, per_voxel, offset, decoded
 
 
 def _inflate(raw):
@@ -227,19 +238,20 @@ def check(raw, fmt: str, where: str, max_voxels: int = DEFAULT_MAX_VOXELS) -> tu
             raise _exact(where, "nrrd", voxels * per_voxel, len(raw) - start)
         return voxels * per_voxel, None
     if fmt == "nii":
-        voxels, per_voxel, offset = _nifti_layout(bytes(raw[:540]), where)
+        voxels, per_voxel, offset, decoded = _nifti_layout(bytes(raw[:540]), where)
         _check_voxels(voxels, where, max_voxels)
         if len(raw) != offset + voxels * per_voxel:  # ITK, too, reads a short .nii without complaint
             raise _exact(where, "nii", offset + voxels * per_voxel, len(raw))
-        return voxels * per_voxel, None
+        return voxels * decoded, None
     if fmt == "nii.gz":
         layout = {}
 
         def expected(head: bytes) -> int:
-            layout["voxels"], layout["per_voxel"], offset = _nifti_layout(head, where)
-            _check_voxels(layout["voxels"], where, max_voxels)
-            return offset + layout["voxels"] * layout["per_voxel"]
+            voxels, per_voxel, offset, layout["decoded"] = _nifti_layout(head, where)
+            _check_voxels(voxels, where, max_voxels)
+            layout["voxels"] = voxels
+            return offset + voxels * per_voxel
 
         _inflated_exactly(raw, None, where, "nii.gz", 540, expected)
-        return layout["voxels"] * layout["per_voxel"], None
+        return layout["voxels"] * layout["decoded"], None
     raise UnreadableVolume(f"{where}: unknown image format {fmt!r}")

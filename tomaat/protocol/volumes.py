@@ -26,6 +26,12 @@ from .scratch import write_then_bytes
 # 0.89 MB; SimpleITK's zlib took 19 ms for 1.03 MB at level 1, Python's 250 ms at 6 (docs/performance.md).
 LABEL_LEVEL = 1
 FORMATS = {"mha": ".mha", "nii": ".nii", "nii.gz": ".nii.gz", "nrrd": ".nrrd"}
+_WHY = {  # how a decoder failed, for the client's message
+    "refused": "",
+    "nonsense": " (what its reader decoded does not match its header)",
+    "stopped": " (the decoder stopped: the file is corrupt or hostile)",
+    "timeout": " (decoding it took longer than this server allows)",
+}
 READERS = {"nii": "NiftiImageIO", "nii.gz": "NiftiImageIO", "nrrd": "NrrdImageIO"}  # ITK's, for the decoders
 EXPECTED = "an MHA, NIfTI (.nii/.nii.gz) or NRRD image file, raw or base64-encoded"
 
@@ -112,9 +118,8 @@ def read_image(raw: bytes, where: str = "volume", allowance: Allowance | None = 
     try:
         return confined.read_image(data, FORMATS[fmt], READERS[fmt], size)
     except confined.DecodeFailed as failure:
-        stopped = " (the decoder stopped: the file is corrupt or hostile)" if failure.reason != "refused" else ""
         raise UnreadableVolume(
-            f"{where}: the {fmt} file could not be read (truncated or corrupt){stopped}; expected {EXPECTED}"
+            f"{where}: the {fmt} file could not be read (truncated or corrupt){_WHY[failure.reason]}; expected {EXPECTED}"
         ) from None
 
 
