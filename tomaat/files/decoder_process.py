@@ -48,12 +48,13 @@ def _warm(folder: str) -> None:
         path = os.path.join(folder, "warm" + suffix)
         sitk.WriteImage(image, path, suffix != ".nii")
         _image(path, io, os.path.join(folder, "warm.raw"))
-    for suffix in (".h5", ".mat", ".txt"):
+    for suffix, transform in ((".h5", sitk.AffineTransform(3)), (".mat", sitk.AffineTransform(3))):
         path = os.path.join(folder, "warm" + suffix)
-        sitk.WriteTransform(sitk.AffineTransform(3), path)
+        sitk.WriteTransform(transform, path)
         _transform(path, os.path.join(folder, "warm.raw"))
-    sitk.WriteTransform(sitk.BSplineTransform(3, 3), os.path.join(folder, "warm.h5"))
-    _transform(os.path.join(folder, "warm.h5"), os.path.join(folder, "warm.raw"))
+    path = os.path.join(folder, "bspline.h5")
+    sitk.WriteTransform(sitk.BSplineTransform(3, 3), path)
+    _transform(path, os.path.join(folder, "warm.raw"))
     for name in os.listdir(folder):
         os.unlink(os.path.join(folder, name))
 
@@ -120,7 +121,7 @@ def _transform(path: str, out: str) -> dict:
             }
         )
         parameters.append(np.asarray(values, dtype="<f8"))
-    np.concatenate(parameters).tofile(out) if parameters else open(out, "wb").close()
+    np.concatenate(parameters or [np.zeros(0, "<f8")]).tofile(out)
     return {"transforms": described, "composite": isinstance(transform, sitk.CompositeTransform)}
 
 
