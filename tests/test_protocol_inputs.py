@@ -473,3 +473,11 @@ def test_a_nifti_with_a_rescale_slope_decodes_to_floats_as_itk_gives_them(tmp_pa
     assert back.GetPixelID() == sitk.sitkFloat32
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back).ravel(), np.arange(60) * 2.0 + 1.0)
     assert_same_grid(back, image)
+
+
+def test_a_complex_nifti_still_decodes(tmp_path):
+    image = sitk.GetImageFromArray((np.arange(60) + 1j).astype(np.complex64).reshape(3, 4, 5))
+    image.SetOrigin((1.0, -2.0, 3.5))
+    back = decode(Volume("images"), image_bytes(image, ".nii"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+    assert_same_grid(back, image)

@@ -43,7 +43,7 @@ START_TIMEOUT = 60.0
 _BASE = tempfile.gettempdir()
 _MAX_ANSWER = 1 << 20
 _PASSED_ENV = ("PATH", "PYTHONPATH", "PYTHONHOME", "LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-_DTYPES = {np.dtype(t).str for t in ("i1", "u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f4", "<f8")}
+_DTYPES = {np.dtype(t).str for t in ("i1", "u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f4", "<f8", "<c8", "<c16")}
 _TRANSFORMS = {
     "AffineTransform": lambda d: sitk.AffineTransform(d),
     "TranslationTransform": lambda d: sitk.TranslationTransform(d),
