@@ -39,6 +39,7 @@ setup(
         "tensorflow": ["tensorflow-cpu>=2.16,<2.22", "scikit-image>=0.22"],  # Keras 3; the CPU wheel (see docs/deep-learning.md for GPUs)
         "torch": ["torch==2.13.0", "scikit-image>=0.22"],  # pinned: the CPU build these machines install
         "mesh": ["scikit-image>=0.22"],  # marching cubes for label-to-mesh
+        "vtk": ["vtk>=9.3,<10"],  # vtkPolyData meshes, as upstream TOMAAT's apps return them
     },
     entry_points={"console_scripts": ["tomaat=tomaat.cli:main", "tomaat-registry=tomaat.registry.cli:main"]},
 )

@@ -73,6 +73,7 @@ def test_tomaat_serve_threshold_example(tmp_path):
         output, _ = process.communicate(timeout=20)
     assert process.returncode == 0, output
     assert "Threshold serving on http://127.0.0.1" in output
+    assert "WARNING tomaat.server: TOMAAT-Slicer does not connect to plain-HTTP prediction servers" in output
     [line] = [line for line in output.splitlines() if "POST /predict" in line]
     for stage in (
         "receive=",

@@ -9,6 +9,7 @@ import pytest
 import requests
 import test_registry_support as support
 from click.testing import CliRunner
+from test_cli_serve import free_port
 from test_registry_support import BACKENDS, Daemon, assert_no_key_material, database, dump_database, payload
 
 from tomaat import tls
@@ -150,18 +151,20 @@ def test_the_daemon_serves_tls_with_a_self_signed_certificate(tmp_path):
     target = str(tmp_path / "registry.sqlite3")
     key, _ = create(target)
     state = tmp_path / "state"
-    daemon = Daemon("--db", target, "--state-dir", str(state))
+    port = free_port()  # a kept certificate belongs to a port (port 0 gets a fresh one each start)
+    daemon = Daemon("--db", target, "--state-dir", str(state), "--port", str(port))
     try:
         assert daemon.url.startswith("https://")
         url = daemon.url.replace("127.0.0.1", "localhost")  # the certificate names localhost
-        cert = str(state / "tls-cert.pem")
+        [cert] = [str(path) for path in state.glob("tls-cert-*.pem")]  # one certificate per port
         answer = requests.post(url + "/announce", json=payload(key), timeout=10, verify=cert).json()
         assert answer["status"] == 0
         assert len(requests.get(url + "/discover", timeout=10, verify=cert).json()) == 1
     finally:
         daemon.stop()
     printed = re.search(r"fingerprint \(SHA-256\): ([0-9A-F:]{95})", daemon.output).group(1)
-    assert printed == tls.file_fingerprint(cert)
+    assert printed == tls.file_fingerprint(cert) and cert.endswith(f"tls-cert-{port}.pem")
+    assert "TOMAAT-Slicer checks a registry's certificate against the system's certificate authorities" in daemon.output
 
 
 def test_the_daemon_refuses_to_start_on_a_bad_database(tmp_path):

@@ -35,10 +35,15 @@ def server_endpoint(reactor, config: dict):
     if not config["tls"]:
         return endpoints.TCP4ServerEndpoint(reactor, port, interface=interface), None
     cert, key = config["cert"], config["key"]
-    if not (cert and key):
-        cert, key = tls.ensure_certificate(config["state_dir"])
-    endpoint = endpoints.SSL4ServerEndpoint(reactor, port, tls.server_options(cert, key), interface=interface)
-    return endpoint, tls.file_fingerprint(cert)
+    if not (cert and key) and port:
+        cert, key = tls.ensure_certificate(config["state_dir"], port=port)  # one per port, kept
+    if cert and key:
+        with open(cert, "rb") as cert_file, open(key, "rb") as key_file:
+            cert_pem, key_pem = cert_file.read(), key_file.read()
+    else:
+        cert_pem, key_pem = tls.self_signed()  # a port chosen at random: nothing to keep it for
+    endpoint = endpoints.SSL4ServerEndpoint(reactor, port, tls.pem_options(cert_pem, key_pem), interface=interface)
+    return endpoint, tls.fingerprint(cert_pem)
 
 
 def local_url(config: dict, port) -> str:
@@ -66,6 +71,10 @@ class Daemon:
     def started_message(self) -> str:
         raise NotImplementedError
 
+    def advice(self) -> list[str]:
+        """Warnings worth a line at start: set-ups that some client (usually TOMAAT-Slicer) cannot use."""
+        return []
+
     def run(self) -> None:
         """Serve until interrupted (SIGINT or SIGTERM stop the reactor, which awaits stop()); exit 1 if start fails."""
         log_to_stdlib()
@@ -74,6 +83,8 @@ class Daemon:
             self.log.info("%s", self.started_message())
             if self.fingerprint:
                 self.log.info("TLS certificate fingerprint (SHA-256): %s", self.fingerprint)
+            for line in self.advice():
+                self.log.warning("%s", line)
             self.reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(self.stop()))
 
         def failed(failure):

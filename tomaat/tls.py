@@ -1,5 +1,9 @@
 """Certificates for the HTTP services: self-signed on first start, fingerprints in the v1 format.
 
+Each port gets its own certificate. TOMAAT-Slicer keeps its trusted
+fingerprints in a dict keyed by fingerprint, each for one host and port, so
+services sharing one certificate could not all stay trusted in it.
+
 Generation uses `cryptography`'s X.509 builder, which pyOpenSSL's own docs point
 to now that pyOpenSSL's certificate-building API is deprecated; Twisted serves
 the result through pyOpenSSL.
@@ -29,7 +33,8 @@ def fingerprint(cert_pem: bytes) -> str:
     return der_fingerprint(x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER))
 
 
-def _self_signed(hostname: str) -> tuple[bytes, bytes]:
+def self_signed(hostname: str = "localhost") -> tuple[bytes, bytes]:
+    """A new certificate and key, as PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
@@ -50,12 +55,32 @@ def _self_signed(hostname: str) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def ensure_certificate(folder: str, hostname: str = "localhost") -> tuple[str, str]:
-    """Paths of the certificate and key kept in folder, made on first use and reused after."""
-    cert_path, key_path = os.path.join(folder, CERT_NAME), os.path.join(folder, KEY_NAME)
+def _names(port: int | None) -> tuple[str, str]:
+    if port is None:
+        return CERT_NAME, KEY_NAME
+    return CERT_NAME.replace(".pem", f"-{port}.pem"), KEY_NAME.replace(".pem", f"-{port}.pem")
+
+
+def _adopt_shared(folder: str, cert_path: str, key_path: str) -> None:
+    """Give the one certificate that older versions shared between ports to the first port started,
+    so the service its users pinned most likely keeps its fingerprint."""
+    shared_cert, shared_key = os.path.join(folder, CERT_NAME), os.path.join(folder, KEY_NAME)
+    try:
+        os.rename(shared_key, key_path)
+    except OSError:
+        return  # none, or another service took it first
+    os.rename(shared_cert, cert_path)
+
+
+def ensure_certificate(folder: str, hostname: str = "localhost", port: int | None = None) -> tuple[str, str]:
+    """Paths of the certificate and key kept in folder for port (one for all when None), made on first use."""
+    cert_name, key_name = _names(port)
+    cert_path, key_path = os.path.join(folder, cert_name), os.path.join(folder, key_name)
+    if port is not None and not os.path.exists(key_path):
+        _adopt_shared(folder, cert_path, key_path)
     if not (os.path.exists(cert_path) and os.path.exists(key_path)):
         os.makedirs(folder, exist_ok=True)
-        cert_pem, key_pem = _self_signed(hostname)
+        cert_pem, key_pem = self_signed(hostname)
         descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(key_pem)
@@ -64,15 +89,19 @@ def ensure_certificate(folder: str, hostname: str = "localhost") -> tuple[str, s
     return cert_path, key_path
 
 
-def server_options(cert_path: str, key_path: str):
+def pem_options(cert_pem: bytes, key_pem: bytes):
     """Twisted TLS options serving the given PEM certificate and key."""
     from twisted.internet import ssl
 
-    with open(cert_path, "rb") as cert, open(key_path, "rb") as key:
-        # cryptography objects: pyOpenSSL deprecates its own X509/PKey types here
-        certificate = x509.load_pem_x509_certificate(cert.read())
-        private_key = serialization.load_pem_private_key(key.read(), password=None)
+    # cryptography objects: pyOpenSSL deprecates its own X509/PKey types here
+    certificate = x509.load_pem_x509_certificate(cert_pem)
+    private_key = serialization.load_pem_private_key(key_pem, password=None)
     return ssl.CertificateOptions(privateKey=private_key, certificate=certificate)
+
+
+def server_options(cert_path: str, key_path: str):
+    with open(cert_path, "rb") as cert, open(key_path, "rb") as key:
+        return pem_options(cert.read(), key.read())
 
 
 def file_fingerprint(cert_path: str) -> str:

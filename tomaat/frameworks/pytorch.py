@@ -96,3 +96,12 @@ def _window(window, spatial: tuple[int | None, ...]):
     if window is not None and tuple(window) != spatial:
         raise ValueError(f"window {tuple(window)} differs from the exported model's input size {spatial}")
     return spatial
+
+
+UPSTREAM_NAMES = {"Prediction": "tomaat.frameworks.pytorch.TorchModel with tomaat.frameworks.Predict"}
+
+
+def __getattr__(name: str):
+    from ..extras import refusal
+
+    raise refusal(__name__, name, UPSTREAM_NAMES.get(name))

@@ -70,3 +70,14 @@ def load(path):
     import keras
 
     return keras.models.load_model(path, compile=False)
+
+
+UPSTREAM_NAMES = {
+    "Prediction": "tomaat.frameworks.tensorflow.KerasModel with tomaat.frameworks.Predict (TensorFlow 2; upstream's needed TensorFlow 1 sessions)"
+}
+
+
+def __getattr__(name: str):
+    from ..extras import refusal
+
+    raise refusal(__name__, name, UPSTREAM_NAMES.get(name))

@@ -10,9 +10,34 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .text import CONTROL
+
+# TOMAAT-Slicer saves each result as a file named from the output's label (LabelVolume: label +
+# "_result.mha") and finds it again with slicer.util.getNode, which reads *, ? and [ ] as a pattern.
+NOT_IN_FILE_LABELS = '/\\:*?[]"<>|'
+MAX_FILE_LABEL = 128
+
 
 class InterfaceError(ValueError):
     """An interface declaration that no client could use; raised at start, never per request."""
+
+
+def check_file_label(label: str, what: str) -> None:
+    """Refuse a label that cannot be part of a file name on Windows, macOS and Linux, or that Slicer's lookup
+    treats as a pattern."""
+    if not isinstance(label, str):
+        raise InterfaceError(f"{what}: label must be a string, got {type(label).__name__}")
+    bad = sorted({c for c in label if c in NOT_IN_FILE_LABELS} | set(CONTROL.findall(label)))
+    if bad:
+        shown = " ".join(repr(c) for c in bad)
+        raise InterfaceError(
+            f"{what}: label {label!r} has {shown}; clients such as TOMAAT-Slicer make file names from labels, "
+            f"so a label may not contain {' '.join(NOT_IN_FILE_LABELS)} or control characters"
+        )
+    if len(label) > MAX_FILE_LABEL:
+        raise InterfaceError(
+            f"{what}: label is {len(label)} characters long; at most {MAX_FILE_LABEL}, as it becomes a file name"
+        )
 
 
 @dataclass(frozen=True)
@@ -40,9 +65,13 @@ class OutputElement:
             out["label"] = self.label
         return out
 
+    names_files: ClassVar[bool] = True  # whether clients make a file name from the label
+
     def check(self) -> None:
         if not isinstance(self.field, str) or not self.field:
             raise InterfaceError(f"{self.output_type} output needs a non-empty 'field' name")
+        if self.names_files:
+            check_file_label(self.label, f"{self.output_type} output '{self.field}'")
 
 
 @dataclass(frozen=True)
@@ -141,6 +170,7 @@ class Fiducials:
     def check(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise InterfaceError("fiducials element needs a non-empty name")
+        check_file_label(self.label, f"Fiducials '{self.name}'")
 
 
 @dataclass(frozen=True)
@@ -156,6 +186,7 @@ class VTKMesh(OutputElement):
 @dataclass(frozen=True)
 class PlainText(OutputElement):
     output_type: ClassVar[str] = "PlainText"
+    names_files: ClassVar[bool] = False  # Slicer shows the label as a message box's title
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,35 @@ def label_image(value, reference: sitk.Image | None) -> sitk.Image:
     raise TypeError(f"a LabelVolume needs a SimpleITK image or a NumPy array, got {type(value).__name__}")
 
 
+def _is_polydata(value) -> bool:
+    is_a = getattr(value, "IsA", None)
+    return callable(is_a) and bool(is_a("vtkPolyData"))
+
+
+def polydata_text(polydata) -> bytes:
+    """A VTK vtkPolyData as legacy ASCII, version 4.2: what upstream's apps returned, in a format every Slicer reads.
+
+    VTK is imported only here, when an app hands over a VTK object, so it stays an optional extra.
+    """
+    from vtkmodules.vtkIOLegacy import vtkPolyDataWriter
+
+    writer = vtkPolyDataWriter()
+    writer.SetInputData(polydata)
+    writer.SetFileTypeToASCII()
+    writer.SetFileVersion(writer.VTK_LEGACY_READER_VERSION_4_2)
+    writer.WriteToOutputStringOn()
+    if not writer.Write():
+        raise ValueError("VTK could not write the vtkPolyData")
+    return writer.GetOutputStdString().encode("utf-8")
+
+
 def _mesh(value) -> str:
+    if _is_polydata(value):
+        value = polydata_text(value)
     if isinstance(value, str):
         value = value.encode("utf-8")
     if not isinstance(value, (bytes, bytearray)):
-        raise TypeError(f"a VTKMesh needs legacy VTK text or bytes, got {type(value).__name__}")
+        raise TypeError(f"a VTKMesh needs a vtkPolyData, or legacy VTK text or bytes, got {type(value).__name__}")
     if not bytes(value[:64]).lstrip().startswith(b"# vtk DataFile"):
         raise TypeError("a VTKMesh needs a legacy VTK file (starting with '# vtk DataFile Version')")
     return _b64(bytes(value))

@@ -1,4 +1,5 @@
-"""A private file path for libraries that only write named files (SimpleITK writing our own outputs).
+"""Private folders for files we write ourselves: outputs for libraries that only write named files,
+and the input files that upstream-style apps are handed as paths.
 
 The folder and whatever was written into it are removed when the block ends,
 on success and on every error, so no request leaves files behind. A process
@@ -22,8 +23,14 @@ _OWNED = re.compile(r"tomaat-(\d+)-")
 
 
 @contextlib.contextmanager
+def scratch_folder():
+    with tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-", ignore_cleanup_errors=True) as folder:
+        yield folder
+
+
+@contextlib.contextmanager
 def scratch_path(suffix: str):
-    with tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-") as folder:
+    with scratch_folder() as folder:
         yield os.path.join(folder, "data" + suffix)
 
 

@@ -133,5 +133,14 @@ class RegistryService(Daemon):
             self.store.close()
             self.store = None
 
+    def advice(self) -> list[str]:
+        if self.config["tls"] and not (self.config["cert"] and self.config["key"]):
+            return [
+                "TOMAAT-Slicer checks a registry's certificate against the system's certificate authorities, so it "
+                "cannot discover services from this self-signed one: give --cert and --key from a CA its machines "
+                "trust (docs/registry.md, 'Discovery from 3D Slicer')"
+            ]
+        return []
+
     def started_message(self) -> str:
         return f"registry serving on {self.url} (store: {self.database.describe()}, expiry {self.expiry:g} s)"

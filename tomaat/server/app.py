@@ -3,6 +3,12 @@
 An app knows nothing about HTTP, so it can be called directly in a notebook or
 a test (`app(data)`), and the service can run its three steps separately to
 hold the GPU lock around inference only.
+
+Two contracts say what an app finds in `data` and leaves there
+(docs/writing-an-app.md): upstream TOMAAT's one-item lists of paths and
+strings, for functions written for upstream, and ours, with SimpleITK images,
+floats and bools, for subclasses. The step functions and the contract are
+class attributes too, so a subclass that forgets `super().__init__()` works.
 """
 
 from __future__ import annotations
@@ -11,6 +17,17 @@ from collections.abc import Callable
 from typing import Any
 
 Step = Callable[[dict], Any]
+
+RICH = "rich"
+UPSTREAM = "upstream"
+CONTRACTS = (RICH, UPSTREAM)
+STEPS = ("preprocess", "inference", "postprocess")
+
+
+def _check(contract: str | None) -> str | None:
+    if contract is not None and contract not in CONTRACTS:
+        raise ValueError(f"unknown contract {contract!r}; expected {RICH!r} or {UPSTREAM!r}")
+    return contract
 
 
 class TomaatApp:
@@ -28,17 +45,37 @@ class TomaatApp:
     version: str = "1"
     input_interface: tuple | list = ()
     output_interface: tuple | list = ()
+    contract: str | None = None  # None: upstream's when step functions are given, else ours (RICH)
+    preprocess_fun: Step | None = None
+    inference_fun: Step | None = None
+    postprocess_fun: Step | None = None
 
     def __init__(
         self,
         preprocess_fun: Step | None = None,
         inference_fun: Step | None = None,
         postprocess_fun: Step | None = None,
+        *,
+        contract: str | None = None,
     ):
-        self._steps = {"preprocess": preprocess_fun, "inference": inference_fun, "postprocess": postprocess_fun}
+        for step, fun in zip(STEPS, (preprocess_fun, inference_fun, postprocess_fun), strict=True):
+            if fun is not None and not callable(fun):
+                raise TypeError(f"{step}_fun must be callable, got {type(fun).__name__}")
+            setattr(self, step + "_fun", fun)
+        if contract is not None:
+            self.contract = contract
+        _check(self.contract)  # refused here, not on the first request
+
+    @property
+    def data_contract(self) -> str:
+        """RICH or UPSTREAM: what the server puts in `data` and how it reads the outputs."""
+        if self.contract is None:
+            given = any(getattr(self, step + "_fun", None) is not None for step in STEPS)
+            return UPSTREAM if given else RICH
+        return _check(self.contract)
 
     def _run(self, step: str, data: dict) -> dict:
-        fun = self._steps.get(step) or getattr(self, step)
+        fun = getattr(self, step + "_fun", None) or getattr(self, step)
         result = fun(data)
         return data if result is None else result
 
@@ -60,8 +97,17 @@ class TomaatApp:
     def run_postprocess(self, data: dict) -> dict:
         return self._run("postprocess", data)
 
-    def __call__(self, data: dict) -> dict:
-        return self.run_postprocess(self.run_inference(self.run_preprocess(data)))
+    def __call__(self, data: dict, gpu_lock=None) -> dict:
+        """All three steps; upstream's optional gpu_lock (anything with acquire/release) is held for inference."""
+        data = self.run_preprocess(data)
+        if gpu_lock is not None:
+            gpu_lock.acquire()
+        try:
+            data = self.run_inference(data)
+        finally:
+            if gpu_lock is not None:
+                gpu_lock.release()
+        return self.run_postprocess(data)
 
     def metadata(self) -> dict[str, str]:
         return {

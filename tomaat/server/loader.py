@@ -9,7 +9,7 @@ import os
 import sys
 
 from .app import TomaatApp
-from .service import TomaatService
+from .service import TomaatService, deferred_runs
 
 
 class LoadError(Exception):
@@ -17,6 +17,7 @@ class LoadError(Exception):
 
 
 def _import(target: str):
+    """The module, and the services it asked to run while it was imported."""
     if target.endswith(".py") or os.path.sep in target:
         path = os.path.abspath(target)
         if not os.path.isfile(path):
@@ -26,10 +27,12 @@ def _import(target: str):
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         sys.path.insert(0, os.path.dirname(path))  # let the file import its neighbours
-        spec.loader.exec_module(module)
-        return module
+        with deferred_runs() as ran:  # upstream's files end with `service.run()`
+            spec.loader.exec_module(module)
+        return module, ran
     try:
-        return importlib.import_module(target)
+        with deferred_runs() as ran:
+            return importlib.import_module(target), ran
     except ModuleNotFoundError as error:
         raise LoadError(f"cannot import module {target!r}: {error}") from None
 
@@ -43,7 +46,9 @@ def _servable(value) -> bool:
 def load(spec: str):
     """A TomaatService, TomaatApp instance, or TomaatApp subclass (instantiated) named by spec."""
     target, _, name = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
-    module = _import(target)
+    module, ran = _import(target)
+    if not name and len(ran) == 1:
+        return ran[0]  # what the file serves when run as `python app.py`
     if name:
         if not hasattr(module, name):
             raise LoadError(f"{target} defines no {name!r}")

@@ -6,18 +6,22 @@ the others parse, preprocess, postprocess and encode in parallel.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from contextlib import contextmanager
 
 import SimpleITK as sitk
 
 from ..body import Budget
+from ..protocol.elements import Fiducials
 from ..protocol.errors import AppFailure, AppTimeout
 from ..protocol.inputs import decode_fields
 from ..protocol.limits import Allowance, Limits
 from ..protocol.outputs import encode_item
+from ..protocol.scratch import scratch_folder
+from . import slicer, upstream
+from .app import UPSTREAM
 from .form import read_fields
 
 log = logging.getLogger("tomaat.server")
@@ -29,7 +33,7 @@ STAGES = ("receive", "parse", "decode", "preprocess", "lock_wait", "inference", 
 
 
 class Timings(dict):
-    @contextmanager
+    @contextlib.contextmanager
     def stage(self, name: str):
         start = time.perf_counter()
         try:
@@ -71,6 +75,7 @@ class Pipeline:
         self.max_fields = int(max_fields)
         self.limits = limits or Limits()
         self.decoded = decoded or Budget(0)
+        self.upstream = app.data_contract == UPSTREAM
 
     def _app_step(self, step: str, data: dict) -> dict:
         try:
@@ -83,14 +88,22 @@ class Pipeline:
             raise AppFailure(f"the service failed during {step}: it did not return the data dict")
         return result
 
-    def _encode(self, data: dict, reference) -> list[dict]:
+    def _output(self, element, value, from_slicer: bool):
+        if self.upstream:
+            return upstream.output_value(element, value)
+        if from_slicer and isinstance(element, Fiducials):
+            return slicer.flip_points(value)
+        return value
+
+    def _encode(self, data: dict, reference, from_slicer: bool) -> list[dict]:
         items = []
         for element in self.outputs:
             if element.field not in data:
                 log.error("the app left no %r in data for its %s output", element.field, element.output_type)
                 raise AppFailure(f"the service produced no '{element.field}' output")
             try:
-                items.append(encode_item(element, data[element.field], reference))
+                item = encode_item(element, self._output(element, data[element.field], from_slicer), reference)
+                items.append(slicer.safe_item(item) if from_slicer else item)
             except (TypeError, ValueError, RuntimeError) as error:
                 log.error("output %r (%s) could not be encoded: %s", element.field, element.output_type, error)
                 raise AppFailure(
@@ -105,13 +118,30 @@ class Pipeline:
         finally:
             allowance.release()
 
+    def _app_data(self, fields: dict, timings: Timings, allowance: Allowance, folder: str | None) -> tuple[dict, dict]:
+        """The inputs as the app's contract has them: ours (LPS points), or upstream's lists and files."""
+        with timings.stage("decode"):
+            data = decode_fields(self.inputs, fields, allowance)
+            if self.upstream:
+                return data, upstream.to_app(self.inputs, data, fields, folder)
+            if slicer.sent_by_slicer(fields):
+                points = {e.destination for e in self.inputs if isinstance(e, Fiducials)}
+                return data, {key: slicer.flip_points(v) if key in points else v for key, v in data.items()}
+            return data, data
+
     def _run(self, body, content_type, timings: Timings, watch: Watch, allowance: Allowance) -> list[dict]:
         with timings.stage("parse"):
             fields = read_fields(body, content_type, self.max_fields)
-        with timings.stage("decode"):
-            data = decode_fields(self.inputs, fields, allowance)
-        del fields
-        reference = next((v for v in data.values() if isinstance(v, sitk.Image)), None)
+        from_slicer = slicer.sent_by_slicer(fields)
+        files = self.upstream and upstream.needs_files(self.inputs)
+        with scratch_folder() if files else contextlib.nullcontext() as folder:
+            decoded, data = self._app_data(fields, timings, allowance, folder)
+            del fields
+            reference = next((v for v in decoded.values() if isinstance(v, sitk.Image)), None)
+            del decoded
+            return self._steps(data, reference, from_slicer, timings, watch)
+
+    def _steps(self, data: dict, reference, from_slicer: bool, timings: Timings, watch: Watch) -> list[dict]:
         watch.app_started()
         with timings.stage("preprocess"):
             data = self._app_step("preprocess", data)
@@ -129,4 +159,4 @@ class Pipeline:
             data = self._app_step("postprocess", data)
         watch.check("postprocess")
         with timings.stage("encode"):
-            return self._encode(data, reference)
+            return self._encode(data, reference, from_slicer)

@@ -6,6 +6,8 @@ in one process; only the GPU lock is shared, because the GPU is.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import socket
@@ -23,7 +25,7 @@ from ..protocol import elements, scratch
 from ..protocol.limits import DEFAULT_MAX_VOXELS, Limits
 from ..trust import pin_fingerprint
 from .announcer import Announcer
-from .app import TomaatApp
+from .app import UPSTREAM, TomaatApp
 from .delayed import DelayedResults
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -32,6 +34,7 @@ from .worker import Worker
 
 log = logging.getLogger("tomaat.server")
 
+_LOADING: contextvars.ContextVar[list | None] = contextvars.ContextVar("tomaat_loading", default=None)
 PROTOCOL_VERSION = 2
 METADATA = ("name", "modality", "anatomy", "task", "description", "version")
 DEFAULTS = {
@@ -255,5 +258,45 @@ class TomaatService(Daemon):
         await task.deferLater(self.reactor, 0.05, lambda: None)  # one more turn: answers leave the write buffers
         return True
 
+    def advice(self) -> list[str]:
+        lines = []
+        if not self.config["tls"]:
+            lines.append(
+                "TOMAAT-Slicer does not connect to plain-HTTP prediction servers: serve HTTPS (the default) for Slicer"
+            )
+        return lines
+
     def started_message(self) -> str:
-        return f"{self.config['name']} serving on {self.url} ({self.config['threads']} worker threads)"
+        message = f"{self.config['name']} serving on {self.url} ({self.config['threads']} worker threads)"
+        if self.app.data_contract == UPSTREAM:
+            message += "; its steps get upstream TOMAAT's data: one-item lists, volumes and transforms as file paths"
+        return message
+
+    def run(self) -> None:
+        """Serve until interrupted; inside `tomaat serve`'s import of an upstream-style file, only say it is ready,
+        so `tomaat serve` can serve it with its own options."""
+        loading = _LOADING.get()
+        if loading is not None:
+            loading.append(self)
+            return
+        super().run()
+
+
+class TomaatServiceDelayedResponse(TomaatService):
+    """Upstream's name for a service that answers every prediction with a DelayedResponse (`delayed_responses`)."""
+
+    def __init__(self, config=None, app=None, input_interface=None, output_interface=None, **kwargs):
+        super().__init__(
+            {**(config or {}), "delayed_responses": True}, app, input_interface, output_interface, **kwargs
+        )
+
+
+@contextlib.contextmanager
+def deferred_runs():
+    """While a module is imported for `tomaat serve`, its `service.run()` returns at once; the services it ran."""
+    ran: list = []
+    token = _LOADING.set(ran)
+    try:
+        yield ran
+    finally:
+        _LOADING.reset(token)
