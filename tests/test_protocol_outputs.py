@@ -289,25 +289,6 @@ def test_unknown_output_type_is_a_type_error():
 # --- the app without a server ----------------------------------------------------------------------
 
 
-def test_upstream_style_app_called_directly():
-    def preprocess(data):
-        data["field"] = 0
-        return data
-
-    def inference(data):
-        data["field"] += 10
-        return data
-
-    def postprocess(data):
-        data["field"] += 1
-        return data
-
-    app = TomaatApp(preprocess_fun=preprocess, inference_fun=inference, postprocess_fun=postprocess)
-    assert app({}) == {"field": 11}
-    # each step alone, as the server runs them
-    assert app.run_inference({"field": 0}) == {"field": 10}
-
-
 def test_steps_may_change_data_in_place_and_return_none():
     app = TomaatApp(inference_fun=lambda data: data.update(field=data["field"] * 2))
     assert app({"field": 21}) == {"field": 42}  # the missing steps pass data through

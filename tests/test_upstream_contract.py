@@ -66,6 +66,7 @@ def test_tomaatapp_basic_functionality_answer():
     assert isinstance(result, dict)
     assert list(result.keys()) == ["field"]
     assert result["field"] == 11
+    assert mock_app.run_inference({"field": 0}) == {"field": 10}  # each step alone, as the server runs them
 
 
 def test_the_gpu_lock_upstream_passed_is_held_around_inference_only():
