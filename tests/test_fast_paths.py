@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tomaat.protocol import mha
-from tomaat.protocol.errors import RequestError
+from tomaat.errors import RequestError
+from tomaat.files import mha
 from tomaat.protocol.volumes import decode_base64, read_image, write_image
 from tomaat.server.form import read_fields
 

@@ -7,10 +7,10 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tomaat.errors import RequestError
+from tomaat.files.limits import Allowance, Limits
 from tomaat.protocol.elements import Checkbox, Fiducials, RadioButton, Slider, Transform, Volume
-from tomaat.protocol.errors import RequestError
 from tomaat.protocol.inputs import decode_field
-from tomaat.protocol.limits import Allowance, Limits
 from tomaat.registry.announcement import check_announcement, check_withdrawal, read_object
 
 ELEMENTS = [

@@ -10,9 +10,9 @@ import SimpleITK as sitk
 from conftest import assert_same_grid, image_bytes, make_affine, make_bspline
 from scratch_checks import no_scratch_left, private_tempdir  # noqa: F401 (an autouse fixture)
 
+from tomaat.errors import RequestError, UnreadableVolume
 from tomaat.files import confined
 from tomaat.protocol.elements import Checkbox, Fiducials, RadioButton, Slider, Transform, Volume
-from tomaat.protocol.errors import RequestError, UnreadableVolume
 from tomaat.protocol.inputs import decode_field, decode_fields
 from tomaat.protocol.volumes import sniff_format
 

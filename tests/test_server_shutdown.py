@@ -19,7 +19,7 @@ SLOW_APP = textwrap.dedent(
     """
     import threading
     from examples.threshold import ThresholdApp
-    from tomaat.protocol.scratch import scratch_path
+    from tomaat.files.scratch import scratch_path
 
     class SlowApp(ThresholdApp):
         '''Keeps a scratch file open during inference, as an app writing files for a tool would.'''

@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tomaat import TomaatApp, Transform, TransformLinear
-from tomaat.protocol import hdf5, transforms
-from tomaat.protocol.errors import RequestError
+from tomaat.errors import RequestError
+from tomaat.files import hdf5
+from tomaat.protocol import transforms
 from tomaat.protocol.outputs import decode_item
 
 WHERE = "field 'moving' (transform)"

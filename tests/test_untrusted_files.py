@@ -28,8 +28,8 @@ from test_server_limits import _post_file
 
 from examples.threshold import ThresholdApp
 from tomaat import LabelVolume, TomaatApp, Transform, Volume
+from tomaat.errors import RequestError
 from tomaat.files import confined
-from tomaat.protocol.errors import RequestError
 from tomaat.protocol.outputs import decode_item
 from tomaat.protocol.volumes import read_image
 

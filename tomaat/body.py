@@ -14,7 +14,7 @@ class Budget:
     actually arrived, chunked or not, and gives them back when it is closed, on
     whichever thread closes it; a client that announces 2 GiB and sends one byte
     holds one byte of the budget, not 2 GiB. The same count serves decoded inputs
-    (protocol/limits.py), charged from their headers.
+    (files/limits.py), charged from their headers.
     """
 
     def __init__(self, limit: int):

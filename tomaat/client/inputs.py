@@ -13,10 +13,10 @@ import os
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import RequestError
+from ..files.scratch import write_then_bytes
 from ..protocol import b64
 from ..protocol import fiducials as wire_fiducials
-from ..protocol.errors import RequestError
-from ..protocol.scratch import write_then_bytes
 from ..protocol.volumes import read_image, sniff_format, unwrap, write_image
 from .errors import InputFileError
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import RequestError
+from ..files.limits import Allowance, Limits
 from ..protocol import b64
-from ..protocol.errors import RequestError
-from ..protocol.limits import Allowance, Limits
 from ..protocol.outputs import decode_item
 from ..protocol.volumes import FORMATS
 from .errors import ServerError

@@ -32,7 +32,7 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
-from ..protocol.scratch import PREFIX
+from .scratch import PREFIX
 
 log = logging.getLogger("tomaat.files")
 

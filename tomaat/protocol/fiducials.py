@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .errors import RequestError, TooLarge
+from ..errors import RequestError, TooLarge
 
 EXPECTED = "points as 'x,y,z;x,y,z;...' with three numbers per point"
 

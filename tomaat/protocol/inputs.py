@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
+from ..errors import RequestError
+from ..files.limits import Allowance
 from . import fiducials, transforms
 from .elements import Checkbox, Fiducials, RadioButton, Slider, Transform, Volume
-from .errors import RequestError
-from .limits import Allowance
 from .volumes import read_image
 
 CHECKBOX_TRUE = frozenset({"true", "1", "yes", "on"})

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from ..files.limits import Allowance
 from . import b64, fiducials, transforms
-from .limits import Allowance
 from .volumes import read_image, write_image
 
 

@@ -4,7 +4,7 @@ A displacement field (`nii.gz`) becomes a SimpleITK DisplacementFieldTransform
 so that an app receives a usable transform whatever kind the client chose; it
 is an image, so it is checked, charged and decoded as volumes are. Transform
 files are read by ITK in a confined decoder (files/confined.py), after our own
-checks: the HDF5 walk (hdf5.py) and the MATLAB matrix sizes, so that a few
+checks: the HDF5 walk (files/hdf5.py) and the MATLAB matrix sizes, so that a few
 bytes declaring 2^30 rows are refused before any reader allocates them.
 """
 
@@ -14,11 +14,10 @@ import struct
 
 import SimpleITK as sitk
 
-from ..files import confined
-from . import hdf5
-from .errors import RequestError, TooLarge
-from .limits import Allowance
-from .scratch import write_then_bytes
+from ..errors import RequestError, TooLarge
+from ..files import confined, hdf5
+from ..files.limits import Allowance
+from ..files.scratch import write_then_bytes
 from .volumes import decode_base64, read_image
 
 KINDS = {

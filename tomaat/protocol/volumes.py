@@ -3,7 +3,7 @@
 ITK's own choice of reader looks for HDF5 and DICOM inside any file before it
 looks for MHA, NRRD or NIfTI, so a valid MHA header with an HDF5 image at byte
 512 was read as HDF5, external data and all. Here the format is decided once,
-by sniff_format; its header is checked whole (headers.py) and charged to the
+by sniff_format; its header is checked whole (files/image_headers.py) and charged to the
 request's allowance; MHA is then decoded by our own parser and NRRD and NIfTI
 by ITK's reader for that format only, in a confined decoder process
 (files/confined.py). Single-file formats only: a header that points at another
@@ -16,11 +16,11 @@ import zlib
 
 import SimpleITK as sitk
 
-from ..files import confined
-from . import b64, headers, mha
-from .errors import UnreadableVolume
-from .limits import Allowance
-from .scratch import write_then_bytes
+from ..errors import UnreadableVolume
+from ..files import confined, image_headers, mha
+from ..files.limits import Allowance
+from ..files.scratch import write_then_bytes
+from . import b64
 
 # zlib level for written images: labels are mostly runs. On a 256^3 label map ISA-L level 1 takes 9 ms for
 # 0.89 MB; SimpleITK's zlib took 19 ms for 1.03 MB at level 1, Python's 250 ms at 6 (docs/performance.md).
@@ -111,7 +111,7 @@ def read_image(raw: bytes, where: str = "volume", allowance: Allowance | None = 
     """The image in raw, refused from its header alone when it costs more than the allowance."""
     allowance = allowance or Allowance()
     data, fmt = unwrap(raw, where)
-    size, header = headers.check(data, fmt, where, allowance.limits.max_voxels)
+    size, header = image_headers.check(data, fmt, where, allowance.limits.max_voxels)
     allowance.charge(size, where)
     if header is not None:
         return mha.read(data, header, where)

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 from werkzeug.http import parse_options_header
 
 from ..body import body_bytes
-from ..protocol.errors import RequestError
+from ..errors import RequestError
 
 MAX_PART_HEADER = 16384
 

@@ -14,12 +14,12 @@ import time
 import SimpleITK as sitk
 
 from ..body import Budget
+from ..errors import AppFailure, AppTimeout
+from ..files.limits import Allowance, Limits
+from ..files.scratch import scratch_folder
 from ..protocol.elements import Fiducials
-from ..protocol.errors import AppFailure, AppTimeout
 from ..protocol.inputs import decode_fields
-from ..protocol.limits import Allowance, Limits
 from ..protocol.outputs import encode_item
-from ..protocol.scratch import scratch_folder
 from . import slicer, upstream
 from .app import UPSTREAM
 from .form import read_fields

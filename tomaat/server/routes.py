@@ -12,7 +12,8 @@ from klein import Klein
 from twisted.internet.threads import deferToThreadPool
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from ..protocol.errors import RequestError, error_items
+from ..errors import RequestError
+from ..protocol.errors import error_items
 from .form import read_fields
 from .pipeline import Timings
 from .sending import send

@@ -20,9 +20,9 @@ from twisted.python.threadpool import ThreadPool
 from .. import web
 from ..body import Budget
 from ..daemon import Daemon
-from ..files import confined
-from ..protocol import elements, scratch
-from ..protocol.limits import DEFAULT_MAX_VOXELS, Limits
+from ..files import confined, scratch
+from ..files.limits import DEFAULT_MAX_VOXELS, Limits
+from ..protocol import elements
 from ..trust import pin_fingerprint
 from .announcer import Announcer
 from .app import UPSTREAM, TomaatApp

@@ -17,7 +17,8 @@ import time
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
-from ..protocol.errors import RequestError, error_items
+from ..errors import RequestError
+from ..protocol.errors import error_items
 from .pipeline import Timings, Watch
 
 log = logging.getLogger("tomaat.server")

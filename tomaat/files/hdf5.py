@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import bisect
 
-from .errors import RequestError
+from ..errors import RequestError
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _FILTERS = {1, 2, 3, 5, 6}  # deflate, shuffle, fletcher32, nbit, scaleoffset: built in, nothing loaded

@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 from isal import isal_zlib
 
-from .errors import TooLarge, UnreadableVolume
+from ..errors import TooLarge, UnreadableVolume
 
 DTYPES = {
     "MET_CHAR": np.int8,

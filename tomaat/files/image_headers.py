@@ -20,8 +20,8 @@ import math
 import struct
 import zlib
 
+from ..errors import TooLarge, UnreadableVolume
 from . import mha
-from .errors import TooLarge, UnreadableVolume
 from .limits import DEFAULT_MAX_VOXELS
 
 HEADER_BYTES = 65536  # text headers longer than this are not images we accept

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..body import Budget
-from .errors import RequestError, TooLarge
+from ..errors import RequestError, TooLarge
 
 DEFAULT_MAX_VOXELS = 1024**3
 
