@@ -85,7 +85,7 @@ async def test_interface_is_readable(serve, tmp_path):
     service = await serve(EverythingApp())
     result = await run_cli(["interface", service.url], tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "'level' (slider, a number from -1 to 1) [default 0]" in result.stdout
+    assert "'level' (slider, a number between -1 and 1) [default 0]" in result.stdout
     assert "'units' (radiobutton, one of: mm, voxels) [default mm]" in result.stdout
     assert "'labels' LabelVolume" in result.stdout
 
@@ -100,7 +100,7 @@ async def test_errors_are_one_line_and_validation_sends_nothing(serve, tmp_path,
     bad = await run_cli(["predict", service.url, *common, "--set", "level=7"], tmp_path)
     assert bad.returncode == 2
     line = one_line_error(bad)
-    assert "'level' (slider)" in line and "from -1 to 1" in line
+    assert "'level' (slider)" in line and "between -1 and 1" in line
     unknown = await run_cli(["predict", service.url, *common, "--set", "colour=red"], tmp_path)
     assert unknown.returncode == 2 and "'colour'" in one_line_error(unknown) and "'invert' (checkbox" in unknown.stderr
     client = AsyncClient(service.url)

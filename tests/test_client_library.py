@@ -105,10 +105,10 @@ async def test_other_fiducial_and_transform_sources(serve, tmp_path, phantom, ki
 @pytest.mark.parametrize(
     "given, mentioned",
     [
-        ({"bogus": 1}, ["'bogus'", "'images' (volume", "'level' (slider, a number from -1 to 1)"]),
-        ({"level": 5}, ["'level' (slider)", "from -1 to 1"]),
+        ({"bogus": 1}, ["'bogus'", "'images' (volume", "'level' (slider, a number between -1 and 1)"]),
+        ({"level": 5}, ["'level' (slider)", "between -1 and 1"]),
         ({"units": "inches"}, ["'units' (radiobutton)", "mm, voxels"]),
-        ({"invert": "maybe"}, ["'invert' (checkbox)", "true or false"]),
+        ({"invert": "maybe"}, ["'invert' (checkbox)", "True or False"]),
         ({"images": None}, ["missing input 'images' (volume"]),
         ({"seeds": "1,2"}, ["'seeds'", "three numbers"]),
         ({"images": "/nonexistent.nii.gz"}, ["no such file", "/nonexistent.nii.gz"]),

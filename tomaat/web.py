@@ -14,7 +14,7 @@ import time
 from twisted.web import http, resource, server
 
 from .body import BodyBuffer, Budget, OverBudget
-from .protocol.errors import error_items
+from .protocol.answers import error_items
 
 CORS_HEADERS = {
     b"Access-Control-Allow-Origin": b"*",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -238,3 +240,19 @@ def load_transform(value, where: str) -> str:
             f"field needs {field.GetDimension()}; expected {TRANSFORM_HELP}"
         )
     return "nii.gz\n" + b64.encode_lines(write_image(field, "nii.gz")).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Loader:
+    """How the client turns what a user points at into the value an element sends, and says what it takes."""
+
+    help: str
+    load: Callable
+
+
+# The element types whose values are files or points; the others are checked by the element's own rule.
+LOADERS = {
+    "volume": Loader(IMAGE_HELP, VolumeFile),
+    "fiducials": Loader(FIDUCIALS_HELP, load_fiducials),
+    "transform": Loader(TRANSFORM_HELP, load_transform),
+}

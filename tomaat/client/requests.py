@@ -9,79 +9,35 @@ so nobody mistakes a default for a choice.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from ..protocol import b64
-from ..protocol import fiducials as wire_fiducials
-from ..protocol.elements import Checkbox, Fiducials, RadioButton, Slider, Transform, Volume
-from ..protocol.inputs import CHECKBOX_FALSE, CHECKBOX_TRUE
+from ..errors import RequestError
 from .errors import ValidationError
-from .inputs import FIDUCIALS_HELP, IMAGE_HELP, TRANSFORM_HELP, VolumeFile, load_fiducials, load_transform
+from .inputs import LOADERS
 
 
 def describe(element) -> str:
     """One element as a user reads it: its name, its type and what it accepts."""
-    name = f"'{element.destination}'"
-    if isinstance(element, Slider):
-        return f"{name} (slider, a number from {element.minimum:g} to {element.maximum:g})"
-    if isinstance(element, Checkbox):
-        return f"{name} (checkbox, true or false)"
-    if isinstance(element, RadioButton):
-        return f"{name} (radiobutton, one of: {', '.join(element.options)})"
-    if isinstance(element, Volume):
-        return f"{name} (volume, {IMAGE_HELP})"
-    if isinstance(element, Fiducials):
-        return f"{name} (fiducials, {FIDUCIALS_HELP})"
-    if isinstance(element, Transform):
-        return f"{name} (transform, {TRANSFORM_HELP})"
-    return f"{name} ({element.wire_type})"
+    loader = LOADERS.get(element.wire_type)
+    accepts = loader.help if loader else element.accepts()
+    return f"'{element.destination}' ({element.wire_type}, {accepts})"
 
 
 def default(element):
     """TOMAAT-Slicer's starting value for a widget, or None where the user must give one."""
-    if isinstance(element, Slider):
-        return element.default
-    if isinstance(element, Checkbox):
-        return False
-    if isinstance(element, RadioButton):
-        return element.options[0]
-    return None
+    return element.default
 
 
-def _slider(element: Slider, value) -> float:
-    where = f"'{element.destination}' (slider)"
-    expected = f"a number from {element.minimum:g} to {element.maximum:g}"
+def _checked(element, value):
+    """The value to send: files and points loaded by the client, the rest by the element's own rule."""
+    where = element.where(server=False)
+    loader = LOADERS.get(element.wire_type)
+    if loader:
+        return loader.load(value, where)
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(f"{where}: {value!r} is not a number; expected {expected}") from None
-    if isinstance(value, bool) or not math.isfinite(number) or not element.minimum <= number <= element.maximum:
-        raise ValidationError(f"{where}: {value!r} is out of range; expected {expected}")
-    return number
-
-
-def _checkbox(element: Checkbox, value) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in CHECKBOX_TRUE:
-        return True
-    if text in CHECKBOX_FALSE:
-        return False
-    raise ValidationError(
-        f"'{element.destination}' (checkbox): {value!r} is not a checkbox value; expected true or false"
-    )
-
-
-def _radio(element: RadioButton, value) -> str:
-    text = str(value).strip()
-    if text not in element.options:
-        raise ValidationError(
-            f"'{element.destination}' (radiobutton): {text!r} is not an option; expected one of: "
-            f"{', '.join(element.options)}"
-        )
-    return text
+        return element.value(value, where)
+    except RequestError as error:
+        raise ValidationError(error.message) from None
 
 
 @dataclass
@@ -93,29 +49,8 @@ class PreparedRequest:
     filled: list = field(default_factory=list)
 
     def fields(self, protocol: int) -> list[tuple[str, str | None, bytes]]:
-        """(name, file name or None for a text field, bytes) in interface order.
-
-        v2 servers take a volume as a binary file part with the file's own
-        bytes; v1 servers only read base64 MHA text, as TOMAAT-Slicer sends.
-        """
-        parts = []
-        for element in self.interface:
-            name, value = element.destination, self.values[element.destination]
-            if isinstance(element, Volume):
-                if protocol >= 2:
-                    data, fmt = value.native()
-                    parts.append((name, f"{name}.{fmt}", data))
-                else:
-                    parts.append((name, None, b64.encode_lines(value.mha())))
-            elif isinstance(element, Fiducials):
-                parts.append((name, None, wire_fiducials.format_points(value).encode("ascii")))
-            elif isinstance(element, Checkbox):
-                parts.append((name, None, b"True" if value else b"False"))
-            elif isinstance(element, Slider):
-                parts.append((name, None, repr(float(value)).encode("ascii")))
-            else:  # radio buttons and transform text
-                parts.append((name, None, str(value).encode("utf-8")))
-        return parts
+        """(name, file name or None for a text field, bytes) in interface order."""
+        return [(e.destination, *e.write_field(self.values[e.destination], protocol)) for e in self.interface]
 
 
 def prepare(interface, given: dict) -> PreparedRequest:
@@ -141,19 +76,6 @@ def prepare(interface, given: dict) -> PreparedRequest:
     if missing:
         raise ValidationError(f"missing input {'; '.join(describe(e) for e in missing)}")
     # cheap checks first, so a bad slider is reported before a large volume is read
-    for element in sorted(interface, key=lambda e: isinstance(e, (Volume, Transform, Fiducials))):
-        name, value = element.destination, request.values[element.destination]
-        where = f"'{name}' ({element.wire_type})"
-        if isinstance(element, Slider):
-            request.values[name] = _slider(element, value)
-        elif isinstance(element, Checkbox):
-            request.values[name] = _checkbox(element, value)
-        elif isinstance(element, RadioButton):
-            request.values[name] = _radio(element, value)
-        elif isinstance(element, Fiducials):
-            request.values[name] = load_fiducials(value, where)
-        elif isinstance(element, Transform):
-            request.values[name] = load_transform(value, where)
-        elif isinstance(element, Volume):
-            request.values[name] = VolumeFile(value, where)
+    for element in sorted(interface, key=lambda e: e.wire_type in LOADERS):
+        request.values[element.destination] = _checked(element, request.values[element.destination])
     return request

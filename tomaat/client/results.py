@@ -18,19 +18,10 @@ import SimpleITK as sitk
 from ..errors import RequestError
 from ..files.limits import Allowance, Limits
 from ..protocol import b64
+from ..protocol.elements import OUTPUT_TYPES
 from ..protocol.outputs import decode_item
 from ..protocol.volumes import FORMATS
 from .errors import ServerError
-
-NAMES = {
-    "LabelVolume": "labels",
-    "VTKMesh": "mesh",
-    "PlainText": "text",
-    "Fiducials": "fiducials",
-    "TransformGrid": "displacement",
-    "TransformBSpline": "bspline",
-    "TransformLinear": "linear",
-}
 
 
 @dataclass
@@ -66,7 +57,7 @@ class Result:
         allowance = Allowance(limits or Limits())
         for index, item in enumerate(items):
             kind = item.get("type")
-            if kind not in NAMES:
+            if kind not in OUTPUT_TYPES:
                 raise ServerError(f"the server answered an item of unknown type {str(kind)[:40]!r}")
             if not isinstance(item.get("content"), str) or not isinstance(item.get("label", ""), str):
                 raise ServerError(f"the server's {kind} output is malformed: its content and label must be text")
@@ -76,16 +67,17 @@ class Result:
                 raise ServerError(f"the server's {kind} output could not be read: {error.message}") from None
             except (TypeError, ValueError, RuntimeError, UnicodeError) as error:
                 raise ServerError(f"the server's {kind} output could not be read ({type(error).__name__})") from None
+            fallback = OUTPUT_TYPES[kind].default_name
             if index < len(fields) and fields[index] and len(items) == len(fields):
                 name = fields[index]
             else:
-                name = NAMES[kind]
-            base, number = _slug(name) or NAMES[kind], 2
+                name = fallback
+            base, number = _slug(name) or fallback, 2
             name = base
             while name in used:
                 name, number = f"{base}_{number}", number + 1
             used.add(name)
-            raw = item.get("content") if kind in ("TransformBSpline", "TransformLinear") else None
+            raw = item.get("content") if kind in _AS_SENT else None
             outputs.append(Output(name, kind, item.get("label", "") or "", value, raw))
         return cls(outputs)
 
@@ -132,15 +124,19 @@ def _save_volume(output: Output, base: str, fmt: str):
     yield path, f"label volume, {_geometry(output.value)}"
 
 
+def _suffix(output: Output) -> str:
+    return OUTPUT_TYPES[output.type].suffix
+
+
 def _save_text(output: Output, base: str, fmt: str):
-    path = f"{base}.txt"
+    path = f"{base}.{_suffix(output)}"
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(output.value if output.value.endswith("\n") else output.value + "\n")
     yield path, "text"
 
 
 def _save_mesh(output: Output, base: str, fmt: str):
-    path = f"{base}.vtk"
+    path = f"{base}.{_suffix(output)}"
     with open(path, "wb") as handle:
         handle.write(output.value)
     yield path, "mesh (legacy VTK)"
@@ -165,15 +161,16 @@ def _save_fiducials(output: Output, base: str, fmt: str):
 
 
 def _save_grid(output: Output, base: str, fmt: str):
-    path = f"{base}.nii.gz"
+    path = f"{base}.{_suffix(output)}"
     sitk.WriteImage(output.value, path, True)
     yield path, f"displacement field, {_geometry(output.value)}"
 
 
-def _save_transform_file(suffix: str, what: str):
+def _save_transform_file(what: str):
+    """The ITK file byte for byte as the server sent it."""
 
     def save(output: Output, base: str, fmt: str):
-        path = f"{base}.{suffix}"
+        path = f"{base}.{_suffix(output)}"
         with open(path, "wb") as handle:
             handle.write(b64.decode(output.raw))
         yield path, what
@@ -187,6 +184,7 @@ _SAVERS = {
     "VTKMesh": _save_mesh,
     "Fiducials": _save_fiducials,
     "TransformGrid": _save_grid,
-    "TransformBSpline": _save_transform_file("h5", "B-spline transform (ITK .h5)"),
-    "TransformLinear": _save_transform_file("mat", "linear transform (ITK .mat)"),
+    "TransformBSpline": _save_transform_file("B-spline transform (ITK .h5)"),
+    "TransformLinear": _save_transform_file("linear transform (ITK .mat)"),
 }
+_AS_SENT = ("TransformBSpline", "TransformLinear")

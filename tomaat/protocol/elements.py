@@ -1,7 +1,16 @@
-"""Interface elements: the typed objects researchers declare and the v1 dicts clients read.
+"""Interface elements: each type is one class that holds every rule about it.
 
-Servers and clients both build their view of an interface from here, so a
-change to the wire format of an element happens in exactly one place.
+An element knows its v1 dict (`to_dict`, `from_dict`, `check`), the value a
+client starts from (`default`), what it accepts (`accepts`, `value`), how the
+server reads its form field (`decode`) and how a client writes it (`encode`);
+an output knows how the server writes an app's value into an answer item
+(`encode`) and how a client reads it back (`decode`), and the file suffix a
+client saves it with. The server (`inputs.decode_fields`, `outputs.encode_item`)
+and the client (`client/requests.py`, `client/results.py`) only loop over them,
+so a new type is one class here.
+
+The file and image modules are imported inside the methods that need them, so
+that declaring an interface (`import tomaat`) does not load SimpleITK.
 """
 
 from __future__ import annotations
@@ -10,12 +19,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..errors import RequestError
 from .text import CONTROL
 
 # TOMAAT-Slicer saves each result as a file named from the output's label (LabelVolume: label +
 # "_result.mha") and finds it again with slicer.util.getNode, which reads *, ? and [ ] as a pattern.
 NOT_IN_FILE_LABELS = '/\\:*?[]"<>|'
 MAX_FILE_LABEL = 128
+CHECKBOX_TRUE = frozenset({"true", "1", "yes", "on"})
+CHECKBOX_FALSE = frozenset({"false", "0", "no", "off"})
 
 
 class InterfaceError(ValueError):
@@ -40,10 +52,33 @@ def check_file_label(label: str, what: str) -> None:
         )
 
 
+def _text(raw, where: str) -> str:
+    if isinstance(raw, str):
+        return raw.strip()
+    try:
+        return bytes(raw).decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise RequestError(f"{where}: expected UTF-8 text") from None
+
+
+def _b64(data: bytes) -> str:
+    from . import b64
+
+    return b64.encode(data)
+
+
+# ---- inputs --------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class InputElement:
     destination: str
     wire_type: ClassVar[str] = ""
+    heavy: ClassVar[bool] = False  # decoded after the cheap fields, so a bad slider is reported first
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]):
+        return cls(spec.get("destination"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.wire_type, "destination": self.destination}
@@ -52,31 +87,53 @@ class InputElement:
         if not isinstance(self.destination, str) or not self.destination:
             raise InterfaceError(f"{self.wire_type} element needs a non-empty 'destination' name")
 
+    def where(self, server: bool = True) -> str:
+        """How a message names this element: as a form field on the server, by name on the client."""
+        return f"{'field ' if server else ''}'{self.destination}' ({self.wire_type})"
 
-@dataclass(frozen=True)
-class OutputElement:
-    field: str
-    label: str = ""
-    output_type: ClassVar[str] = ""
+    @property
+    def default(self):
+        """TOMAAT-Slicer's starting value for the widget, or None where the user must give one."""
+        return None
 
-    def to_output_dict(self) -> dict[str, Any]:
-        out = {"type": self.output_type, "field": self.field}
-        if self.label:
-            out["label"] = self.label
-        return out
+    def accepts(self) -> str:
+        return "a file"
 
-    names_files: ClassVar[bool] = True  # whether clients make a file name from the label
+    def value(self, given, where: str):
+        """The checked value of what a client or a user gave: one rule for both sides."""
+        return given
 
-    def check(self) -> None:
-        if not isinstance(self.field, str) or not self.field:
-            raise InterfaceError(f"{self.output_type} output needs a non-empty 'field' name")
-        if self.names_files:
-            check_file_label(self.label, f"{self.output_type} output '{self.field}'")
+    def read_field(self, raw, where: str, allowance=None):
+        """The value an app finds in `data[destination]`, from the bytes of the form field."""
+        return self.value(_text(raw, where), where)
+
+    def write_field(self, value, protocol: int) -> tuple[str | None, bytes]:
+        """(file name or None for a text field, bytes) of the form field for a checked value."""
+        return None, str(value).encode("utf-8")
 
 
 @dataclass(frozen=True)
 class Volume(InputElement):
     wire_type: ClassVar[str] = "volume"
+    heavy: ClassVar[bool] = True
+
+    def accepts(self) -> str:
+        return "an MHA, NIfTI or NRRD image"
+
+    def read_field(self, raw, where: str, allowance=None):
+        from .volumes import read_image
+
+        return read_image(raw, where, allowance)
+
+    def write_field(self, value, protocol: int) -> tuple[str | None, bytes]:
+        """value: anything with native() and mha() (the client's VolumeFile). v2 servers take the file's own
+        bytes as a binary part; v1 servers only read base64 MHA text, as TOMAAT-Slicer sends."""
+        if protocol >= 2:
+            data, fmt = value.native()
+            return f"{self.destination}.{fmt}", data
+        from . import b64
+
+        return None, b64.encode_lines(value.mha())
 
 
 @dataclass(frozen=True)
@@ -84,6 +141,10 @@ class Slider(InputElement):
     minimum: float = 0.0
     maximum: float = 1.0
     wire_type: ClassVar[str] = "slider"
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]):
+        return cls(spec.get("destination"), spec.get("minimum"), spec.get("maximum"))
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "minimum": self.minimum, "maximum": self.maximum}
@@ -103,14 +164,56 @@ class Slider(InputElement):
     def default(self) -> float:
         return (self.minimum + self.maximum) / 2
 
+    def accepts(self) -> str:
+        return f"a number between {self.minimum:g} and {self.maximum:g}"
+
+    def value(self, given, where: str) -> float:
+        shown = given[:40] if isinstance(given, str) else given
+        try:
+            if isinstance(given, bool):
+                raise ValueError
+            number = float(given)
+        except (TypeError, ValueError):
+            raise RequestError(f"{where}: {shown!r} is not a number; expected {self.accepts()}") from None
+        if not math.isfinite(number) or not self.minimum <= number <= self.maximum:
+            raise RequestError(f"{where}: {shown} is out of range; expected {self.accepts()}")
+        return number
+
+    def write_field(self, value, protocol: int) -> tuple[str | None, bytes]:
+        return None, repr(float(value)).encode("ascii")
+
 
 @dataclass(frozen=True)
 class Checkbox(InputElement):
     text: str = ""
     wire_type: ClassVar[str] = "checkbox"
 
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]):
+        return cls(spec.get("destination"), spec.get("text", ""))
+
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "text": self.text}
+
+    @property
+    def default(self) -> bool:
+        return False
+
+    def accepts(self) -> str:
+        return "True or False"
+
+    def value(self, given, where: str) -> bool:
+        if isinstance(given, bool):
+            return given
+        text = str(given).strip().lower()
+        if text in CHECKBOX_TRUE:
+            return True
+        if text in CHECKBOX_FALSE or not text:  # an empty field, as some forms send an unticked box
+            return False
+        raise RequestError(f"{where}: {text[:40]!r} is not a checkbox value; expected {self.accepts()}")
+
+    def write_field(self, value, protocol: int) -> tuple[str | None, bytes]:
+        return None, b"True" if value else b"False"  # as TOMAAT-Slicer sends str(bool)
 
 
 @dataclass(frozen=True)
@@ -122,6 +225,13 @@ class RadioButton(InputElement):
     def __post_init__(self) -> None:
         # Lists are natural to write; a tuple keeps the element hashable and immutable.
         object.__setattr__(self, "options", tuple(self.options))
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]):
+        options = spec.get("options") or ()
+        if isinstance(options, str):
+            raise InterfaceError(f"radiobutton '{spec.get('destination')}': options must be a list of strings")
+        return cls(spec.get("destination"), spec.get("text", ""), tuple(options))
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "text": self.text, "options": list(self.options)}
@@ -135,10 +245,221 @@ class RadioButton(InputElement):
         if len(set(self.options)) != len(self.options):
             raise InterfaceError(f"radiobutton '{self.destination}' lists an option twice")
 
+    @property
+    def default(self) -> str:
+        return self.options[0]
+
+    def accepts(self) -> str:
+        return f"one of: {', '.join(self.options)}"
+
+    def value(self, given, where: str) -> str:
+        text = str(given).strip()
+        if text not in self.options:
+            raise RequestError(f"{where}: {text[:60]!r} is not one of the options; expected {self.accepts()}")
+        return text
+
 
 @dataclass(frozen=True)
 class Transform(InputElement):
     wire_type: ClassVar[str] = "transform"
+    heavy: ClassVar[bool] = True
+
+    def accepts(self) -> str:
+        return "'KIND\\n<base64 file>' with KIND one of nii.gz, h5, mat"
+
+    def read_field(self, raw, where: str, allowance=None):
+        from . import transforms
+
+        return transforms.parse(raw, where, allowance)
+
+
+# ---- outputs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputElement:
+    field: str
+    label: str = ""
+    output_type: ClassVar[str] = ""
+    names_files: ClassVar[bool] = True  # whether clients make a file name from the label
+    default_name: ClassVar[str] = "output"  # what a client calls the output when the server names none
+    suffix: ClassVar[str] = ""  # the file a client saves it as
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]):
+        return cls(spec.get("field"), spec.get("label", "") or "")
+
+    def to_output_dict(self) -> dict[str, Any]:
+        out = {"type": self.output_type, "field": self.field}
+        if self.label:
+            out["label"] = self.label
+        return out
+
+    def check(self) -> None:
+        if not isinstance(self.field, str) or not self.field:
+            raise InterfaceError(f"{self.output_type} output needs a non-empty 'field' name")
+        if self.names_files:
+            check_file_label(self.label, f"{self.output_type} output '{self.field}'")
+
+    def write_item(self, value, reference=None) -> str:
+        """The item's `content` for the app's value; TypeError for a value of the wrong kind (the app's fault)."""
+        raise NotImplementedError(self.output_type)
+
+    @classmethod
+    def read_item(cls, content: str, allowance=None):
+        """The Python value of an item's content: the inverse of encode, for clients and tests."""
+        return content
+
+
+def label_image(value, reference):
+    """An image for a LabelVolume; a NumPy array takes the input's grid when its shape matches."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    if isinstance(value, sitk.Image):
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype == bool:
+            value = value.astype(np.uint8)
+        image = sitk.GetImageFromArray(value)
+        if reference is not None:
+            if image.GetSize() != reference.GetSize():
+                raise TypeError(
+                    f"a LabelVolume array of shape {value.shape} does not match the input volume "
+                    f"(shape {tuple(reversed(reference.GetSize()))}); return a SimpleITK image with its own geometry"
+                )
+            image.CopyInformation(reference)
+        return image
+    raise TypeError(f"a LabelVolume needs a SimpleITK image or a NumPy array, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class LabelVolume(OutputElement):
+    output_type: ClassVar[str] = "LabelVolume"
+    default_name: ClassVar[str] = "labels"
+    suffix: ClassVar[str] = "nii.gz"
+
+    def write_item(self, value, reference=None) -> str:
+        from .volumes import write_image
+
+        return _b64(write_image(label_image(value, reference), "mha"))
+
+    @classmethod
+    def read_item(cls, content: str, allowance=None):
+        from .volumes import read_image
+
+        return read_image(content.encode("ascii", "replace"), cls.output_type, allowance)
+
+
+def _is_polydata(value) -> bool:
+    is_a = getattr(value, "IsA", None)
+    return callable(is_a) and bool(is_a("vtkPolyData"))
+
+
+def polydata_text(polydata) -> bytes:
+    """A VTK vtkPolyData as legacy ASCII, version 4.2: what upstream's apps returned, in a format every Slicer reads.
+
+    VTK is imported only here, when an app hands over a VTK object, so it stays an optional extra.
+    """
+    from vtkmodules.vtkIOLegacy import vtkPolyDataWriter
+
+    writer = vtkPolyDataWriter()
+    writer.SetInputData(polydata)
+    writer.SetFileTypeToASCII()
+    writer.SetFileVersion(writer.VTK_LEGACY_READER_VERSION_4_2)
+    writer.WriteToOutputStringOn()
+    if not writer.Write():
+        raise ValueError("VTK could not write the vtkPolyData")
+    return writer.GetOutputStdString().encode("utf-8")
+
+
+@dataclass(frozen=True)
+class VTKMesh(OutputElement):
+    output_type: ClassVar[str] = "VTKMesh"
+    default_name: ClassVar[str] = "mesh"
+    suffix: ClassVar[str] = "vtk"
+
+    def write_item(self, value, reference=None) -> str:
+        if _is_polydata(value):
+            value = polydata_text(value)
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        if not isinstance(value, (bytes, bytearray)):
+            raise TypeError(f"a VTKMesh needs a vtkPolyData, or legacy VTK text or bytes, got {type(value).__name__}")
+        if not bytes(value[:64]).lstrip().startswith(b"# vtk DataFile"):
+            raise TypeError("a VTKMesh needs a legacy VTK file (starting with '# vtk DataFile Version')")
+        return _b64(bytes(value))
+
+    @classmethod
+    def read_item(cls, content: str, allowance=None):
+        from . import b64
+
+        return b64.decode(content)
+
+
+@dataclass(frozen=True)
+class PlainText(OutputElement):
+    output_type: ClassVar[str] = "PlainText"
+    names_files: ClassVar[bool] = False  # Slicer shows the label as a message box's title
+    default_name: ClassVar[str] = "text"
+    suffix: ClassVar[str] = "txt"
+
+    def write_item(self, value, reference=None) -> str:
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+        return str(value)
+
+
+@dataclass(frozen=True)
+class TransformGrid(OutputElement):
+    output_type: ClassVar[str] = "TransformGrid"
+    default_name: ClassVar[str] = "displacement"
+    suffix: ClassVar[str] = "nii.gz"
+
+    def write_item(self, value, reference=None) -> str:
+        from . import transforms
+        from .volumes import write_image
+
+        return _b64(write_image(transforms.displacement_field(value), "nii.gz"))
+
+    @classmethod
+    def read_item(cls, content: str, allowance=None):
+        from .volumes import read_image
+
+        return read_image(content.encode("ascii", "replace"), cls.output_type, allowance)
+
+
+@dataclass(frozen=True)
+class _TransformFile(OutputElement):
+    """A transform sent as an ITK transform file of the suffix's kind."""
+
+    def write_item(self, value, reference=None) -> str:
+        from . import transforms
+
+        return _b64(transforms.transform_file(value, self.suffix))
+
+    @classmethod
+    def read_item(cls, content: str, allowance=None):
+        from . import transforms
+
+        return transforms.parse(f"{cls.suffix}\n{content}".encode("ascii", "replace"), cls.output_type, allowance)
+
+
+@dataclass(frozen=True)
+class TransformBSpline(_TransformFile):
+    output_type: ClassVar[str] = "TransformBSpline"
+    default_name: ClassVar[str] = "bspline"
+    suffix: ClassVar[str] = "h5"
+
+
+@dataclass(frozen=True)
+class TransformLinear(_TransformFile):
+    output_type: ClassVar[str] = "TransformLinear"
+    default_name: ClassVar[str] = "linear"
+    suffix: ClassVar[str] = "mat"
+
+
+# ---- both ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -149,6 +470,14 @@ class Fiducials:
     label: str = ""
     wire_type: ClassVar[str] = "fiducials"
     output_type: ClassVar[str] = "Fiducials"
+    heavy: ClassVar[bool] = False
+    default_name: ClassVar[str] = "fiducials"
+    suffix: ClassVar[str] = "fcsv"
+    default: ClassVar[None] = None  # points are the user's to give
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]):
+        return cls(spec.get("destination") or spec.get("field"), spec.get("label", "") or "")
 
     @property
     def destination(self) -> str:
@@ -172,36 +501,41 @@ class Fiducials:
             raise InterfaceError("fiducials element needs a non-empty name")
         check_file_label(self.label, f"Fiducials '{self.name}'")
 
+    where = InputElement.where
 
-@dataclass(frozen=True)
-class LabelVolume(OutputElement):
-    output_type: ClassVar[str] = "LabelVolume"
+    def accepts(self) -> str:
+        from . import fiducials
 
+        return fiducials.EXPECTED
 
-@dataclass(frozen=True)
-class VTKMesh(OutputElement):
-    output_type: ClassVar[str] = "VTKMesh"
+    def value(self, given, where: str):
+        from . import fiducials
 
+        return fiducials.parse(given, where)
 
-@dataclass(frozen=True)
-class PlainText(OutputElement):
-    output_type: ClassVar[str] = "PlainText"
-    names_files: ClassVar[bool] = False  # Slicer shows the label as a message box's title
+    def read_field(self, raw, where: str, allowance=None):
+        from . import fiducials
 
+        limit = allowance.limits.max_points if allowance is not None else fiducials.MAX_POINTS
+        return fiducials.parse(_text(raw, where), where, limit)
 
-@dataclass(frozen=True)
-class TransformGrid(OutputElement):
-    output_type: ClassVar[str] = "TransformGrid"
+    def write_field(self, value, protocol: int) -> tuple[str | None, bytes]:
+        return None, self.write_item(value).encode("ascii")
 
+    def write_item(self, value, reference=None) -> str:
+        from . import fiducials
 
-@dataclass(frozen=True)
-class TransformBSpline(OutputElement):
-    output_type: ClassVar[str] = "TransformBSpline"
+        try:
+            return fiducials.format_points(value)
+        except ValueError as error:
+            raise TypeError(str(error)) from None
 
+    @classmethod
+    def read_item(cls, content: str, allowance=None):
+        from . import fiducials
 
-@dataclass(frozen=True)
-class TransformLinear(OutputElement):
-    output_type: ClassVar[str] = "TransformLinear"
+        limit = allowance.limits.max_points if allowance is not None else fiducials.MAX_POINTS
+        return fiducials.parse(content, cls.output_type, limit)
 
 
 INPUT_TYPES: dict[str, type] = {
@@ -213,30 +547,11 @@ OUTPUT_TYPES: dict[str, type] = {
 }
 
 
-def _input_from_dict(spec: dict[str, Any]):
-    kind = spec.get("type")
-    cls = INPUT_TYPES.get(kind)
+def _from_dict(spec: dict[str, Any], types: dict[str, type], what: str):
+    cls = types.get(spec.get("type"))
     if cls is None:
-        raise InterfaceError(f"unknown input element type {kind!r}; expected one of {', '.join(sorted(INPUT_TYPES))}")
-    dest = spec.get("destination")
-    if cls is Slider:
-        return Slider(dest, spec.get("minimum"), spec.get("maximum"))
-    if cls is Checkbox:
-        return Checkbox(dest, spec.get("text", ""))
-    if cls is RadioButton:
-        options = spec.get("options") or ()
-        if isinstance(options, str):
-            raise InterfaceError(f"radiobutton '{dest}': options must be a list of strings")
-        return RadioButton(dest, spec.get("text", ""), tuple(options))
-    return cls(dest)
-
-
-def _output_from_dict(spec: dict[str, Any]):
-    kind = spec.get("type")
-    cls = OUTPUT_TYPES.get(kind)
-    if cls is None:
-        raise InterfaceError(f"unknown output type {kind!r}; expected one of {', '.join(sorted(OUTPUT_TYPES))}")
-    return cls(spec.get("field"), spec.get("label", "") or "")
+        raise InterfaceError(f"unknown {what} {spec.get('type')!r}; expected one of {', '.join(sorted(types))}")
+    return cls.from_dict(spec)
 
 
 def input_interface(elements) -> tuple:
@@ -244,7 +559,7 @@ def input_interface(elements) -> tuple:
     result = []
     seen = set()
     for item in elements or ():
-        element = _input_from_dict(item) if isinstance(item, dict) else item
+        element = _from_dict(item, INPUT_TYPES, "input element type") if isinstance(item, dict) else item
         if not hasattr(element, "to_dict") or not hasattr(element, "destination"):
             raise InterfaceError(f"not an input element: {item!r}")
         element.check()
@@ -260,7 +575,7 @@ def output_interface(elements) -> tuple:
     result = []
     seen = set()
     for item in elements or ():
-        element = _output_from_dict(item) if isinstance(item, dict) else item
+        element = _from_dict(item, OUTPUT_TYPES, "output type") if isinstance(item, dict) else item
         if not hasattr(element, "to_output_dict"):
             raise InterfaceError(f"not an output element: {item!r}")
         element.check()

@@ -8,10 +8,11 @@ import numpy as np
 
 from ..errors import RequestError, TooLarge
 
+MAX_POINTS = 100_000  # the server's default max_points
 EXPECTED = "points as 'x,y,z;x,y,z;...' with three numbers per point"
 
 
-def parse(text: str, where: str = "fiducials", max_points: int = 100_000) -> np.ndarray:
+def parse(text: str, where: str = "fiducials", max_points: int = MAX_POINTS) -> np.ndarray:
     """The (N, 3) points, refused past max_points before any is parsed (6 MB of text was +276 MB as floats)."""
     if text.count(";") >= max_points:
         count = len([c for c in text.split(";", max_points + 1) if c.strip()])

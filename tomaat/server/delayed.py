@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from ..protocol.errors import error_items
+from ..protocol.answers import error_items
 
 
 @dataclass

@@ -13,7 +13,7 @@ from twisted.internet.threads import deferToThreadPool
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..errors import RequestError
-from ..protocol.errors import error_items
+from ..protocol.answers import delayed_items, error_items
 from .form import read_fields
 from .pipeline import Timings
 from .sending import send
@@ -30,10 +30,6 @@ def _json(request, value, status: int = 200) -> bytes:
 def _wants_async(request) -> bool:
     prefer = request.getHeader(b"Prefer") or b""
     return b"respond-async" in prefer.lower()
-
-
-def _delayed(request_id: str) -> list[dict]:
-    return [{"type": "DelayedResponse", "request_id": request_id}]
 
 
 class PredictionRoutes:
@@ -87,7 +83,7 @@ class PredictionRoutes:
             request_id = self.service.delayed.track(outcome)
             if prefer_async:
                 request.setHeader(b"Preference-Applied", b"respond-async")
-            return _json(request, _delayed(request_id), 202 if prefer_async else 200)
+            return _json(request, delayed_items(request_id), 202 if prefer_async else 200)
         return outcome.addCallback(self._answer, request)
 
     def _answer(self, result: tuple[int, bytes], request):
@@ -119,7 +115,7 @@ class PredictionRoutes:
             message = f"unknown request_id {request_id[:64]!r}: it was never issued, was already collected, or expired"
             return _json(request, error_items(message), 404)
         if result is None:
-            return _json(request, _delayed(request_id))
+            return _json(request, delayed_items(request_id))
         return self._answer(result, request)
 
     def _form_error(self, failure, request):

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from ..errors import RequestError
-from ..protocol.errors import error_items
+from ..protocol.answers import error_items
 from .pipeline import Timings, Watch
 
 log = logging.getLogger("tomaat.server")
