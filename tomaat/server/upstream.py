@@ -18,16 +18,18 @@ import os
 
 import SimpleITK as sitk
 
-from ..protocol.elements import Checkbox, Fiducials, RadioButton, Slider, Transform, Volume
 from ..protocol.transforms import displacement_field
 from ..protocol.volumes import write_image
 
 
-def needs_files(inputs) -> bool:
-    return any(isinstance(element, (Volume, Transform)) for element in inputs)
+def _volume_file(image, raw, stem: str) -> str:
+    path = stem + ".mha"
+    with open(path, "wb") as handle:
+        handle.write(write_image(image, "mha", compress=False))
+    return path
 
 
-def _transform_file(transform: sitk.Transform, stem: str) -> str:
+def _transform_file(transform: sitk.Transform, raw, stem: str) -> str:
     """A displacement field as an image, as upstream's clients sent it; any other transform as ITK HDF5."""
     if isinstance(transform, sitk.DisplacementFieldTransform):
         path = stem + ".nii.gz"
@@ -38,24 +40,33 @@ def _transform_file(transform: sitk.Transform, stem: str) -> str:
     return path
 
 
+def _as_sent(value, raw, stem: str) -> str:
+    return bytes(raw).decode("utf-8")
+
+
+# What upstream put in the one-item list, by input type: (value, raw field, file stem) -> item.
+SHAPES = {
+    "volume": _volume_file,
+    "transform": _transform_file,
+    "slider": lambda value, raw, stem: float(value),
+    "checkbox": _as_sent,
+    "radiobutton": _as_sent,
+    "fiducials": lambda value, raw, stem: value,
+}
+FILES = ("volume", "transform")
+
+
+def needs_files(inputs) -> bool:
+    return any(element.wire_type in FILES for element in inputs)
+
+
 def to_app(inputs, data: dict, fields: dict, folder: str | None) -> dict:
     """The data dict upstream handed its apps, from our decoded inputs and the raw fields (for text as sent)."""
     result = {}
     for index, element in enumerate(inputs):
-        value, stem = data[element.destination], os.path.join(folder or "", f"input{index}")
-        if isinstance(element, Volume):
-            path = stem + ".mha"
-            with open(path, "wb") as handle:
-                handle.write(write_image(value, "mha", compress=False))
-            result[element.destination] = [path]
-        elif isinstance(element, Transform):
-            result[element.destination] = [_transform_file(value, stem)]
-        elif isinstance(element, Slider):
-            result[element.destination] = [float(value)]
-        elif isinstance(element, (Checkbox, RadioButton)):
-            result[element.destination] = [bytes(fields[element.destination]).decode("utf-8")]
-        elif isinstance(element, Fiducials):
-            result[element.destination] = [value]
+        name = element.destination
+        stem = os.path.join(folder or "", f"input{index}")
+        result[name] = [SHAPES[element.wire_type](data[name], fields[name], stem)]
     return result
 
 
