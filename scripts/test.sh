@@ -8,4 +8,5 @@ TOMAAT_TEST_POSTGRES_URL=$(bash scripts/postgres.sh | tail -n 1)
 export TOMAAT_TEST_POSTGRES_URL
 .venv/bin/ruff check tomaat tests examples benchmarks
 .venv/bin/ruff format --check tomaat tests examples benchmarks
+.venv/bin/mypy  # the files listed in pyproject.toml's [tool.mypy]
 .venv/bin/pytest "$@"

@@ -1,5 +1,10 @@
-"""TOMAAT: volumetric medical image analysis as a network service."""
+"""TOMAAT: volumetric medical image analysis as a network service.
 
+The interface elements load with the package; `TomaatApp` and `TomaatService`
+load when first used (tomaat/lazy.py says why), so `import tomaat` stays light.
+"""
+
+from .lazy import exports
 from .protocol.elements import (
     Checkbox,
     Fiducials,
@@ -14,9 +19,9 @@ from .protocol.elements import (
     Volume,
     VTKMesh,
 )
-from .server import TomaatApp, TomaatService
 
-__version__ = "0.1.0"
+# The one version source: pyproject.toml reads it (tool.setuptools.dynamic) without importing tomaat.
+__version__ = "0.2.0"
 
 __all__ = [
     "Checkbox",
@@ -34,3 +39,6 @@ __all__ = [
     "Volume",
     "VTKMesh",
 ]
+
+__getattr__, __dir__ = exports(__name__, globals(), {"TomaatApp": ".server.app", "TomaatService": ".server.service"})
+del exports
