@@ -162,3 +162,47 @@ def test_an_invalid_interface_stops_the_start_with_a_clear_error(tmp_path):
     assert result.returncode != 0
     assert "slider 't': minimum 5 is greater than maximum 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_served_file_imports_its_neighbours_and_a_failed_import_leaves_no_trace(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "loader_eager_neighbour.py").write_text("LEVEL = 3\n")
+    (served / "loader_lazy_neighbour.py").write_text("def report(n):\n    return f'{n} voxels'\n")
+    (served / "good_app.py").write_text(
+        "from loader_eager_neighbour import LEVEL\n"
+        "from tomaat import TomaatApp\n"
+        "class App(TomaatApp):\n"
+        "    def postprocess(self, data):\n"
+        "        import loader_lazy_neighbour  # at request time, long after the import\n"
+        "        data['text'] = loader_lazy_neighbour.report(LEVEL)\n"
+        "        return data\n"
+        "app = App()\n"
+    )
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "loader_broken_neighbour.py").write_text("")
+    (broken / "broken_app.py").write_text("import loader_broken_neighbour\nraise RuntimeError('weights missing')\n")
+    names = ("loader_eager_neighbour", "loader_lazy_neighbour", "loader_broken_neighbour", "tomaat_user_good_app")
+    path_before = list(sys.path)
+    try:
+        app = load(str(served / "good_app.py"))
+        load(str(served / "good_app.py"))
+        assert sys.path.count(str(served)) == 1  # kept for the lazy import, and only once
+        assert app.postprocess({})["text"] == "3 voxels"
+
+        with pytest.raises(RuntimeError, match="weights missing"):
+            load(str(broken / "broken_app.py"))
+        assert str(broken) not in sys.path
+        assert "loader_broken_neighbour" not in sys.modules and "tomaat_user_broken_app" not in sys.modules
+
+        # fixed, it is imported afresh: no stale neighbour from the failed attempt
+        (broken / "loader_broken_neighbour.py").write_text("VALUE = 2\n")
+        (broken / "broken_app.py").write_text(
+            "from loader_broken_neighbour import VALUE\nfrom tomaat import TomaatApp\napp = TomaatApp()\n"
+        )
+        assert type(load(str(broken / "broken_app.py"))).__name__ == "TomaatApp"
+    finally:
+        sys.path[:] = path_before
+        for name in names + ("tomaat_user_broken_app",):
+            sys.modules.pop(name, None)

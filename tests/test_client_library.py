@@ -48,7 +48,7 @@ async def test_every_type_through_the_library(serve, tmp_path, leftovers):
         {**inputs, "level": "0.25", "units": "voxels"}, progress=lambda done, total: sent.append((done, total))
     )
     assert sent and sent[-1][0] == sent[-1][1]
-    assert client.last_request.filled == [("invert", False)]
+    assert result.request.filled == [("invert", False)]
     assert [o.name for o in result] == ["labels", "mesh", "report", "seeds_out", "field", "bspline", "affine"]
 
     labels = result["labels"]

@@ -26,7 +26,7 @@ async def test_library_speaks_v1(v1, tmp_path, phantom):
     info = await client.info()
     assert info.protocol == 1 and [e.destination for e in info.inputs] == ["images", "threshold", "mode", "seeds"]
     result = await client.predict({"images": str(tmp_path / "p.nii.gz"), "threshold": 400, "seeds": [[1, 2, 3]]})
-    assert client.last_request.filled == [("mode", "normal")]
+    assert result.request.filled == [("mode", "normal")]
     assert [(o.name, o.type) for o in result] == [
         ("labels", "LabelVolume"),
         ("text", "PlainText"),

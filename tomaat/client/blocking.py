@@ -10,6 +10,8 @@ use AsyncClient directly.
 
 from __future__ import annotations
 
+import threading
+
 import crochet
 
 from .async_client import AsyncClient, ServiceInfo
@@ -56,6 +58,7 @@ class Client:
         self._options = options
         self._async = _wait_plain(lambda: AsyncClient(url, **options))
         self.url = self._async.url
+        self._calls = threading.local()  # what `filled` reports, per calling thread
 
     def info(self) -> ServiceInfo:
         return _wait(self._async.info, None)
@@ -65,15 +68,21 @@ class Client:
 
     def predict(self, *, prefer_async: bool = False, progress=None, on_sent=None, **inputs) -> Result:
         """Inputs by element name: paths, SimpleITK images, points, values; defaults filled as in Slicer."""
-        return _wait(
+        self._calls.filled = []  # a call that fails leaves no defaults of an earlier one behind
+        result = _wait(
             lambda: self._async.predict(inputs, prefer_async=prefer_async, progress=progress, on_sent=on_sent), None
         )
+        self._calls.filled = list(result.request.filled)
+        return result
 
     @property
     def filled(self) -> list:
-        """The defaults the last predict() filled in, as (name, value)."""
-        request = getattr(self._async, "last_request", None)
-        return list(request.filled) if request is not None else []
+        """The defaults this thread's last predict() filled in, as (name, value).
+
+        Per thread, so that threads sharing one client each read their own call's;
+        `result.request.filled` is the same list, tied to its result.
+        """
+        return list(getattr(self._calls, "filled", []))
 
 
 def _wait_plain(function):

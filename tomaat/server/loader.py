@@ -16,20 +16,47 @@ class LoadError(Exception):
     pass
 
 
+def _import_file(path: str):
+    """The module a file defines, and the services it asked to run while it was imported.
+
+    The file's folder goes first on sys.path, where `python app.py` puts it, so the file
+    imports its neighbours. It stays there once the import succeeds: a served module may
+    import a neighbour lazily, inside a step at request time, or unpickle weights whose
+    classes live in one, long after loading returned. It goes in once, however often the
+    file is loaded (tests and notebooks load many times). A failed import leaves the
+    process as it found it: the folder, if this call put it there, the module, and the
+    neighbours it imported go again, so the file loaded after a fix is imported afresh.
+    """
+    folder = os.path.dirname(path)
+    name = "tomaat_user_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    before = set(sys.modules)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    sys.modules[name] = module
+    try:
+        with deferred_runs() as ran:  # upstream's files end with `service.run()`
+            spec.loader.exec_module(module)
+    except BaseException:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+        for loaded in set(sys.modules) - before:
+            file = getattr(sys.modules[loaded], "__file__", None)
+            if loaded == name or (file and os.path.abspath(file).startswith(folder + os.sep)):
+                del sys.modules[loaded]
+        raise
+    return module, ran
+
+
 def _import(target: str):
     """The module, and the services it asked to run while it was imported."""
     if target.endswith(".py") or os.path.sep in target:
         path = os.path.abspath(target)
         if not os.path.isfile(path):
             raise LoadError(f"no such file: {target}")
-        name = "tomaat_user_" + os.path.splitext(os.path.basename(path))[0]
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        sys.path.insert(0, os.path.dirname(path))  # let the file import its neighbours
-        with deferred_runs() as ran:  # upstream's files end with `service.run()`
-            spec.loader.exec_module(module)
-        return module, ran
+        return _import_file(path)
     try:
         with deferred_runs() as ran:
             return importlib.import_module(target), ran
