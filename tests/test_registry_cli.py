@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 import requests
@@ -170,3 +171,10 @@ def test_the_daemon_serves_tls_with_a_self_signed_certificate(tmp_path):
 def test_the_daemon_refuses_to_start_on_a_bad_database(tmp_path):
     result = run("serve", "--db", "mysql://x@y/z", "--no-tls")
     assert result.exit_code == 2 and "unsupported database" in result.output
+
+
+def test_postgresql_without_its_driver_says_which_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as on an install without tomaat[postgres]
+    result = run("keys", "list", "--db", "postgresql://user:pw@127.0.0.1:5/db")
+    assert result.exit_code == 2
+    assert "postgresql:// needs the PostgreSQL driver: pip install 'tomaat[postgres]'" in result.output

@@ -13,12 +13,14 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
-import treq
 from OpenSSL import SSL
 from twisted.internet import defer, error, task, threads
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.client import ResponseFailed
 
-from ..protocol import elements
+from ..http_client import AnswerTooLarge, HttpClient, root_cause
+from ..protocol import answers, elements
+from ..protocol import metadata as model_metadata
+from ..protocol import registry as wire
 from .errors import ClientError, ConnectionFailed, ResultTimeout, ServerError, ValidationError
 from .requests import prepare
 from .results import Result
@@ -26,6 +28,7 @@ from .trust import KnownHosts, TrustOnFirstUse
 from .upload import ProgressProducer, multipart_body
 
 ENDPOINTS = ("/predict", "/interface", "/info", "/responses", "/health", "/discover", "/announce")
+JSON_LIMIT = 16 * 1024 * 1024  # bytes of an /info, /interface or /health answer read; results are not bounded here
 
 
 def base_url(url: str) -> str:
@@ -58,6 +61,11 @@ class ServiceInfo:
             info,
         )
 
+    @property
+    def model(self) -> dict:
+        """The model metadata the server states (licence, citation, accuracy, ...), shaped; empty from v1 servers."""
+        return model_metadata.parse(self.metadata)
+
 
 def _error_message(body: bytes, status: int) -> str:
     """The server's own words from a v1 error body, else the start of whatever it sent."""
@@ -71,17 +79,6 @@ def _error_message(body: bytes, status: int) -> str:
         pass
     text = body.decode("utf-8", "replace").strip().splitlines()
     return f"HTTP {status}" + (f": {text[0][:200]}" if text else "")
-
-
-def _is_v1_error(items) -> bool:
-    """A v1 server answers errors with status 200 and a lone PlainText labelled 'Error!'."""
-    return (
-        isinstance(items, list)
-        and len(items) == 1
-        and isinstance(items[0], dict)
-        and items[0].get("type") == "PlainText"
-        and items[0].get("label") == "Error!"
-    )
 
 
 class AsyncClient:
@@ -109,9 +106,7 @@ class AsyncClient:
         self.timeout = timeout
         self.result_timeout = result_timeout
         self.trust = TrustOnFirstUse(KnownHosts(known_hosts), pinned=fingerprint, insecure=insecure)
-        self.pool = HTTPConnectionPool(reactor, persistent=False)
-        agent = Agent(reactor, contextFactory=self.trust, pool=self.pool, connectTimeout=timeout)
-        self.http = treq.client.HTTPClient(agent)
+        self.http = HttpClient(reactor, self.trust, connect_timeout=timeout)
         self._info: ServiceInfo | None = None
 
     # ---- plumbing ------------------------------------------------------------------------------
@@ -128,8 +123,7 @@ class AsyncClient:
         refusal = self.trust.refusal()
         if refusal is not None:
             return refusal
-        reasons = getattr(failure_error, "reasons", None)
-        cause = reasons[0].value if reasons else failure_error
+        cause = root_cause(failure_error)
         if isinstance(cause, SSL.Error):
             return ConnectionFailed(f"TLS with {self.url} failed while {what}: {cause}")
         if isinstance(cause, error.ConnectionRefusedError):
@@ -140,27 +134,23 @@ class AsyncClient:
             return ConnectionFailed(f"could not connect to {self.url} while {what}: unknown host")
         return ConnectionFailed(f"could not connect to {self.url} while {what}: {cause}")
 
-    async def _request(self, method: str, path: str, what: str, timeout: float | None = None, **kwargs):
-        """(status, body bytes); the timeout covers connecting, sending and reading the answer."""
-
-        async def exchange():
-            response = await self.http.request(method, self.url + path, **kwargs)
-            return response.code, await response.content()
-
-        attempt = defer.Deferred.fromCoroutine(exchange())
-        if timeout is not None:
-            attempt.addTimeout(timeout, self.reactor)
+    async def _request(
+        self, method: str, path: str, what: str, timeout: float | None = None, limit: int | None = None, **kwargs
+    ):
+        """(status, body bytes); the timeout covers connecting, sending and reading the answer, limit the body."""
         try:
-            return await attempt
+            return await self.http.request(method, self.url + path, timeout=timeout, limit=limit, **kwargs)
         except ClientError:
             raise
+        except AnswerTooLarge as failure:
+            raise ServerError(f"the answer of {self.url}{path} is larger than {failure.limit} bytes; refused") from None
         except (ResponseFailed, error.ConnectError, error.ConnectionLost, defer.TimeoutError, SSL.Error) as failure:
             raise self._failed(failure, what) from None
         except Exception as failure:  # e.g. a TLS refusal surfacing as a wrapped failure list
             raise self._failed(failure, what) from None
 
-    async def _json(self, method: str, path: str, what: str, **kwargs):
-        status, body = await self._request(method, path, what, timeout=self.timeout, **kwargs)
+    async def _json(self, method: str, path: str, what: str, limit: int = JSON_LIMIT, **kwargs):
+        status, body = await self._request(method, path, what, timeout=self.timeout, limit=limit, **kwargs)
         if status >= 400:
             raise ServerError(_error_message(body, status), status)
         try:
@@ -173,7 +163,9 @@ class AsyncClient:
     async def info(self) -> ServiceInfo:
         """Metadata and interfaces: GET /info (v2), or GET /interface when /info is 404 (v1)."""
         if self._info is None:
-            status, body = await self._request("GET", "/info", "asking for /info", timeout=self.timeout)
+            status, body = await self._request(
+                "GET", "/info", "asking for /info", timeout=self.timeout, limit=JSON_LIMIT
+            )
             try:
                 parsed = json.loads(body.decode("utf-8")) if status == 200 else None
             except (UnicodeDecodeError, ValueError):
@@ -199,12 +191,11 @@ class AsyncClient:
 
         `progress(sent, total)` is called while the body uploads and
         `on_sent(prepared)` once all of it is written (the command line
-        switches from its bar to a spinner there). The prepared request's `filled` says
-        which defaults were used.
+        switches from its bar to a spinner there). The result's `request` is the prepared
+        request of this call: `result.request.filled` says which defaults were used.
         """
         info = await self.info()
         prepared, (body, content_type) = await self._off_reactor(_build, info, inputs)
-        self.last_request = prepared
         headers = {b"Content-Type": [content_type.encode("ascii")]}
         if prefer_async:
             headers[b"Prefer"] = [b"respond-async"]
@@ -221,25 +212,23 @@ class AsyncClient:
                 on_sent(prepared)  # uploaded: from here on the server is working
 
         producer = ProgressProducer(body, report)
-
-        async def send():
-            response = await self.http.request("POST", self.url + "/predict", data=producer, headers=headers)
-            return response.code, await response.content()
-
         deadline = time.monotonic() + self.result_timeout  # the whole wait, sending included
-        attempt = defer.Deferred.fromCoroutine(send())
-        attempt.addTimeout(self.result_timeout, self.reactor)
         try:
-            status, answer = await attempt
+            status, answer = await self.http.request(
+                "POST", self.url + "/predict", timeout=self.result_timeout, data=producer, headers=headers
+            )
         except Exception as failure:
             if time.monotonic() >= deadline:  # cancelled by the timeout, however treq reports the cancellation
                 raise ResultTimeout(f"{self.url} gave no answer within {self.result_timeout:g} s") from None
             raise self._failed(failure, "sending the prediction request") from None
         items = await self._off_reactor(self._items, status, answer)
-        if len(items) == 1 and items[0].get("type") == "DelayedResponse":
+        request_id = answers.delayed_id(items)
+        if request_id is not None:
             left = max(0.0, deadline - time.monotonic())
-            items = await self.collect(str(items[0].get("request_id", "")), timeout=left)
-        return await self._off_reactor(Result.from_items, items, info.outputs)
+            items = await self.collect(request_id, timeout=left)
+        result = await self._off_reactor(Result.from_items, items, info.outputs)
+        result.request = prepared  # on the result, not the client, where concurrent calls would overwrite it
+        return result
 
     def _items(self, status: int, body: bytes) -> list:
         if status >= 400:
@@ -250,8 +239,9 @@ class AsyncClient:
             raise ServerError(f"the server's answer is not JSON (HTTP {status})", status) from None
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise ServerError(f"the server's answer is not a list of output items (HTTP {status})", status)
-        if _is_v1_error(items):
-            raise ServerError(str(items[0].get("content", "")), status)
+        message = answers.error_message(items)  # a v1 server answers errors with status 200
+        if message is not None:
+            raise ServerError(message, status)
         return items
 
     async def collect(self, request_id: str, timeout: float | None = None) -> list:
@@ -265,7 +255,7 @@ class AsyncClient:
                 "POST", "/responses", "collecting a delayed result", timeout=self.timeout, data=body, headers=headers
             )
             items = await self._off_reactor(self._items, status, answer)
-            if not (len(items) == 1 and items[0].get("type") == "DelayedResponse"):
+            if answers.delayed_id(items) is None:
                 return items
             if time.monotonic() + delay > deadline:
                 raise ResultTimeout(
@@ -279,7 +269,7 @@ class AsyncClient:
         return (await self._json("GET", "/health", "asking for /health"))[1]
 
     def close(self):
-        return self.pool.closeCachedConnections()
+        return self.http.close()
 
 
 def _build(info: ServiceInfo, inputs: dict):
@@ -293,13 +283,12 @@ async def discover(
 ) -> list[dict]:
     """The registry's live services, filtered without regard to case (here too, for v1 registries)."""
     client = AsyncClient(registry_url, reactor=reactor, timeout=timeout, **trust)
-    wanted = {k: v for k, v in (("modality", modality), ("anatomy", anatomy), ("task", task)) if v}
+    wanted = {k: v for k, v in zip(wire.FILTERS, (modality, anatomy, task), strict=True) if v}
     query = ("?" + urlencode(wanted)) if wanted else ""
-    _, services = await client._json("GET", "/discover" + query, "asking the registry for /discover")
-    if not isinstance(services, list):
-        raise ServerError(f"{client.url}/discover did not answer a list of services")
-    return [
-        s
-        for s in services
-        if isinstance(s, dict) and all(str(s.get(k, "")).lower() == v.lower() for k, v in wanted.items())
-    ]
+    what = "asking the registry for /discover"
+    _, answer = await client._json("GET", "/discover" + query, what, limit=wire.DISCOVER_LIMIT)
+    try:
+        services = wire.parse_discover(answer)
+    except ValueError as problem:
+        raise ServerError(f"{client.url}/discover did not answer a list of services ({problem})") from None
+    return [service for service in services if wire.matches(service, wanted)]

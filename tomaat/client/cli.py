@@ -13,11 +13,18 @@ from collections import defaultdict
 
 import click
 
+from ..protocol.metadata import LINES, describe_result
 from ..protocol.text import printable
 from .errors import ClientError, ServerError, ValidationError
 
 DEFAULT_REGISTRY = "http://localhost:8001"
 EXIT = {ValidationError: 2, ServerError: 3}  # anything else a client error: 1
+MODEL = (
+    ("licence", "licence"),
+    ("intended_use", "intended use"),
+    ("disclaimer", "disclaimer"),
+    ("citation", "cite as"),
+)
 
 
 def _say(text: str, err: bool = False) -> None:
@@ -30,6 +37,21 @@ def _fail(error: ClientError):
     label = {2: "invalid input", 3: "the server refused"}.get(kind, "error")
     _say(f"tomaat: {label}: {' '.join(str(error).split())}", err=True)
     sys.exit(kind)
+
+
+def _labelled(indent: str, label: str, value: str, lines: bool) -> str:
+    """label: value, further lines indented under the value, so server text cannot pose as a line of ours."""
+    text = printable(value, keep_lines=lines).splitlines() or [""]
+    return f"{indent}{label}: " + ("\n" + indent + " " * (len(label) + 2)).join(text)
+
+
+def _model_lines(model: dict, indent: str) -> list[str]:
+    """The model metadata a server or registry entry states (tomaat.protocol.metadata.parse), for people."""
+    lines = [_labelled(indent, label, model[name], name in LINES) for name, label in MODEL if model[name]]
+    if model["accuracy"]:
+        lines.append(f"{indent}accuracy:")
+        lines.extend(f"{indent}  {printable(describe_result(result))}" for result in model["accuracy"])
+    return lines
 
 
 def _trust_options(function):
@@ -72,6 +94,11 @@ def discover(registry_url, modality, anatomy, task, as_json, fingerprint, insecu
             _say(f"  {service.get('name', '?'):<24} {service.get('prediction_url', '')}  SID {service.get('SID', '')}")
             if service.get("description"):
                 _say(f"  {'':<24} {service['description']}")
+            indent = f"  {'':<24} "
+            if service["version"]:
+                _say(_labelled(indent, "version", service["version"], False))
+            for line in _model_lines(service, indent):
+                _say(line)
 
 
 def _show_interface(info) -> None:
@@ -83,6 +110,8 @@ def _show_interface(info) -> None:
         _say(f"  {meta.get('modality', '')} / {meta.get('anatomy', '')} / {meta.get('task', '')}")
         if meta.get("description"):
             _say(f"  {meta['description']}")
+        for line in _model_lines(info.model, "  "):
+            _say(line)
         if meta.get("tls_fingerprint"):
             _say(f"  TLS fingerprint: {meta['tls_fingerprint']}")
     else:
@@ -196,7 +225,7 @@ def predict(url, inputs, settings, out, prefer_async, volume_format, timeout, fi
             progress.close()
     except ClientError as error:
         _fail(error)
-    for name, value in client.filled:
+    for name, value in result.request.filled:
         shown = f"{value:g}" if isinstance(value, float) else value
         _say(f"default used for '{name}': {shown}")
     for output in result.texts:

@@ -3,43 +3,25 @@
 Every problem is collected rather than stopping at the first, because a v1
 answer's `status` counts them and an operator fixing a config wants them all at
 once. Messages name the field and what was expected, never echo the API key,
-and quote other values only shortened.
+and quote other values only shortened. The fields, their limits and the words for
+each problem are the wire format's (protocol/registry.py, protocol/metadata.py),
+shared with the servers that announce; what is the registry's own is here: the
+key, and the collecting.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from ..protocol import text
+from ..protocol import metadata
+from ..protocol.registry import ANNOUNCED, EXPECTED, LIMITS, field_problem
+from ..protocol.text import CONTROL
 from .keys import looks_like_key
 
-# Longest accepted value of each announced field, in characters; the store's CHECK constraints use the same.
-LIMITS = {
-    "prediction_url": 2048,
-    "interface_url": 2048,
-    "name": 200,
-    "modality": 100,
-    "anatomy": 100,
-    "task": 100,
-    "description": 4000,
-}
-ANNOUNCED = tuple(LIMITS)
-URL_FIELDS = ("prediction_url", "interface_url")
-OPTIONAL_EMPTY = ("description",)
+__all__ = ["ANNOUNCED", "LIMITS", "Checked", "check_announcement", "check_withdrawal", "owner_problem", "read_object"]
+
 OWNER_LIMIT = 200
-EXPECTED = {
-    "api_key": "the 64 hexadecimal characters issued by the registry's operator",
-    "prediction_url": "the http(s) URL clients POST predictions to, e.g. https://host:9000/predict",
-    "interface_url": "the http(s) URL of the service's interface, e.g. https://host:9000/interface",
-    "name": "a short service name",
-    "modality": "the imaging modality, e.g. MRI",
-    "anatomy": "the anatomy, e.g. prostate",
-    "task": "the task, e.g. segmentation",
-    "description": "a text describing the service (may be empty)",
-}
-_CONTROL, _CONTROL_EXCEPT_LINES = text.CONTROL, text.CONTROL_EXCEPT_LINES
 
 
 @dataclass
@@ -49,10 +31,6 @@ class Checked:
     api_key: str | None = None
     fields: dict = field(default_factory=dict)
     problems: list = field(default_factory=list)
-
-
-def _quote(value: str) -> str:
-    return repr(value if len(value) <= 60 else value[:57] + "...")
 
 
 def read_object(body: bytes) -> dict:
@@ -75,34 +53,6 @@ def read_object(body: bytes) -> dict:
     return data
 
 
-def url_problem(name: str, value: str) -> str | None:
-    if not value.isascii() or any(ch <= " " or ch == "\x7f" for ch in value):
-        return f"invalid {name}: URLs must be printable ASCII without spaces (percent-encode other characters); expected {EXPECTED[name]}"
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 (raises ValueError for a port out of range)
-    except ValueError:
-        return f"invalid {name} {_quote(value)}: not a URL; expected {EXPECTED[name]}"
-    if parts.scheme.lower() not in ("http", "https"):
-        return f"invalid {name} {_quote(value)}: the scheme must be http or https; expected {EXPECTED[name]}"
-    if not parts.hostname:
-        return f"invalid {name} {_quote(value)}: there is no host; expected {EXPECTED[name]}"
-    if parts.username is not None or parts.password is not None:
-        return (
-            f"invalid {name}: it contains user:password@, and everything announced is public; expected {EXPECTED[name]}"
-        )
-    return None
-
-
-def _text_problem(name: str, value: str) -> str | None:
-    pattern = _CONTROL_EXCEPT_LINES if name == "description" else _CONTROL
-    if pattern.search(value):
-        return f"invalid {name}: it contains control characters; expected {EXPECTED[name]}"
-    if not value and name not in OPTIONAL_EMPTY:
-        return f"empty {name}; expected {EXPECTED[name]}"
-    return None
-
-
 def _check_key(data: dict, checked: Checked) -> None:
     if "api_key" not in data:
         checked.problems.append(f"missing field 'api_key'; expected {EXPECTED['api_key']}")
@@ -116,15 +66,7 @@ def _check_field(data: dict, name: str, checked: Checked) -> None:
     if name not in data:
         checked.problems.append(f"missing field {name!r}; expected {EXPECTED[name]}")
         return
-    value = data[name]
-    if not isinstance(value, str):
-        checked.problems.append(f"invalid {name}: a JSON {type(value).__name__}; expected a string, {EXPECTED[name]}")
-        return
-    value = value.strip()
-    if len(value) > LIMITS[name]:
-        checked.problems.append(f"{name} is {len(value)} characters long; expected at most {LIMITS[name]}")
-        return
-    problem = url_problem(name, value) if name in URL_FIELDS else _text_problem(name, value)
+    value, problem = field_problem(name, data[name])
     if problem:
         checked.problems.append(problem)
     else:
@@ -132,11 +74,17 @@ def _check_field(data: dict, name: str, checked: Checked) -> None:
 
 
 def check_announcement(data: dict) -> Checked:
-    """Unknown fields are ignored (v1 servers sent a SID of their own): the registry assigns SIDs."""
+    """Unknown fields are ignored (v1 servers sent a SID of their own): the registry assigns SIDs.
+
+    The model metadata is optional, so servers that predate it announce as before.
+    """
     checked = Checked()
     _check_key(data, checked)
     for name in ANNOUNCED:
         _check_field(data, name, checked)
+    model, problems = metadata.checked(data)  # optional: absent fields are stored empty
+    checked.fields.update(model)
+    checked.problems.extend(problems)
     return checked
 
 
@@ -152,6 +100,6 @@ def owner_problem(owner: str) -> str | None:
         return "the owner is empty; expected a name telling who holds the key, e.g. 'Lab X, jane@example.org'"
     if len(owner) > OWNER_LIMIT:
         return f"the owner is {len(owner)} characters long; expected at most {OWNER_LIMIT}"
-    if _CONTROL.search(owner):
+    if CONTROL.search(owner):
         return "the owner contains control characters; expected one line of text"
     return None

@@ -21,12 +21,12 @@ from .service import DEFAULTS, RegistryService
 
 DB_HELP = (
     "SQLite file path, or postgresql://user:password@host:port/database "
-    f"(default {DEFAULTS['db']}; also read from TOMAAT_REGISTRY_DB, which keeps a password out of ps)."
+    f"(default {DEFAULTS.db}; also read from TOMAAT_REGISTRY_DB, which keeps a password out of ps)."
 )
 
 
 def db_option(function):
-    return click.option("--db", default=DEFAULTS["db"], envvar="TOMAAT_REGISTRY_DB", show_envvar=True, help=DB_HELP)(
+    return click.option("--db", default=DEFAULTS.db, envvar="TOMAAT_REGISTRY_DB", show_envvar=True, help=DB_HELP)(
         function
     )
 
@@ -63,8 +63,8 @@ def main():
 
 
 @main.command()
-@click.option("--port", type=int, default=DEFAULTS["port"], show_default=True, help="Port to listen on (0: any free).")
-@click.option("--host", "interface", default=DEFAULTS["interface"], show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=DEFAULTS.port, show_default=True, help="Port to listen on (0: any free).")
+@click.option("--host", "interface", default=DEFAULTS.listen_address, show_default=True, help="Address to listen on.")
 @db_option
 @click.option("--no-tls", is_flag=True, help="Serve plain HTTP (behind a TLS-terminating proxy, or for tests).")
 @click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate (default: self-signed).")
@@ -72,14 +72,14 @@ def main():
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False),
-    default=DEFAULTS["state_dir"],
+    default=DEFAULTS.state_dir,
     show_default=True,
     help="Where the generated certificate is kept.",
 )
 @click.option(
     "--expiry",
     type=click.FloatRange(min=0, min_open=True),
-    default=DEFAULTS["expiry"],
+    default=DEFAULTS.expiry,
     show_default=True,
     help="Seconds an announcement stays listed without being renewed.",
 )
@@ -87,7 +87,7 @@ def serve(port, interface, db, no_tls, cert, key, state_dir, expiry):
     """Run the registry daemon."""
     if bool(cert) != bool(key):
         raise click.UsageError("--cert and --key go together")
-    options = {"port": port, "interface": interface, "db": db, "state_dir": state_dir, "expiry": expiry}
+    options = {"port": port, "listen_address": interface, "db": db, "state_dir": state_dir, "expiry": expiry}
     options.update(tls=not no_tls, cert=cert, key=key)
     try:
         service = RegistryService(options)

@@ -11,15 +11,20 @@ import datetime
 from html import escape
 from itertools import groupby
 
+from ..protocol.metadata import describe_result
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; padding: 0 1em; color: #222; }
 h2 { border-bottom: 1px solid #ccc; margin-top: 1.5em; }
 h3 { margin: 1em 0 0.3em 1em; } h4 { margin: 0.6em 0 0.3em 2em; color: #555; }
 ul { margin-left: 2em; } li { margin-bottom: 0.8em; }
 .description { white-space: pre-wrap; margin: 0.2em 0; } .meta, code { color: #666; font-size: 0.9em; }
+.model { white-space: pre-wrap; margin: 0.2em 0; font-size: 0.9em; } .disclaimer { font-weight: bold; }
+ul.accuracy { margin: 0.2em 0 0.2em 1em; font-size: 0.9em; } ul.accuracy li { margin: 0; }
 """
 
 GROUPS = ("modality", "anatomy", "task")
+MODEL = (("licence", "licence"), ("intended_use", "intended use"), ("citation", "cite as"))
 
 
 def _key(value: str) -> str:
@@ -35,13 +40,29 @@ def _when(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _model(service: dict) -> str:
+    """The model metadata the service stated, each value escaped like everything announced."""
+    parts = [f'<div class="model">{label}: {escape(service[name])}</div>' for name, label in MODEL if service.get(name)]
+    if service.get("disclaimer"):
+        parts.append(f'<div class="model disclaimer">{escape(service["disclaimer"])}</div>')
+    results = service.get("accuracy") or []
+    if results:
+        items = "".join(f"<li>{escape(describe_result(result))}</li>" for result in results)
+        parts.append(f'<div class="model">accuracy:</div><ul class="accuracy">{items}</ul>')
+    return "".join(parts)
+
+
 def _service(service: dict) -> str:
     url = escape(service["prediction_url"], quote=True)
     description = escape(service["description"])
+    version = escape(service.get("version", ""))
     return (
-        f"<li><strong>{escape(service['name'])}</strong> <code>SID {escape(service['sid'])}</code><br>"
+        f"<li><strong>{escape(service['name'])}</strong>"
+        + (f" {version}" if version else "")
+        + f" <code>SID {escape(service['sid'])}</code><br>"
         f'<a href="{url}" rel="nofollow noopener noreferrer">{url}</a>'
         + (f'<div class="description">{description}</div>' if description else "")
+        + _model(service)
         + f'<div class="meta">last announced {_when(service["announced"])}</div></li>'
     )
 

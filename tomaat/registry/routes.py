@@ -14,14 +14,14 @@ import math
 from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ..protocol.registry import FILTERS, answer, discover_item, matches
 from . import store
-from .announcement import ANNOUNCED, check_announcement, check_withdrawal, read_object
+from .announcement import check_announcement, check_withdrawal, read_object
 from .html import render_page, sort_services
 from .keys import hash_key
 
 log = logging.getLogger("tomaat.registry")
 
-FILTERS = ("modality", "anatomy", "task")
 ENDPOINTS = "POST /announce, POST /withdraw, GET /discover, GET /health and GET /"
 
 
@@ -32,20 +32,12 @@ def _json(request, value, status: int = 200) -> bytes:
 
 
 def _answer(request, problems: list[str], status: int, **extra) -> bytes:
-    return _json(request, {"status": len(problems), "error": "; ".join(problems), **extra}, status)
+    return _json(request, answer(problems, **extra), status)
 
 
 def _client(request) -> str:
     peer = request.getClientAddress()
     return getattr(peer, "host", "?")
-
-
-def _public(service: dict) -> dict:
-    """A /discover entry: the v1 fields, api_key always empty."""
-    entry = {"api_key": ""}
-    entry.update({name: service[name] for name in ANNOUNCED})
-    entry.update(SID=service["sid"], creation_time=service["announced"])
-    return entry
 
 
 class RegistryRoutes:
@@ -94,8 +86,8 @@ class RegistryRoutes:
                 store.failed_authentication,
                 client,
                 self.service.now(),
-                int(config["auth_failures"]),
-                float(config["auth_window"]),
+                config.auth_failures,
+                config.auth_window,
             )
         except Exception as error:
             return self._store_down(request, "counting a failed authentication", error)
@@ -162,13 +154,13 @@ class RegistryRoutes:
         for name in FILTERS:
             values = request.args.get(name.encode())
             if values and values[0].strip():
-                wanted[name] = values[0].decode("utf-8", "replace").strip().casefold()
+                wanted[name] = values[0].decode("utf-8", "replace").strip()
         try:
             services = await self._live()
         except Exception as error:
             return self._store_down(request, "discover", error)
-        services = [s for s in services if all(s[name].casefold() == value for name, value in wanted.items())]
-        return _json(request, [_public(s) for s in sort_services(services)])
+        services = [s for s in services if matches(s, wanted)]
+        return _json(request, [discover_item(s) for s in sort_services(services)])
 
     @app.route("/", methods=["GET"])
     async def index(self, request):

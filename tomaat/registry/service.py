@@ -8,7 +8,6 @@ lives here that the database does not hold.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from twisted.internet import task
@@ -16,38 +15,22 @@ from twisted.internet.defer import Deferred
 
 from .. import web
 from ..daemon import Daemon
+from ..protocol.registry import answer
 from . import store
+from .config import RegistryConfig
 from .routes import RegistryRoutes
 
 log = logging.getLogger("tomaat.registry")
 
-STATE_DIR = os.path.join(os.path.expanduser("~"), ".tomaat", "registry")
-DEFAULTS = {
-    "port": 8001,
-    "interface": "0.0.0.0",
-    "db": os.path.join(STATE_DIR, "registry.sqlite3"),
-    "tls": True,
-    "cert": None,
-    "key": None,
-    "state_dir": STATE_DIR,
-    "expiry": 3600.0,  # seconds an announcement lives without renewal (upstream's value)
-    "max_body_bytes": 64 * 1024,
-    "max_services_per_key": 100,  # live announcements one key may hold (0: no limit)
-    "auth_failures": 10,  # failed authentications per client address per auth_window, then 429 (0: no limit)
-    "auth_window": 60.0,
-    "idle_timeout": 60.0,  # seconds a connection may send nothing
-    "receive_timeout": 60.0,  # seconds from connect (or the last answer) to a request's last body byte; then 408
-    "max_connections": 1000,  # held at once; at the cap the oldest idle connection is closed (0: none)
-    "max_connections_per_address": 256,  # the same, per client address (0: none)
-}
+DEFAULTS = RegistryConfig()  # the defaults, for help texts
 
 
 def too_large_answer(limit: int) -> dict:
-    return {"status": 1, "error": f"the body is larger than {limit} bytes; an announcement is a small JSON object"}
+    return answer([f"the body is larger than {limit} bytes; an announcement is a small JSON object"])
 
 
 def refusal_answer(message: str) -> dict:
-    return {"status": 1, "error": message}
+    return answer([message])
 
 
 class RegistryService(Daemon):
@@ -56,17 +39,15 @@ class RegistryService(Daemon):
     log = log
 
     def __init__(self, config=None, *, reactor=None, clock=time.time, **options):
-        self.config = {**DEFAULTS, **(config or {}), **options}
+        self.config = RegistryConfig.build(config, options)
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.now = clock
-        self.expiry = float(self.config["expiry"])
-        if self.expiry <= 0:
-            raise ValueError(f"expiry must be a positive number of seconds, got {self.config['expiry']!r}")
-        self.max_body_bytes = int(self.config["max_body_bytes"])
-        self.max_services = int(self.config["max_services_per_key"])
-        self.database = store.Database(self.config["db"])
+        self.expiry = self.config.expiry
+        self.max_body_bytes = self.config.max_body_bytes
+        self.max_services = self.config.max_services_per_key
+        self.database = store.Database(self.config.db)
         self.store = None
         self.fingerprint = None
         self.port = None
@@ -95,24 +76,22 @@ class RegistryService(Daemon):
     async def listen(self):
         """Open the store (creating its tables on first start) and the port (0 picks a free one)."""
         endpoint = self._endpoint()
-        self.store = store.AsyncStore(self.config["db"], self.reactor)
+        self.store = store.AsyncStore(self.config.db, self.reactor)
         try:
             try:
                 await self.store.run(store.create_schema)
             except Exception as error:
                 raise RuntimeError(f"cannot use the database ({self.database.describe()}): {error}") from error
-            connections = web.Connections(
-                int(self.config["max_connections"]), int(self.config["max_connections_per_address"])
-            )
-            site = web.make_site(
+            connections = web.Connections(self.config.max_connections, self.config.max_connections_per_address)
+            site = web.QuietSite(
                 RegistryRoutes(self).app.resource(),
-                self.max_body_bytes,
-                too_large_answer,
-                refusal_answer,
+                max_body_bytes=self.max_body_bytes,
+                receive_timeout=self.config.receive_timeout,
+                idle_timeout=self.config.idle_timeout,
                 connections=connections,
+                too_large=too_large_answer,
+                refusal=refusal_answer,
             )
-            site.timeOut = float(self.config["idle_timeout"]) or None
-            site.receive_timeout = float(self.config["receive_timeout"]) or None
             self.port = await endpoint.listen(site)
         except Exception:
             self.store.close()
@@ -134,7 +113,7 @@ class RegistryService(Daemon):
             self.store = None
 
     def advice(self) -> list[str]:
-        if self.config["tls"] and not (self.config["cert"] and self.config["key"]):
+        if self.config.tls and not (self.config.cert and self.config.key):
             return [
                 "TOMAAT-Slicer checks a registry's certificate against the system's certificate authorities, so it "
                 "cannot discover services from this self-signed one: give --cert and --key from a CA its machines "

@@ -13,29 +13,50 @@ fields, which are public anyway. Never a key, never an image.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
-from .announcement import LIMITS, OWNER_LIMIT
+from ..protocol import metadata
+from ..protocol.registry import LIMITS
+from .announcement import OWNER_LIMIT
 from .keys import new_key_id, same_hash, service_id
 
-SCHEMA_VERSION = 1
+# 2: the model metadata columns (added in place to a version 1 database, see _UPGRADES)
+SCHEMA_VERSION = 2
 _SCHEMA_LOCK = 7_243_101  # PostgreSQL advisory lock id: serialises schema creation across registry processes
-_SERVICE_COLUMNS = ("sid", "key_id", *LIMITS, "announced")
+_STORED = (*LIMITS, *metadata.FIELDS)  # the announced fields, one column each
+_SERVICE_COLUMNS = ("sid", "key_id", *_STORED, "announced")
+# the accuracy list is kept as JSON text: the longest that MAX_RESULTS results of the longest texts
+# (each character escaped) and numbers encode to, with room to spare for the punctuation
+ACCURACY_LIMIT = metadata.MAX_RESULTS * (2 * sum(metadata.RESULT_TEXT.values()) + 100) + 2
+
+
+def _text(name: str, limit: int, default: str | None = None) -> str:
+    default = "" if default is None else f" DEFAULT '{default}'"
+    return f"{name} TEXT NOT NULL{default} CHECK (length({name}) <= {limit})"
+
+
+def _metadata_columns() -> list[str]:
+    """With defaults, so rows written before the upgrade, or by a registry that predates it, read as "states none"."""
+    columns = [_text(name, limit, "") for name, limit in metadata.TEXT.items()]
+    return [*columns, _text(metadata.ACCURACY, ACCURACY_LIMIT, "[]")]
+
+
+# from version N to N + 1, run in create_schema's transaction
+_UPGRADES = {1: [f"ALTER TABLE registry_services ADD COLUMN {column}" for column in _metadata_columns()]}
 
 
 def _schema() -> list[str]:
-    def text(name: str, limit: int) -> str:
-        return f"{name} TEXT NOT NULL CHECK (length({name}) <= {limit})"
-
-    service_fields = ",\n    ".join(text(name, limit) for name, limit in LIMITS.items())
+    service_fields = ",\n    ".join([*(_text(name, limit) for name, limit in LIMITS.items()), *_metadata_columns()])
     return [
         "CREATE TABLE IF NOT EXISTS registry_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
         f"""CREATE TABLE IF NOT EXISTS registry_keys (
     id TEXT PRIMARY KEY,
     key_hash TEXT NOT NULL UNIQUE CHECK (length(key_hash) = 64),
-    {text("owner", OWNER_LIMIT)},
+    {_text("owner", OWNER_LIMIT)},
     created DOUBLE PRECISION NOT NULL,
     last_used DOUBLE PRECISION,
     revoked DOUBLE PRECISION
@@ -64,6 +85,8 @@ class Database:
         target = str(target)
         scheme = target.split("://", 1)[0].lower() if "://" in target else ""
         if scheme in ("postgresql", "postgres"):
+            if importlib.util.find_spec("psycopg") is None:  # an extra: SQLite registries install no driver
+                raise ValueError(f"{scheme}:// needs the PostgreSQL driver: pip install 'tomaat[postgres]'")
             self.kind, self.url, self.path = "postgresql", target, None
         elif scheme in ("", "sqlite"):
             path = urlsplit(target).path if scheme else target
@@ -155,7 +178,11 @@ class Tx:
 
 
 def create_schema(tx: Tx) -> int:
-    """Create what is missing; refuses a database that a newer registry has already changed."""
+    """Create what is missing and upgrade an older schema in place; refuses one a newer registry has changed.
+
+    The upgrade runs in the same transaction, under the same lock: registries starting together on
+    one old database upgrade it once, and a failed upgrade leaves it as it was.
+    """
     if tx.database.postgresql:
         tx.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
     else:
@@ -172,6 +199,12 @@ def create_schema(tx: Tx) -> int:
             f"the database has registry schema version {version}, newer than this tomaat's ({SCHEMA_VERSION}): "
             "upgrade tomaat before serving from it"
         )
+    if version < SCHEMA_VERSION:
+        for step in range(version, SCHEMA_VERSION):
+            for statement in _UPGRADES[step]:
+                tx.execute(statement)
+        tx.execute("UPDATE registry_meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION),))
+        version = SCHEMA_VERSION
     return version
 
 
@@ -245,14 +278,21 @@ def announce(tx: Tx, key_hash: str, fields: dict, now: float, max_services: int 
             raise TooManyServices(max_services)
     tx.execute("UPDATE registry_keys SET last_used = ? WHERE id = ?", (now, key_id))
     sid = service_id(key_id, fields["prediction_url"])
-    updates = ", ".join(f"{name} = excluded.{name}" for name in (*LIMITS, "announced") if name != "prediction_url")
+    updates = ", ".join(f"{name} = excluded.{name}" for name in (*_STORED, "announced") if name != "prediction_url")
     tx.execute(
         f"INSERT INTO registry_services ({', '.join(_SERVICE_COLUMNS)})"
         f" VALUES ({', '.join('?' for _ in _SERVICE_COLUMNS)})"
         f" ON CONFLICT (key_id, prediction_url) DO UPDATE SET {updates}",
-        (sid, key_id, *(fields[name] for name in LIMITS), now),
+        (sid, key_id, *_encoded(fields), now),
     )
     return sid
+
+
+def _encoded(fields: dict) -> list:
+    """The announced fields as columns; metadata not announced is stored empty (an announcement replaces it all)."""
+    model = {**metadata.empty(), **{name: fields[name] for name in metadata.FIELDS if name in fields}}
+    model[metadata.ACCURACY] = json.dumps(model[metadata.ACCURACY], ensure_ascii=False)
+    return [*(fields[name] for name in LIMITS), *(model[name] for name in metadata.FIELDS)]
 
 
 def withdraw(tx: Tx, key_hash: str, prediction_url: str, now: float) -> bool | None:
@@ -274,9 +314,12 @@ _LIVE = " FROM registry_services s JOIN registry_keys k ON k.id = s.key_id WHERE
 def live_services(tx: Tx, since: float) -> list[dict]:
     """Services announced after `since` by keys still valid (revocation hides them even before the delete)."""
     tx.begin()
-    names = ("sid", *LIMITS, "announced")
+    names = ("sid", *_STORED, "announced")
     rows = tx.all(f"SELECT {', '.join('s.' + name for name in names)}" + _LIVE, (since,))
-    return [dict(zip(names, row, strict=True)) for row in rows]
+    services = [dict(zip(names, row, strict=True)) for row in rows]
+    for service in services:
+        service[metadata.ACCURACY] = json.loads(service[metadata.ACCURACY])
+    return services
 
 
 def count_live(tx: Tx, since: float) -> int:

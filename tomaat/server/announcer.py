@@ -4,7 +4,8 @@ The registry forgets an announcement that is not renewed (3600 s by default),
 so the announcer renews well inside that (every 1600 s, as upstream did). A
 registry that is down or refuses must never take the server down with it: every
 failure is logged (the API key never is) and retried with exponential backoff,
-capped at the period.
+capped at the period. What is sent is the wire format's (protocol/registry.py),
+the registry's own definition of an announcement.
 
 Usage from a service::
 
@@ -16,20 +17,21 @@ Usage from a service::
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from urllib.parse import urlsplit
 
-import treq
 from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+from ..http_client import AnswerTooLarge, HttpClient, root_cause
+from ..protocol import metadata
+from ..protocol import registry as wire
 
 log = logging.getLogger("tomaat.server.announcer")
 
-PAYLOAD_FIELDS = ("prediction_url", "interface_url", "name", "modality", "anatomy", "task", "description")
+PAYLOAD_FIELDS = wire.ANNOUNCED  # required; the model metadata (protocol/metadata.py) is sent when given
 
 
 def registry_base(url: str) -> str:
@@ -54,12 +56,12 @@ def backoff_delay(failures: int, first: float, cap: float) -> float:
 
 
 def describe_error(error: BaseException, timeout: float) -> str:
-    """One readable line for a failed exchange; Twisted wraps the real cause in lists of failures."""
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        return describe_error(reasons[0].value, timeout)
+    """One readable line for a failed exchange."""
+    error = root_cause(error)
     if isinstance(error, defer.TimeoutError | defer.CancelledError):
         return f"no answer within {timeout:g} s"
+    if isinstance(error, AnswerTooLarge):
+        return str(error)
     if isinstance(error, SSL.Error):
         return "the TLS handshake failed: the registry's certificate is not the trusted one (check the pinned fingerprint or CA)"
     return f"{type(error).__name__}: {error}"
@@ -100,18 +102,12 @@ class Announcer:
         self.reactor = reactor
         self.registry_url = registry_base(registry_url)
         self._api_key = api_key.strip()
-        self.payload = {name: payload[name] for name in PAYLOAD_FIELDS}
+        self.payload = {name: payload[name] for name in (*PAYLOAD_FIELDS, *metadata.FIELDS) if name in payload}
         self.period = float(period)
         self.request_timeout = request_timeout
         self.stop_timeout = stop_timeout
         self.first_retry = min(first_retry, self.period)
-        agent = Agent(
-            reactor,
-            contextFactory=tls or BrowserLikePolicyForHTTPS(),
-            pool=HTTPConnectionPool(reactor, persistent=False),
-            connectTimeout=request_timeout,
-        )
-        self._http = treq.client.HTTPClient(agent)
+        self._http = HttpClient(reactor, tls, connect_timeout=request_timeout)
         self.announced_at = ""
         self.sid = None
         self.failures = 0  # consecutive failed attempts, for health reporting
@@ -165,34 +161,21 @@ class Announcer:
         text = str(text)[:500]
         return text.replace(self._api_key, "<api key>") if self._api_key else text
 
-    async def _exchange(self, endpoint: str, body: dict):
-        response = await self._http.post(
-            f"{self.registry_url}/{endpoint}",
-            data=json.dumps(body).encode("utf-8"),
-            headers={b"Content-Type": [b"application/json"]},
-        )
-        raw = await response.content()
-        try:
-            answer = json.loads(raw.decode("utf-8"))
-        except ValueError:
-            answer = None
-        return response.code, answer if isinstance(answer, dict) else {"error": raw.decode("utf-8", "replace")}
-
     async def _post(self, endpoint: str, body: dict, timeout: float):
-        """(HTTP status, JSON answer); the timeout covers connecting, sending and reading the answer."""
-        exchange = defer.Deferred.fromCoroutine(self._exchange(endpoint, body))
-        exchange.addTimeout(timeout, self.reactor)
-        return await exchange
+        """(HTTP status, the answer as a dict); the timeout covers connecting, sending and reading the answer."""
+        url = f"{self.registry_url}/{endpoint}"
+        code, raw = await self._http.post_json(url, body, timeout=timeout, limit=wire.ANSWER_LIMIT)
+        return code, wire.read_answer(raw)
 
     async def _announce_once(self) -> str | None:
         """None when the registry accepted, else why not; never raises."""
         try:
             code, answer = await self._post(
-                "announce", {"api_key": self._api_key, **self.payload}, self.request_timeout
+                "announce", wire.announce_body(self._api_key, self.payload), self.request_timeout
             )
         except Exception as error:
             return f"could not reach the registry: {describe_error(error, self.request_timeout)}"
-        if code != 200 or answer.get("status") != 0:
+        if not wire.accepted(code, answer):
             self.announced_at = ""
             return f"the registry refused (HTTP {code}): {answer.get('error', '')}"
         first = not self.announced_at
@@ -232,7 +215,7 @@ class Announcer:
             except Exception:
                 pass
         was_announced, self.announced_at = self.announced_at, ""
-        body = {"api_key": self._api_key, "prediction_url": self.payload["prediction_url"]}
+        body = wire.withdraw_body(self._api_key, self.payload["prediction_url"])
         try:
             code, answer = await self._post("withdraw", body, self.stop_timeout)
         except Exception as error:

@@ -1,0 +1,88 @@
+"""Outgoing HTTP on treq, shared by the server's announcer and the client.
+
+Both talk to peers that may be down, slow or hostile: a registry, a prediction
+server. So every exchange has one deadline that covers connecting, sending and
+reading the answer, an answer read as JSON is bounded (a peer cannot make us
+hold gigabytes to parse), and TLS is whatever policy the caller trusts: a pinned
+fingerprint (trust.py), trust on first use (client/trust.py), a CA file, or the
+system's CAs when none is given. Connections are not kept between exchanges,
+so an announcer renewing every half hour holds nothing open in between.
+"""
+
+from __future__ import annotations
+
+import json
+
+import treq
+from twisted.internet import defer
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+JSON_HEADERS = {b"Content-Type": [b"application/json"]}
+
+
+class AnswerTooLarge(Exception):
+    """The peer's answer went past the bytes the caller was ready to read; the connection is dropped."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"the answer is larger than {limit} bytes")
+        self.limit = limit
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The failure that matters: Twisted wraps the real cause (a refused connection, a TLS error) in lists."""
+    reasons = getattr(error, "reasons", None)
+    return root_cause(reasons[0].value) if reasons else error
+
+
+async def _read(response, limit: int | None) -> bytes:
+    if limit is None:
+        return await response.content()
+    chunks, size = [], [0]
+
+    def collect(data: bytes) -> None:
+        size[0] += len(data)
+        if size[0] > limit:
+            raise AnswerTooLarge(limit)  # treq drops the connection
+        chunks.append(data)
+
+    await treq.collect(response, collect)
+    return b"".join(chunks)
+
+
+class HttpClient:
+    """treq on an Agent of its own; `tls` is an IPolicyForHTTPS, None for the system's CAs."""
+
+    def __init__(self, reactor, tls=None, connect_timeout: float = 30.0):
+        self.reactor = reactor
+        self.pool = HTTPConnectionPool(reactor, persistent=False)
+        agent = Agent(
+            reactor,
+            contextFactory=tls or BrowserLikePolicyForHTTPS(),
+            pool=self.pool,
+            connectTimeout=connect_timeout,
+        )
+        self.treq = treq.client.HTTPClient(agent)
+
+    async def request(
+        self, method: str, url: str, *, timeout: float | None = None, limit: int | None = None, **kwargs
+    ) -> tuple[int, bytes]:
+        """(HTTP status, body); `timeout` bounds the whole exchange, `limit` the body's bytes (AnswerTooLarge)."""
+
+        async def exchange():
+            response = await self.treq.request(method, url, **kwargs)
+            return response.code, await _read(response, limit)
+
+        attempt = defer.Deferred.fromCoroutine(exchange())
+        if timeout is not None:
+            attempt.addTimeout(timeout, self.reactor)
+        return await attempt
+
+    def post_json(self, url: str, body, **options):
+        """POST body as JSON; options as for request()."""
+        return self.request("POST", url, data=json.dumps(body).encode("utf-8"), headers=JSON_HEADERS, **options)
+
+    def get(self, url: str, **options):
+        return self.request("GET", url, **options)
+
+    def close(self):
+        return self.pool.closeCachedConnections()
