@@ -22,7 +22,8 @@ def main():
 @click.option("--no-tls", is_flag=True, help="Serve plain HTTP instead of HTTPS.")
 @click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate (default: self-signed).")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False), help="PEM private key for --cert.")
-@click.option("--threads", type=int, default=None, help=f"Worker threads (default {DEFAULTS['threads']}).")
+@click.option("--threads", type=int, default=None, help=f"Worker threads (default {DEFAULTS.threads}).")
+@click.option("--device", default=None, help="Handed to the app's setup(), e.g. cuda:1 or cpu (default: auto).")
 @click.option(
     "--state-dir", type=click.Path(file_okay=False), default=None, help="Where the generated certificate is kept."
 )
@@ -55,27 +56,24 @@ def main():
 @click.option("--idle-timeout", type=float, default=None, help="Seconds a silent connection is kept (default 60).")
 @click.option("--receive-timeout", type=float, default=None, help="Seconds to receive one request (default 900).")
 @click.option("--shutdown-grace", type=float, default=None, help="Seconds SIGTERM waits for requests (default 30).")
-def serve(target, port, interface, no_tls, cert, key, threads, state_dir, delayed, response_ttl, **announcing):
+def serve(target, port, interface, no_tls, cert, key, threads, device, state_dir, delayed, response_ttl, **announcing):
     """Serve the app defined in FILE_OR_MODULE (a TomaatApp, a subclass, or a TomaatService)."""
     if bool(cert) != bool(key):
         raise click.UsageError("--cert and --key go together")
     if bool(announcing["registry"]) != bool(announcing["api_key_file"]):
         raise click.UsageError("--announce and --api-key-file go together")
-    try:
-        found = load(target)
-    except (LoadError, InterfaceError) as error:
-        raise click.ClickException(str(error)) from None
     options = {
         "port": port,
-        "interface": interface,
+        "listen_address": interface,
         "threads": threads,
+        "device": device,
         "state_dir": state_dir,
         "response_ttl": response_ttl,
         "cert": cert,
         "key": key,
         "announce": announcing["registry"],
         "api_key": announcing["api_key_file"].read().strip() if announcing["api_key_file"] else None,
-        "host": announcing["public_url"],
+        "public_url": announcing["public_url"],
         "registry_fingerprint": announcing["registry_fingerprint"],
         "announce_period": announcing["announce_period"],
     }
@@ -89,15 +87,35 @@ def serve(target, port, interface, no_tls, cert, key, threads, state_dir, delaye
         options["tls"] = False
     if delayed:
         options["delayed_responses"] = True
+    _service(target, options).run()
+
+
+def _service(target: str, options: dict) -> TomaatService:
+    """The service that TARGET defines or whose app it defines, with the command line's options over its config."""
     try:
+        found = load(target)
         if isinstance(found, TomaatService):
-            found.config.update(options)
-            service = found
-        else:
-            service = TomaatService(app=found, **options)
-    except (TypeError, ValueError) as error:
+            found.configure(**options)
+            return found
+        return TomaatService(app=found, **options)
+    except (LoadError, InterfaceError, TypeError, ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from None
-    service.run()
+
+
+@main.command()
+@click.argument("target", metavar="FILE_OR_MODULE[:NAME]")
+@click.option("--device", default=None, help="Handed to the app's setup() (default: auto).")
+def check(target, device):
+    """Run one request made of the interface's defaults and a generated phantom through the app, with no server."""
+    from .daemon import log_to_stdlib
+    from .server.check import check as run_check
+
+    log_to_stdlib()
+    passed, lines = run_check(_service(target, {"device": device} if device else {}))
+    for line in lines:
+        click.echo(line)
+    click.echo("check passed" if passed else "check FAILED")
+    raise SystemExit(0 if passed else 1)
 
 
 # ---- client commands (tomaat/client/cli.py): discover, interface, predict ------------------------

@@ -12,6 +12,8 @@ import sys
 
 from twisted.internet.defer import Deferred
 
+from .config import ListenConfig
+
 
 def log_to_stdlib() -> None:
     """Send Twisted's log events to the standard logging module, configured once for the process."""
@@ -22,21 +24,18 @@ def log_to_stdlib() -> None:
     globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
 
 
-def server_endpoint(reactor, config: dict):
-    """The endpoint a service listens on, and its certificate's fingerprint (None for plain HTTP).
-
-    Both services read the same keys: port, interface, tls, cert, key, state_dir.
-    """
+def server_endpoint(reactor, config: ListenConfig):
+    """The endpoint a service listens on, and its certificate's fingerprint (None for plain HTTP)."""
     from twisted.internet import endpoints
 
     from . import tls
 
-    port, interface = int(config["port"]), config["interface"]
-    if not config["tls"]:
+    port, interface = config.port, config.listen_address
+    if not config.tls:
         return endpoints.TCP4ServerEndpoint(reactor, port, interface=interface), None
-    cert, key = config["cert"], config["key"]
+    cert, key = config.cert, config.key
     if not (cert and key) and port:
-        cert, key = tls.ensure_certificate(config["state_dir"], port=port)  # one per port, kept
+        cert, key = tls.ensure_certificate(config.state_dir, port=port)  # one per port, kept
     if cert and key:
         with open(cert, "rb") as cert_file, open(key, "rb") as key_file:
             cert_pem, key_pem = cert_file.read(), key_file.read()
@@ -46,10 +45,10 @@ def server_endpoint(reactor, config: dict):
     return endpoint, tls.fingerprint(cert_pem)
 
 
-def local_url(config: dict, port) -> str:
+def local_url(config: ListenConfig, port) -> str:
     """How a process on this machine reaches a listening service (tests, logs, the demo)."""
-    scheme = "https" if config["tls"] else "http"
-    interface = config["interface"]
+    scheme = "https" if config.tls else "http"
+    interface = config.listen_address
     host = "127.0.0.1" if interface in ("0.0.0.0", "") else interface
     return f"{scheme}://{host}:{port.getHost().port}"
 

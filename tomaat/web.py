@@ -196,50 +196,39 @@ class CorsResource(resource.Resource):
 
 
 class QuietSite(server.Site):
-    """Our services log one line per request themselves, with timings; Twisted's access log is off."""
+    """A service's site: our limits, given at construction, and no access log (the services log one line per
+    request themselves, with timings).
+
+    `too_large(limit)` and `refusal(message)` shape the early answers (413; 408, 503) in the service's own
+    protocol; the prediction server's default is the v1 error list.
+    """
 
     protocol = GuardedChannel
     requestFactory = TimedRequest
-    max_body_bytes = 2 * 1024**3
-    receive_timeout = 900.0
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.budget = Budget(0)  # no limit unless the service sets one
-        self.connections = Connections()
-
-    @staticmethod
-    def refusal(message: str):
-        """The JSON of an early answer (408, 503) in the service's protocol."""
-        return error_items(message)
-
-    @staticmethod
-    def too_large(limit: int):
-        """The JSON answer to an oversized body; each service answers in its own protocol's shape."""
-        return error_items(f"the request body is larger than this server accepts ({limit} bytes)")
+    def __init__(
+        self,
+        klein_resource,
+        *,
+        max_body_bytes: int = 2 * 1024**3,
+        receive_timeout: float | None = 900.0,
+        idle_timeout: float | None = 60.0,
+        budget: Budget | None = None,
+        connections: Connections | None = None,
+        too_large=None,
+        refusal=None,
+    ):
+        super().__init__(CorsResource(klein_resource), timeout=idle_timeout or None)
+        self.max_body_bytes = max_body_bytes
+        self.receive_timeout = receive_timeout or None
+        self.budget = budget if budget is not None else Budget(0)  # no limit unless the service sets one
+        self.connections = connections if connections is not None else Connections()
+        self.too_large = too_large or _too_large
+        self.refusal = refusal or error_items
 
     def log(self, request):
         pass
 
 
-def make_site(
-    klein_resource,
-    max_body_bytes: int | None = None,
-    too_large=None,
-    refusal=None,
-    budget: Budget | None = None,
-    connections: Connections | None = None,
-) -> server.Site:
-    """refusal(message) shapes other early answers (408, 503) in the service's protocol."""
-    site = QuietSite(CorsResource(klein_resource))
-    if connections is not None:
-        site.connections = connections
-    if refusal is not None:
-        site.refusal = refusal
-    if budget is not None:
-        site.budget = budget
-    if max_body_bytes is not None:
-        site.max_body_bytes = max_body_bytes
-    if too_large is not None:
-        site.too_large = too_large
-    return site
+def _too_large(limit: int):
+    return error_items(f"the request body is larger than this server accepts ({limit} bytes)")

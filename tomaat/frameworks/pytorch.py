@@ -38,7 +38,9 @@ class TorchModel(Model):
         import torch
 
         self._torch = torch
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device in (None, "auto"):  # "auto": the service's default device setting (TomaatApp.setup)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
         self.half = half and self.device.type == "cuda"
         self.dtype = torch.float16 if self.half else torch.float32
         if isinstance(model, (str, os.PathLike)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from .pipeline import Step
+from .pipeline import Step, read
 
 
 class ToNumpy(Step):
@@ -41,7 +41,9 @@ class FromNumpy(Step):
         self.reference, self.channels, self.batch = reference, channels, batch
 
     def __call__(self, data):
-        data[self.out] = to_image(data[self.key], data[self.reference], self.channels, self.batch)
+        data[self.out] = to_image(
+            read(data, self.key, self), read(data, self.reference, self), self.channels, self.batch
+        )
         return data
 
 

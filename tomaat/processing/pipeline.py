@@ -44,6 +44,27 @@ class Grid:
         return self.stamp(image)
 
 
+class MissingKey(KeyError):
+    """A KeyError whose message reads as a sentence (KeyError's own str() quotes it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def read(data: dict, key: str, step) -> object:
+    """data[key], or a KeyError that says which step wanted it, what data holds and how to point the step elsewhere:
+    the keys default to `images` -> `array` -> `prediction` -> `labels`, and an app whose volume input is named
+    otherwise must pass key=... to its steps."""
+    try:
+        return data[key]
+    except KeyError:
+        held = ", ".join(repr(k) for k in data if not str(k).startswith("_")) or "nothing"
+        raise MissingKey(
+            f"{type(step).__name__} reads data[{key!r}], which is not there (data holds {held}); "
+            f"pass the key it should read, e.g. {type(step).__name__}(..., key={next(iter(data), 'images')!r})"
+        ) from None
+
+
 class Step:
     """One operation on the data dict: reads `key`, writes `out` (default: `key`)."""
 
@@ -52,7 +73,7 @@ class Step:
         self.out = out or key
 
     def __call__(self, data: dict) -> dict:
-        data[self.out] = self.apply(data[self.key])
+        data[self.out] = self.apply(read(data, self.key, self))
         return data
 
     def apply(self, value):
@@ -67,7 +88,7 @@ class GeometryStep(Step):
         self.chain = chain
 
     def __call__(self, data: dict) -> dict:
-        image, record = self.forward(data[self.key])
+        image, record = self.forward(read(data, self.key, self))
         data.setdefault(UNDO, {}).setdefault(self.chain, []).append((self, record))
         data[self.out] = image
         return data
@@ -98,7 +119,7 @@ class Restore(Step):
         self.interpolator = interpolator
 
     def __call__(self, data: dict) -> dict:
-        image = data[self.key]
+        image = read(data, self.key, self)
         interpolator = self.interpolator if self.interpolator is not None else default_interpolator(image)
         for step, record in reversed(data.get(UNDO, {}).get(self.chain, [])):
             image = step.inverse(image, record, interpolator)

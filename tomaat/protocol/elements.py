@@ -61,6 +61,11 @@ def _text(raw, where: str) -> str:
         raise RequestError(f"{where}: expected UTF-8 text") from None
 
 
+def _get(spec: dict[str, Any], key: str) -> Any:
+    """A key of a v1 dict, None when absent: check() then names what is missing."""
+    return spec.get(key)
+
+
 def _b64(data: bytes) -> str:
     from . import b64
 
@@ -78,7 +83,7 @@ class InputElement:
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]):
-        return cls(spec.get("destination"))
+        return cls(_get(spec, "destination"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.wire_type, "destination": self.destination}
@@ -144,7 +149,7 @@ class Slider(InputElement):
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]):
-        return cls(spec.get("destination"), spec.get("minimum"), spec.get("maximum"))
+        return cls(_get(spec, "destination"), _get(spec, "minimum"), _get(spec, "maximum"))
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "minimum": self.minimum, "maximum": self.maximum}
@@ -190,7 +195,7 @@ class Checkbox(InputElement):
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]):
-        return cls(spec.get("destination"), spec.get("text", ""))
+        return cls(_get(spec, "destination"), spec.get("text", ""))
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "text": self.text}
@@ -228,10 +233,10 @@ class RadioButton(InputElement):
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]):
-        options = spec.get("options") or ()
+        options = _get(spec, "options") or ()
         if isinstance(options, str):
             raise InterfaceError(f"radiobutton '{spec.get('destination')}': options must be a list of strings")
-        return cls(spec.get("destination"), spec.get("text", ""), tuple(options))
+        return cls(_get(spec, "destination"), spec.get("text", ""), tuple(options))
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "text": self.text, "options": list(self.options)}
@@ -287,7 +292,7 @@ class OutputElement:
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]):
-        return cls(spec.get("field"), spec.get("label", "") or "")
+        return cls(_get(spec, "field"), spec.get("label", "") or "")
 
     def to_output_dict(self) -> dict[str, Any]:
         out = {"type": self.output_type, "field": self.field}
@@ -311,6 +316,21 @@ class OutputElement:
         return content
 
 
+@dataclass(frozen=True)
+class AmbiguousGrid:
+    """Stands for the reference grid of a LabelVolume that names none while the service has several volumes."""
+
+    field: str
+    volumes: tuple
+
+    def problem(self) -> str:
+        names = ", ".join(repr(v) for v in self.volumes)
+        return (
+            f"a NumPy LabelVolume '{self.field}' cannot tell which input volume's grid to take ({names}): "
+            f"declare LabelVolume({self.field!r}, grid=...) with one of them, or return a SimpleITK image"
+        )
+
+
 def label_image(value, reference):
     """An image for a LabelVolume; a NumPy array takes the input's grid when its shape matches."""
     import numpy as np
@@ -319,6 +339,8 @@ def label_image(value, reference):
     if isinstance(value, sitk.Image):
         return value
     if isinstance(value, np.ndarray):
+        if isinstance(reference, AmbiguousGrid):
+            raise TypeError(reference.problem())
         if value.dtype == bool:
             value = value.astype(np.uint8)
         image = sitk.GetImageFromArray(value)
@@ -335,9 +357,22 @@ def label_image(value, reference):
 
 @dataclass(frozen=True)
 class LabelVolume(OutputElement):
+    """`grid`: the input volume whose grid a NumPy array takes, needed when the service has several."""
+
+    grid: str = ""
     output_type: ClassVar[str] = "LabelVolume"
     default_name: ClassVar[str] = "labels"
     suffix: ClassVar[str] = "nii.gz"
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]):
+        return cls(_get(spec, "field"), spec.get("label", "") or "", spec.get("grid", "") or "")
+
+    def to_output_dict(self) -> dict[str, Any]:
+        out = super().to_output_dict()
+        if self.grid:
+            out["grid"] = self.grid
+        return out
 
     def write_item(self, value, reference=None) -> str:
         from .volumes import write_image
@@ -477,7 +512,7 @@ class Fiducials:
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]):
-        return cls(spec.get("destination") or spec.get("field"), spec.get("label", "") or "")
+        return cls(_get(spec, "destination") or _get(spec, "field"), spec.get("label", "") or "")
 
     @property
     def destination(self) -> str:
@@ -487,14 +522,9 @@ class Fiducials:
     def field(self) -> str:
         return self.name
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.wire_type, "destination": self.name}
-
-    def to_output_dict(self) -> dict[str, Any]:
-        out = {"type": self.output_type, "field": self.name}
-        if self.label:
-            out["label"] = self.label
-        return out
+    # the same v1 dicts as other inputs and outputs
+    to_dict = InputElement.to_dict
+    to_output_dict = OutputElement.to_output_dict
 
     def check(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -538,17 +568,17 @@ class Fiducials:
         return fiducials.parse(content, cls.output_type, limit)
 
 
-INPUT_TYPES: dict[str, type] = {
+INPUT_TYPES: dict[str, Any] = {
     cls.wire_type: cls for cls in (Volume, Slider, Checkbox, RadioButton, Fiducials, Transform)
 }
-OUTPUT_TYPES: dict[str, type] = {
+OUTPUT_TYPES: dict[str, Any] = {
     cls.output_type: cls
     for cls in (LabelVolume, VTKMesh, PlainText, Fiducials, TransformGrid, TransformBSpline, TransformLinear)
 }
 
 
-def _from_dict(spec: dict[str, Any], types: dict[str, type], what: str):
-    cls = types.get(spec.get("type"))
+def _from_dict(spec: dict[str, Any], types: dict[str, Any], what: str):
+    cls = types.get(_get(spec, "type"))
     if cls is None:
         raise InterfaceError(f"unknown {what} {spec.get('type')!r}; expected one of {', '.join(sorted(types))}")
     return cls.from_dict(spec)
@@ -568,6 +598,18 @@ def input_interface(elements) -> tuple:
         seen.add(element.destination)
         result.append(element)
     return tuple(result)
+
+
+def check_grids(inputs, outputs) -> None:
+    """Each LabelVolume's `grid` must name a volume input."""
+    volumes = [e.destination for e in inputs if e.wire_type == "volume"]
+    for element in outputs:
+        grid = getattr(element, "grid", "")
+        if grid and grid not in volumes:
+            raise InterfaceError(
+                f"LabelVolume '{element.field}': grid {grid!r} is not a volume input; expected one of: "
+                f"{', '.join(volumes) or 'none (the service has no volume input)'}"
+            )
 
 
 def output_interface(elements) -> tuple:

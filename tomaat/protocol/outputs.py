@@ -17,7 +17,7 @@ def encode_item(element, value, reference=None) -> dict:
 
 def decode_item(item: dict, allowance: Allowance | None = None):
     """The Python value of one answer item, the inverse of encode_item (used by clients and tests)."""
-    kind = OUTPUT_TYPES.get(item.get("type"))
+    kind = OUTPUT_TYPES.get(str(item.get("type")))
     if kind is None:
         return item.get("content")
     return kind.read_item(item.get("content"), allowance or Allowance())

@@ -55,8 +55,8 @@ def matlab_parameters(data: bytes, where: str, limit: int) -> int:
 
 def parse(text: bytes, where: str = "transform", allowance: Allowance | None = None) -> sitk.Transform:
     allowance = allowance or Allowance()
-    kind, sep, payload = bytes(text).partition(b"\n")
-    kind = kind.strip().decode("ascii", "replace")
+    head, sep, payload = bytes(text).partition(b"\n")
+    kind = head.strip().decode("ascii", "replace")
     if not sep or kind not in KINDS:
         raise RequestError(f"{where}: unknown transform kind {kind[:20]!r}; expected {EXPECTED}")
     if kind == "nii.gz":

@@ -24,8 +24,8 @@ CONTRACTS = (RICH, UPSTREAM)
 STEPS = ("preprocess", "inference", "postprocess")
 
 
-def _check(contract: str | None) -> str | None:
-    if contract is not None and contract not in CONTRACTS:
+def _check(contract: str) -> str:
+    if contract not in CONTRACTS:
         raise ValueError(f"unknown contract {contract!r}; expected {RICH!r} or {UPSTREAM!r}")
     return contract
 
@@ -43,9 +43,16 @@ class TomaatApp:
     task: str = ""
     description: str = ""
     version: str = "1"
+    # model metadata (protocol/metadata.py), listed in /info and announced; empty: not stated
+    licence: str = ""
+    citation: str = ""
+    intended_use: str = ""
+    disclaimer: str = ""  # e.g. "Research use only: not for clinical judgement."
+    accuracy: tuple | list = ()  # measured results: {"metric": "Dice", "value": 0.87, "dataset": "PROMISE12 test"}
     input_interface: tuple | list = ()
     output_interface: tuple | list = ()
     contract: str | None = None  # None: upstream's when step functions are given, else ours (RICH)
+    gpu: bool = True  # False: inference runs without the server's GPU lock, alongside other requests
     preprocess_fun: Step | None = None
     inference_fun: Step | None = None
     postprocess_fun: Step | None = None
@@ -64,7 +71,8 @@ class TomaatApp:
             setattr(self, step + "_fun", fun)
         if contract is not None:
             self.contract = contract
-        _check(self.contract)  # refused here, not on the first request
+        if self.contract is not None:
+            _check(self.contract)  # refused here, not on the first request
 
     @property
     def data_contract(self) -> str:
@@ -78,6 +86,10 @@ class TomaatApp:
         fun = getattr(self, step + "_fun", None) or getattr(self, step)
         result = fun(data)
         return data if result is None else result
+
+    def setup(self, device: str) -> None:
+        """Called once when the service starts, before the first request, on a worker thread: load weights here,
+        on `device` (the service's `device` setting: "auto" lets the framework pick, e.g. "cuda:1" or "cpu")."""
 
     def preprocess(self, data: dict) -> dict:
         return data

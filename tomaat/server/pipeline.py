@@ -11,13 +11,11 @@ import logging
 import threading
 import time
 
-import SimpleITK as sitk
-
 from ..body import Budget
 from ..errors import AppFailure, AppTimeout
 from ..files.limits import Allowance, Limits
 from ..files.scratch import scratch_folder
-from ..protocol.elements import Fiducials
+from ..protocol.elements import AmbiguousGrid, Fiducials
 from ..protocol.inputs import decode_fields
 from ..protocol.outputs import encode_item
 from . import slicer, upstream
@@ -66,12 +64,23 @@ class Watch:
             raise AppTimeout(f"the service ran past its time limit (stopped after {step})")
 
 
+def grid_of(element, volumes: dict):
+    """The input volume whose grid a NumPy LabelVolume takes: the one it names, or the only one."""
+    named = getattr(element, "grid", "")
+    if named:
+        return volumes[named]
+    if len(volumes) > 1:
+        return AmbiguousGrid(element.field, tuple(volumes))
+    return next(iter(volumes.values()), None)
+
+
 class Pipeline:
     def __init__(self, app, inputs, outputs, gpu_lock=None, max_fields=256, limits=None, decoded=None):
         self.app = app
         self.inputs = inputs
         self.outputs = outputs
-        self.gpu_lock = gpu_lock or GPU_LOCK
+        # an app that says it needs no GPU runs its inference without the lock, alongside other requests
+        self.gpu_lock = (gpu_lock or GPU_LOCK) if getattr(app, "gpu", True) else contextlib.nullcontext()
         self.max_fields = int(max_fields)
         self.limits = limits or Limits()
         self.decoded = decoded or Budget(0)
@@ -95,13 +104,14 @@ class Pipeline:
             return slicer.flip_points(value)
         return value
 
-    def _encode(self, data: dict, reference, from_slicer: bool) -> list[dict]:
+    def _encode(self, data: dict, volumes: dict, from_slicer: bool) -> list[dict]:
         items = []
         for element in self.outputs:
             if element.field not in data:
                 log.error("the app left no %r in data for its %s output", element.field, element.output_type)
                 raise AppFailure(f"the service produced no '{element.field}' output")
             try:
+                reference = grid_of(element, volumes)
                 item = encode_item(element, self._output(element, data[element.field], from_slicer), reference)
                 items.append(slicer.safe_item(item) if from_slicer else item)
             except (TypeError, ValueError, RuntimeError) as error:
@@ -132,31 +142,35 @@ class Pipeline:
     def _run(self, body, content_type, timings: Timings, watch: Watch, allowance: Allowance) -> list[dict]:
         with timings.stage("parse"):
             fields = read_fields(body, content_type, self.max_fields)
+        return self.run_fields(fields, timings, watch, allowance)
+
+    def run_fields(self, fields: dict, timings: Timings, watch: Watch, allowance: Allowance) -> list[dict]:
+        """From the request's form fields on: what `tomaat check` runs without a server."""
         from_slicer = slicer.sent_by_slicer(fields)
         files = self.upstream and upstream.needs_files(self.inputs)
         with scratch_folder() if files else contextlib.nullcontext() as folder:
             decoded, data = self._app_data(fields, timings, allowance, folder)
             del fields
-            reference = next((v for v in decoded.values() if isinstance(v, sitk.Image)), None)
+            volumes = {e.destination: decoded[e.destination] for e in self.inputs if e.wire_type == "volume"}
             del decoded
-            return self._steps(data, reference, from_slicer, timings, watch)
+            return self._steps(data, volumes, from_slicer, timings, watch)
 
-    def _steps(self, data: dict, reference, from_slicer: bool, timings: Timings, watch: Watch) -> list[dict]:
+    def _steps(self, data: dict, volumes: dict, from_slicer: bool, timings: Timings, watch: Watch) -> list[dict]:
         watch.app_started()
         with timings.stage("preprocess"):
             data = self._app_step("preprocess", data)
         watch.check("preprocess")
         with timings.stage("lock_wait"):
-            self.gpu_lock.acquire()
+            self.gpu_lock.__enter__()
         try:
             watch.check("waiting for the GPU")
             with timings.stage("inference"):
                 data = self._app_step("inference", data)
         finally:
-            self.gpu_lock.release()
+            self.gpu_lock.__exit__(None, None, None)
         watch.check("inference")
         with timings.stage("postprocess"):
             data = self._app_step("postprocess", data)
         watch.check("postprocess")
         with timings.stage("encode"):
-            return self._encode(data, reference, from_slicer)
+            return self._encode(data, volumes, from_slicer)

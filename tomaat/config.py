@@ -1,0 +1,128 @@
+"""Typed, frozen configuration: built once from a config dict and the command line, checked in one place.
+
+A service reads `config.port`, never `config["port"]`: a misspelt setting is an AttributeError in our code
+and a named error for an operator, not a silent default. Each service's settings are a dataclass of its own
+(`tomaat/server/config.py`, `tomaat/registry/config.py`) on this base, which knows how to merge sources,
+accept the old names (upstream TOMAAT's `host` and `interface`), coerce what a JSON file or the command line
+gives, and refuse a value with a message that names the key and what it expects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+log = logging.getLogger("tomaat")
+
+
+class ConfigError(ValueError):
+    """A setting no service could run with; raised before anything listens."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # Old names -> field names; subclasses extend it.
+    ALIASES: ClassVar[dict[str, str]] = {}
+    # Keys accepted and kept aside (e.g. metadata in an upstream-style config dict), not settings.
+    PASSED_THROUGH: ClassVar[frozenset[str]] = frozenset()
+    # field -> (lowest, highest) allowed; None: open-ended.
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
+    POSITIVE: ClassVar[frozenset[str]] = frozenset()  # fields that must be greater than 0
+
+    @classmethod
+    def build(cls, *sources: Mapping[str, Any] | None):
+        """The config from later sources over earlier ones; a None value means "not given" (a CLI default)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        merged: dict[str, Any] = {}
+        unknown = []
+        for source in sources:
+            for key, value in (source or {}).items():
+                if value is None:
+                    continue
+                name = cls.ALIASES.get(key, key)
+                if name in names:
+                    merged[name] = value
+                elif key not in cls.PASSED_THROUGH:
+                    unknown.append(key)
+        if unknown:
+            log.warning("ignoring unknown setting(s) %s", ", ".join(repr(k) for k in sorted(set(unknown))))
+        hints = typing.get_type_hints(cls)
+        config = cls(**{name: _coerce(name, value, hints[name]) for name, value in merged.items()})
+        config.check()
+        return config
+
+    def replace(self, **changes):
+        """A new config with some settings changed (e.g. by the command line), checked again."""
+        return type(self).build(dataclasses.asdict(self), changes)
+
+    def check(self) -> None:
+        for name in self.POSITIVE:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"setting {name!r} is {getattr(self, name)!r}; expected a positive number")
+        for name, (low, high) in self.RANGES.items():
+            value = getattr(self, name)
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = f"at least {low:g}" if high is None else f"from {low:g} to {high:g}"
+                raise ConfigError(f"setting {name!r} is {value!r}; expected {bounds}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ListenConfig(Config):
+    """What every service of ours sets to listen and to guard its connections (tomaat/daemon.py, tomaat/web.py)."""
+
+    port: int = 0
+    listen_address: str = "0.0.0.0"
+    tls: bool = True
+    cert: str | None = None
+    key: str | None = None
+    state_dir: str = ""
+    max_body_bytes: int = 2 * 1024**3
+    idle_timeout: float = 60.0  # seconds a connection may send nothing before it is closed
+    receive_timeout: float = 900.0  # seconds from connect (or the last answer) to a request's last body byte; 408
+    max_connections: int = 1000  # held at once; at the cap the oldest idle connection is closed (0: none)
+    max_connections_per_address: int = 256  # the same, per client address (0: none)
+
+    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "port": (0, 65535),
+        "max_body_bytes": (0, None),
+        "idle_timeout": (0, None),
+        "receive_timeout": (0, None),
+        "max_connections": (0, None),
+        "max_connections_per_address": (0, None),
+    }
+
+    def check(self) -> None:
+        super().check()
+        if bool(self.cert) != bool(self.key):
+            raise ConfigError("'cert' and 'key' go together: give both, or neither for a self-signed certificate")
+
+
+def _coerce(name: str, value, hint):
+    """The value as the field's type: numbers from text, but never a bool for a number or text for a bool."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    kind = args[0]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"setting {name!r} is {value!r}; expected true or false")
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"setting {name!r} is {value!r}; expected a number")
+        try:
+            number = float(value) if kind is float else int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"setting {name!r} is {value!r}; expected {'a number' if kind is float else 'a whole number'}"
+            ) from None
+        if kind is float and not math.isfinite(number):
+            raise ConfigError(f"setting {name!r} is {value!r}; expected a finite number")
+        return number
+    if kind is str:
+        if isinstance(value, (dict, list, tuple, bool)):
+            raise ConfigError(f"setting {name!r} is {value!r}; expected text")
+        return str(value)
+    return value
