@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import numpy as np
 import SimpleITK as sitk
@@ -176,6 +177,12 @@ async def run(reactor, args) -> None:
             with open(os.path.join(state, "server.log")) as handle:
                 timing = [line.split("tomaat.server: ", 1)[-1].strip() for line in handle if "POST /predict" in line]
             print(f"   server log: {timing[-1] if timing else '(no line)'}")
+            page = urllib.request.urlopen(server_url + "/app/", timeout=10)  # another process: no reactor to block
+            print(
+                f"5. the browser page: {server_url}/app/ (HTTP {page.status}; drop a scan there, see the labels over it)"
+            )
+            print("   this demo stops its servers now; to keep one: .venv/bin/tomaat serve examples/threshold.py")
+            print("   and open https://localhost:9000/app/ (accept its self-signed certificate once)")
         except BaseException:
             for name in ("registry.log", "server.log"):
                 log_path = os.path.join(state, name)

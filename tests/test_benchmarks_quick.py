@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,3 +38,9 @@ def test_latency_benchmark_quick_mode_runs_all_three_clients():
 def test_throughput_benchmark_quick_mode_answers_every_request():
     out = _quick("benchmarks.throughput")
     assert " 0 errors" in out and "GPU-bound maximum" in out
+
+
+@pytest.mark.skipif(not os.environ.get("TOMAAT_TEST_CHROMEDRIVER"), reason="TOMAAT_TEST_CHROMEDRIVER is unset")
+def test_browser_benchmark_quick_mode_times_a_drop_to_overlay():
+    out = _quick("benchmarks.browser")
+    assert re.search(r"^32\^3\s+[0-9.]+ s\s+[0-9.]+ s\s+[0-9.]+ s, [0-9.]+ s$", out, re.M), out

@@ -291,6 +291,10 @@ async def test_the_html_page_groups_and_escapes(registry, db):
     assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
     assert page.index("<h2>CT</h2>") < page.index("<h2>MRI &amp; &lt;b&gt;CT&lt;/b&gt;</h2>")
     assert page.index("<h3>Prostate</h3>") < page.index("<h4>Segmentation</h4>")
+    # each service links to the browser page it serves beside /predict
+    assert (
+        '<a class="page" href="http://b:9000/app/" rel="nofollow noopener noreferrer">open in the browser</a>' in page
+    )
 
 
 @pytest_twisted.ensureDeferred

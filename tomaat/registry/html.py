@@ -52,6 +52,14 @@ def _model(service: dict) -> str:
     return "".join(parts)
 
 
+def _page_link(prediction_url: str) -> str:
+    """The browser page every tomaat prediction server serves beside /predict; older servers have none."""
+    if not prediction_url.endswith("/predict"):
+        return ""
+    page = escape(prediction_url[: -len("predict")] + "app/", quote=True)
+    return f' · <a class="page" href="{page}" rel="nofollow noopener noreferrer">open in the browser</a>'
+
+
 def _service(service: dict) -> str:
     url = escape(service["prediction_url"], quote=True)
     description = escape(service["description"])
@@ -61,6 +69,7 @@ def _service(service: dict) -> str:
         + (f" {version}" if version else "")
         + f" <code>SID {escape(service['sid'])}</code><br>"
         f'<a href="{url}" rel="nofollow noopener noreferrer">{url}</a>'
+        + _page_link(service["prediction_url"])
         + (f'<div class="description">{description}</div>' if description else "")
         + _model(service)
         + f'<div class="meta">last announced {_when(service["announced"])}</div></li>'

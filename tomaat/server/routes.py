@@ -14,6 +14,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..errors import RequestError
 from ..protocol.answers import delayed_items, error_items
+from . import page
 from .form import read_fields
 from .pipeline import Timings
 from .sending import send
@@ -58,6 +59,26 @@ class PredictionRoutes:
     @app.route("/announcePoint", methods=["GET"])
     def announce_point(self, request):
         return _json(request, {"announced_at": self.service.announced_at})
+
+    @app.route("/app", methods=["GET"])
+    def page_root(self, request):
+        request.setResponseCode(301)
+        request.setHeader(b"Location", b"app/")
+        return b""
+
+    @app.route("/app/", methods=["GET"], defaults={"name": ""})
+    @app.route("/app/<string:name>", methods=["GET"])
+    @app.route("/app/dcm2niix/<string:part>", methods=["GET"])
+    def page_file(self, request, name="", part=None):
+        name = name if part is None else f"dcm2niix/{part}"
+        found = page.file(name)
+        if found is None:
+            return _json(request, error_items(f"no such page file: {name[:100]}"), 404)
+        content, content_type = found
+        request.setHeader(b"Content-Type", content_type.encode("ascii"))
+        for header, value in page.HEADERS.items():
+            request.setHeader(header, value)
+        return content
 
     @app.route("/predict", methods=["POST"])
     def predict(self, request):

@@ -26,6 +26,7 @@ from ..protocol import elements
 from ..protocol import metadata as model_metadata
 from ..protocol.registry import announcement
 from ..trust import pin_fingerprint
+from . import page
 from .announcer import Announcer
 from .app import UPSTREAM, TomaatApp
 from .config import DESCRIPTION, ServiceConfig, described
@@ -185,6 +186,7 @@ class TomaatService(Daemon):
         config = self.config
         endpoint = self._endpoint()
         scratch.remove_orphans()
+        page.load()
         confined.POOL.configure(config.decoders, config.decoder_memory, config.decode_timeout)
         self.pool.start()
         try:

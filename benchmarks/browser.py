@@ -1,0 +1,119 @@
+"""Drop-to-overlay time of the browser page in headless Chromium with software WebGL (SwiftShader).
+
+For each size, a CT-like int16 phantom is put in the page's volume input (as a drop would), the page
+shows it, Run is clicked at once, and the clock stops when the status line says `done`: the labels are
+drawn over the input and downloadable. Three figures per run: until the input is shown, from Run to done
+(upload, server, decoding the answer, overlay, the .nii.gz download prepared), and the sum.
+
+    .venv/bin/python -m benchmarks.browser            # 64^3 and 256^3, 5 runs each
+    .venv/bin/python -m benchmarks.browser --quick    # 32^3, 2 runs: proves it runs (CI)
+
+Needs Chromium and its driver: scripts/chromium.sh installs them (TOMAAT_TEST_CHROMEDRIVER names the driver).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import SimpleITK as sitk
+
+from .support import ROOT, free_port, start
+
+
+def phantom(n: int) -> sitk.Image:
+    """Air at -1000 around a body with two organs and noise, on a rotated grid with an offset origin."""
+    rng = np.random.default_rng(n)
+    z, y, x = (np.mgrid[:n, :n, :n] / n).astype(np.float32)
+    body = ((x - 0.5) / 0.4) ** 2 + ((y - 0.5) / 0.35) ** 2 + ((z - 0.5) / 0.45) ** 2 < 1
+    organ = ((x - 0.6) / 0.12) ** 2 + ((y - 0.45) / 0.1) ** 2 + ((z - 0.5) / 0.15) ** 2 < 1
+    array = np.where(body, 40, -1000) + np.where(organ, 200, 0) + rng.normal(0, 10, body.shape)
+    image = sitk.GetImageFromArray(array.astype(np.int16))
+    image.SetSpacing((0.75, 0.75, 1.5))
+    image.SetOrigin((-96.0, 24.5, 300.25))
+    image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    return image
+
+
+def chrome(driver_path: str):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--window-size=1400,900", "--use-angle=swiftshader",
+                     "--enable-unsafe-swiftshader"):  # fmt: skip
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def status(driver, done, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = driver.find_element("css selector", '[data-testid="status"]').text
+        if done(text):
+            return text
+        time.sleep(0.01)
+    raise RuntimeError(f"the status line stayed at {text!r}")
+
+
+def one_run(driver, url: str, path: str) -> tuple[float, float]:
+    driver.get(url + "/app/")
+    status(driver, lambda text: "Run" in text)
+    started = time.perf_counter()
+    driver.find_element("css selector", '[data-testid="input-images"]').send_keys(path)
+    status(driver, lambda text: "voxels" in text or text.startswith("error:"))
+    shown = time.perf_counter()
+    driver.find_element("css selector", '[data-testid="run"]').click()
+    text = status(driver, lambda text: text.endswith("done") or text.startswith("error:"))
+    if not text.endswith("done"):
+        raise RuntimeError(text)
+    return shown - started, time.perf_counter() - shown
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="32^3, 2 runs: only proves the benchmark runs")
+    args = parser.parse_args()
+    driver_path = os.environ.get("TOMAAT_TEST_CHROMEDRIVER") or shutil.which("chromedriver")
+    if not driver_path:
+        sys.exit("benchmarks.browser: no chromedriver; run scripts/chromium.sh first")
+    sizes, runs = ([32], 2) if args.quick else ([64, 256], 5)
+    folder = tempfile.mkdtemp(prefix="tomaat-browser-bench-")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "tomaat", "serve", "examples/threshold.py", "--port", str(port)]
+    server = start([*command, "--host", "127.0.0.1", "--no-tls"], url, {**os.environ, "TMPDIR": folder})
+    driver = chrome(driver_path)
+    try:
+        print("size      shown (median)  run-to-done (median)  drop-to-overlay (median, best)")
+        for n in sizes:
+            path = os.path.join(folder, f"phantom{n}.nii.gz")
+            sitk.WriteImage(phantom(n), path)
+            times = [one_run(driver, url, path) for _ in range(runs)]
+            shown = statistics.median(t[0] for t in times)
+            work = statistics.median(t[1] for t in times)
+            total = [a + b for a, b in times]
+            print(
+                f"{n}^3{'':<5} {shown:>8.3f} s {work:>16.3f} s {statistics.median(total):>16.3f} s, {min(total):.3f} s"
+            )
+    finally:
+        driver.quit()
+        server.terminate()
+        server.wait(30)
+        shutil.rmtree(folder, ignore_errors=True)
+    print(
+        f"(headless Chromium, SwiftShader WebGL2, {runs} runs each; server: examples/threshold.py, plain HTTP on loopback)"
+    )
+    print("OK")  # every run reached `done` (one that did not raised)
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    main()

@@ -1,0 +1,272 @@
+"""The browser page at /app/, in a real headless Chromium against a real server process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import textwrap
+
+import numpy as np
+import pytest
+import requests
+import SimpleITK as sitk
+from browser_support import ROOT, Served, blob_bytes, chrome, finished, hook, needs_browser, status_when
+from conftest import assert_same_grid
+
+from tomaat.server import page
+
+THRESHOLD = 300
+
+
+def phantom() -> sitk.Image:
+    """64^3 on a rotated grid with an offset origin (values exact in float32, as NIfTI stores them)."""
+    z, y, x = np.mgrid[:64, :64, :64]
+    body = np.where((x - 30) ** 2 + ((y - 34) / 1.3) ** 2 + ((z - 31) / 0.8) ** 2 < 20**2, 200, -1000)
+    organ = np.where((x - 36) ** 2 + (y - 30) ** 2 + (z - 30) ** 2 < 8**2, 400, 0)
+    image = sitk.GetImageFromArray((body + organ + (x % 7)).astype(np.int16))
+    image.SetSpacing((0.75, 1.25, 2.5))
+    image.SetOrigin((-40.5, 12.25, 101.0))
+    image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    return image
+
+
+@pytest.fixture
+def threshold_page(tmp_path):
+    served = Served("examples/threshold.py", tmp_path)
+    yield served
+    served.stop()
+
+
+def run_threshold(driver, url: str, path: str, threshold: int = THRESHOLD) -> str:
+    driver.get(url + "/app/")
+    status_when(driver, lambda text: "Run" in text or text.startswith("error:"))
+    hook(driver, "input-images").send_keys(path)
+    status_when(driver, lambda text: "voxels" in text or text.startswith("error:"))
+    number = [
+        e
+        for e in driver.find_elements("css selector", '[data-testid="input-threshold"]')
+        if e.get_attribute("type") == "number"
+    ][0]
+    number.clear()
+    number.send_keys(str(threshold))
+    before = hook(driver, "status").text
+    hook(driver, "run").click()
+    return status_when(driver, lambda text: text != before and finished(text))
+
+
+def overlay_pixels(png: bytes) -> int:
+    """Pixels of the labels' colour (red over grey) in a screenshot of the viewer."""
+    folder = os.environ.get("TMPDIR", "/tmp")
+    path = os.path.join(folder, f"shot-{os.getpid()}.png")
+    with open(path, "wb") as handle:
+        handle.write(png)
+    try:
+        rgb = sitk.GetArrayFromImage(sitk.ReadImage(path)).astype(int)
+    finally:
+        os.remove(path)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return int(((red - green > 60) & (red - blue > 60)).sum())
+
+
+@needs_browser()
+def test_a_scan_dropped_in_gets_its_labels_drawn_over_it_and_downloadable_on_its_grid(threshold_page, tmp_path):
+    image = phantom()
+    path = str(tmp_path / "phantom.nii.gz")
+    sitk.WriteImage(image, path)
+    driver = chrome()
+    try:
+        status = run_threshold(driver, threshold_page.url, path)
+        assert status.endswith("done"), status
+        assert driver.find_element("tag name", "body").get_attribute("data-viewer") == "niivue"
+        assert overlay_pixels(hook(driver, "viewer").screenshot_as_png) > 500
+        expected = int((sitk.GetArrayFromImage(image) >= THRESHOLD).sum())
+        assert hook(driver, "result-summary").text.endswith(
+            f"{expected} voxels at or above {THRESHOLD}: {expected * 0.75 * 1.25 * 2.5 / 1000:.3f} ml"
+        )
+        link = hook(driver, "download-labels")
+        assert link.get_attribute("download") == "labels.nii.gz" and link.get_attribute("href").startswith("blob:")
+        saved = tmp_path / "labels.nii.gz"
+        saved.write_bytes(blob_bytes(driver, link.get_attribute("href")))
+        labels = sitk.ReadImage(str(saved))
+        assert_same_grid(labels, image, tol=1e-6)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(image) >= THRESHOLD)
+        origins = {
+            re.match(r"https?://[^/]+", entry) and re.match(r"https?://[^/]+", entry).group(0)
+            for entry in driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        }
+        assert origins <= {threshold_page.url}  # nothing from another origin
+        severe = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert severe == []  # no CSP violation, no script error
+    finally:
+        driver.quit()
+
+
+@needs_browser()
+def test_a_bad_file_is_reported_and_the_page_stays_usable(threshold_page, tmp_path):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"\x1f\x8b" + os.urandom(2000))
+    good = tmp_path / "phantom.nii.gz"
+    sitk.WriteImage(phantom(), str(good))
+    driver = chrome()
+    try:
+        status = run_threshold(driver, threshold_page.url, str(bad))
+        assert status.startswith("error:") and "expected" in status, status  # the server's own words
+        status = run_threshold(driver, threshold_page.url, str(good))
+        assert status.endswith("done"), status
+    finally:
+        driver.quit()
+
+
+@needs_browser()
+def test_without_webgl2_a_plain_canvas_shows_the_slice_and_the_labels(threshold_page, tmp_path):
+    path = str(tmp_path / "phantom.nii.gz")
+    sitk.WriteImage(phantom(), path)
+    driver = chrome(webgl=False)
+    try:
+        status = run_threshold(driver, threshold_page.url, path)
+        assert status.endswith("done"), status
+        assert driver.find_element("tag name", "body").get_attribute("data-viewer") == "canvas"
+        assert overlay_pixels(hook(driver, "viewer").screenshot_as_png) > 100
+        assert hook(driver, "download-labels").get_attribute("href").startswith("blob:")
+    finally:
+        driver.quit()
+
+
+HOSTILE = """
+from tomaat import PlainText, TomaatApp, Volume
+
+class Hostile(TomaatApp):
+    name = '<img src=x onerror="document.title=1">Liver'
+    description = "<b>bold?</b>"
+    input_interface = [Volume("images")]
+    output_interface = [PlainText("text", "<i>label</i>")]
+
+    def inference(self, data):
+        data["text"] = "<script>document.title='owned'</script>"
+        return data
+"""
+
+
+@needs_browser()
+def test_text_from_the_server_is_shown_as_text_never_as_html(tmp_path):
+    app = tmp_path / "hostile.py"
+    app.write_text(textwrap.dedent(HOSTILE))
+    served = Served(str(app), tmp_path)
+    path = str(tmp_path / "phantom.nii.gz")
+    sitk.WriteImage(phantom(), path)
+    driver = chrome()
+    try:
+        driver.get(served.url + "/app/")
+        status_when(driver, lambda text: "Run" in text)
+        assert hook(driver, "input-images").get_attribute("type") == "file"
+        hook(driver, "input-images").send_keys(path)
+        status_when(driver, lambda text: "voxels" in text)
+        hook(driver, "run").click()
+        assert status_when(driver, finished).endswith("done")
+        assert driver.find_element("id", "name").text == '<img src=x onerror="document.title=1">Liver'
+        assert "<script>document.title='owned'</script>" in hook(driver, "result-text").text
+        assert driver.find_elements("css selector", "main img, header img, #results script") == []
+        assert driver.title not in ("1", "owned")
+    finally:
+        driver.quit()
+        served.stop()
+
+
+def test_the_page_is_served_with_a_strict_policy_and_nothing_else_is(threshold_page):
+    answer = requests.get(threshold_page.url + "/app/", timeout=10)
+    assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/html")
+    policy = answer.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy and "unsafe-inline" not in policy
+    assert "<script" not in answer.text.replace('<script type="module" src="app.js"></script>', "")
+    assert (
+        requests.get(threshold_page.url + "/app/niivue.js", timeout=10)
+        .headers["Content-Type"]
+        .startswith("text/javascript")
+    )
+    for name in ("../service.py", "..%2Fservice.py", "index.html.bak", "static"):
+        assert requests.get(threshold_page.url + "/app/" + name, timeout=10).status_code == 404
+    assert requests.get(threshold_page.url + "/app", timeout=10, allow_redirects=False).headers["Location"] == "app/"
+
+
+def test_the_vendored_libraries_are_the_pinned_releases():
+    script = open(os.path.join(ROOT, "scripts", "vendor-browser.sh")).read()
+    pins = re.findall(r"^@niivue/\S+ \S+ \S+ (\S+) ([0-9a-f]{64})$", script, re.M)
+    assert {name for name, _ in pins} == {
+        "niivue.js",
+        "dcm2niix/index.js",
+        "dcm2niix/worker.js",
+        "dcm2niix/dcm2niix.js",
+        "dcm2niix/dcm2niix.wasm",
+    }
+    for name, pinned in pins:
+        with open(os.path.join(page.FOLDER, name), "rb") as handle:
+            assert hashlib.sha256(handle.read()).hexdigest() == pinned, name
+        assert name in page.FILES  # served
+    licences = open(os.path.join(page.FOLDER, "LICENSES.txt")).read()
+    assert "BSD 2-Clause License" in licences and "(dcm2niix)" in licences
+
+
+def write_dicom_series(image: sitk.Image, folder) -> list[str]:
+    """image as a CT DICOM series, one file per slice, with its position and orientation in each file."""
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    root = "1.2.826.0.1.3680043.2.1125.4711"
+    d = image.GetDirection()
+    paths = []
+    for k in range(image.GetDepth()):
+        slice_ = image[:, :, k]
+        tags = {
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+            "0008|0018": f"{root}.3.{k + 1}",
+            "0008|0060": "CT",
+            "0020|000d": f"{root}.1",
+            "0020|000e": f"{root}.2",
+            "0020|0011": "1",
+            "0020|0012": "1",
+            "0008|0020": "20260101",
+            "0008|0021": "20260101",
+            "0008|0030": "120000",
+            "0008|0031": "120000",
+            "0008|0032": "120000",
+            "0008|0033": "120000",
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.4f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
+            "0020|0037": "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+            "0018|0050": str(image.GetSpacing()[2]),
+        }
+        for key, value in tags.items():
+            slice_.SetMetaData(key, value)
+        path = str(folder / f"slice{k:03d}.dcm")
+        writer.SetFileName(path)
+        writer.Execute(slice_)
+        paths.append(path)
+    return paths
+
+
+@needs_browser()
+def test_a_dicom_series_is_converted_in_the_browser_and_segmented_on_its_grid(threshold_page, tmp_path):
+    image = phantom()
+    series = tmp_path / "series"
+    series.mkdir()
+    paths = write_dicom_series(image, series)
+    driver = chrome()
+    try:
+        driver.get(threshold_page.url + "/app/")
+        status_when(driver, lambda text: "Run" in text)
+        hook(driver, "input-images").send_keys("\n".join(paths))
+        assert "voxels" in status_when(driver, lambda text: "voxels" in text or text.startswith("error:"), 60)
+        hook(driver, "run").click()
+        assert status_when(driver, finished).endswith("done")
+        saved = tmp_path / "labels.nii.gz"
+        saved.write_bytes(blob_bytes(driver, hook(driver, "download-labels").get_attribute("href")))
+        labels = sitk.ReadImage(str(saved))
+        # dcm2niix stores rows bottom-up: the same voxels in the same place, another index order. On the
+        # series' own grid (nearest neighbour, no transform) the labels are exactly the expected voxels.
+        assert labels.GetSize() == image.GetSize()
+        np.testing.assert_allclose(np.abs(labels.GetDirection()), np.abs(image.GetDirection()), atol=1e-4)
+        on_series = sitk.Resample(labels, image, sitk.Transform(), sitk.sitkNearestNeighbor)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(on_series), sitk.GetArrayFromImage(image) >= THRESHOLD)
+        assert [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        driver.quit()

@@ -1,0 +1,479 @@
+// The browser client every tomaat prediction server serves at /app/: a form built from /info, the upload as a
+// binary v2 part, and the results over the input in NiiVue. Everything the server says is inserted as text
+// (textContent), never as HTML; nothing is fetched from another origin.
+import { NVImage, NVMesh, Niivue } from "./niivue.js";
+
+const base = new URL("..", window.location.href); // the service's root: /app/ is one level below it
+const $ = (id) => document.getElementById(id);
+const state = { info: null, files: {}, values: {}, viewer: null, input: null, overlays: [], urls: [] };
+
+function element(tag, attributes = {}, text = "") {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+  if (text) node.textContent = text;
+  return node;
+}
+
+function setStatus(text, isError = false) {
+  const status = $("status");
+  status.textContent = isError ? `error: ${text}` : text;
+  status.classList.toggle("error", isError);
+}
+
+// ---- the viewer: NiiVue on WebGL2, or a plain canvas slice where WebGL2 is missing ------------------------
+
+function hasWebGL2() {
+  try {
+    return Boolean(document.createElement("canvas").getContext("webgl2"));
+  } catch {
+    return false;
+  }
+}
+
+class NiiVueViewer {
+  async attach(canvas) {
+    this.nv = new Niivue({
+      backColor: [0, 0, 0, 1],
+      crosshairColor: [0.2, 0.8, 1, 1], // not red: red is the labels' colour
+      show3Dcrosshair: true,
+      isResizeCanvas: true,
+      logLevel: "error",
+    });
+    await this.nv.attachToCanvas(canvas);
+    this.nv.setSliceType(this.nv.sliceTypeMultiplanar);
+    this.nv.opts.multiplanarShowRender = 1; // always: three slices and the 3D view
+    return this;
+  }
+  show(image) {
+    this.nv.volumes = [];
+    this.nv.meshes = [];
+    this.nv.addVolume(image);
+  }
+  clear() {
+    // drop earlier results but keep the input: far cheaper than showing it again
+    while (this.nv.volumes.length > 1) this.nv.removeVolumeByIndex(this.nv.volumes.length - 1);
+    if (this.nv.drawBitmap) this.nv.closeDrawing();
+    this.nv.meshes = [];
+  }
+  overlay(image) {
+    // A label map on the input's grid with values below 256 is NiiVue's drawing layer (label 1 red, 2 green,
+    // ...): one uint8 texture, much cheaper to show than a blended overlay volume, which is the fallback.
+    const small = image.hdr.datatypeCode === 2 || image.global_max <= 255;
+    if (small && this.nv.drawBitmap === null && this.nv.loadDrawing(image)) {
+      this.nv.setDrawOpacity(Number($("opacity").value));
+      return;
+    }
+    this.nv.addVolume(image);
+  }
+  async mesh(buffer, name) {
+    const mesh = await NVMesh.readMesh(buffer, name, this.nv.gl, 1, new Uint8Array([255, 190, 40, 255]));
+    this.nv.addMesh(mesh);
+  }
+  opacity(value) {
+    for (let index = 1; index < this.nv.volumes.length; index++) this.nv.setOpacity(index, value);
+    if (this.nv.drawBitmap) this.nv.setDrawOpacity(value);
+  }
+  crosshairLPS() {
+    const [x, y, z] = this.nv.frac2mm(this.nv.scene.crosshairPos); // NiiVue's world is RAS
+    return [-x, -y, z];
+  }
+}
+
+// Draws the middle axial slice of the input, and the overlays in red, with a 2D canvas only.
+class CanvasViewer {
+  attach(canvas) {
+    this.canvas = canvas;
+    this.layers = [];
+    return this;
+  }
+  show(image) {
+    this.layers = [image];
+    this.draw();
+  }
+  clear() {
+    this.layers = this.layers.slice(0, 1);
+    this.draw();
+  }
+  overlay(image) {
+    this.layers.push(image);
+    this.draw();
+  }
+  async mesh() {}
+  opacity(value) {
+    this.alpha = value;
+    this.draw();
+  }
+  crosshairLPS() {
+    const image = this.layers[0];
+    const centre = image.hdr.dims.slice(1, 4).map((n) => (n - 1) / 2);
+    const ras = image.vox2mm(centre, image.matRAS);
+    return [-ras[0], -ras[1], ras[2]];
+  }
+  draw() {
+    const [image, ...overlays] = this.layers;
+    if (!image) return;
+    const [, nx, ny, nz] = image.hdr.dims;
+    const z = Math.floor(nz / 2);
+    const context = this.canvas.getContext("2d");
+    this.canvas.width = nx;
+    this.canvas.height = ny;
+    const pixels = context.createImageData(nx, ny);
+    let low = Infinity;
+    let high = -Infinity;
+    for (const value of image.img) {
+      if (value < low) low = value;
+      if (value > high) high = value;
+    }
+    const alpha = this.alpha ?? 0.5;
+    for (let y = 0; y < ny; y++) {
+      for (let x = 0; x < nx; x++) {
+        const at = x + nx * (y + ny * z);
+        const gray = high > low ? (255 * (image.img[at] - low)) / (high - low) : 0;
+        const labelled = overlays.some((overlay) => overlay.img[at] > 0);
+        const out = 4 * (x + nx * (ny - 1 - y));
+        pixels.data[out] = labelled ? (1 - alpha) * gray + alpha * 255 : gray;
+        pixels.data[out + 1] = labelled ? (1 - alpha) * gray : gray;
+        pixels.data[out + 2] = labelled ? (1 - alpha) * gray : gray;
+        pixels.data[out + 3] = 255;
+      }
+    }
+    context.putImageData(pixels, 0, 0);
+  }
+}
+
+// ---- the form, one control per input element -----------------------------------------------------------
+
+function hooked(node, destination) {
+  node.dataset.testid = `input-${destination}`;
+  return node;
+}
+
+const CONTROLS = {
+  volume(spec, box) {
+    // one image file, or the files of one DICOM series (converted to NIfTI here, in the browser)
+    const input = hooked(element("input", { type: "file", multiple: "" }), spec.destination);
+    const folder = element("input", { type: "file", webkitdirectory: "", title: "a DICOM series folder" });
+    const drop = element("div", { class: "drop" }, "or drop an image file (NIfTI, MHA, NRRD) or a DICOM series here");
+    const take = async (files) => {
+      try {
+        const file = isImageFile(files) ? files[0] : await fromDicom(files);
+        state.files[spec.destination] = file;
+        drop.textContent = file.name;
+        if (spec.destination === firstVolume()) await showInput(file);
+      } catch (error) {
+        delete state.files[spec.destination];
+        setStatus(error.message || String(error), true);
+      }
+    };
+    input.addEventListener("change", () => input.files.length && take(Array.from(input.files)));
+    folder.addEventListener("change", () => folder.files.length && take(Array.from(folder.files)));
+    drop.addEventListener("dragover", (event) => {
+      event.preventDefault();
+      drop.classList.add("over");
+    });
+    drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+    drop.addEventListener("drop", (event) => {
+      event.preventDefault();
+      drop.classList.remove("over");
+      if (event.dataTransfer.files.length) take(Array.from(event.dataTransfer.files));
+    });
+    const folderLabel = element("label", {}, "DICOM folder: ");
+    folderLabel.append(folder);
+    box.append(input, folderLabel, drop);
+  },
+  slider(spec, box) {
+    const { minimum, maximum } = spec;
+    const start = (minimum + maximum) / 2; // as TOMAAT-Slicer starts it
+    const step = maximum > minimum ? (maximum - minimum) / 200 : 1;
+    const range = hooked(element("input", { type: "range", min: minimum, max: maximum, step, value: start }), spec.destination);
+    const number = hooked(element("input", { type: "number", min: minimum, max: maximum, step: "any", value: start }), spec.destination);
+    state.values[spec.destination] = String(start);
+    range.addEventListener("input", () => {
+      number.value = range.value;
+      state.values[spec.destination] = range.value;
+    });
+    number.addEventListener("input", () => {
+      range.value = number.value;
+      state.values[spec.destination] = number.value;
+    });
+    box.append(range, number);
+  },
+  checkbox(spec, box) {
+    const input = hooked(element("input", { type: "checkbox" }), spec.destination);
+    const label = element("label");
+    label.append(input, document.createTextNode(` ${spec.text || spec.destination}`));
+    state.values[spec.destination] = "False";
+    input.addEventListener("change", () => {
+      state.values[spec.destination] = input.checked ? "True" : "False";
+    });
+    box.append(label);
+  },
+  radiobutton(spec, box) {
+    spec.options.forEach((option, index) => {
+      const input = hooked(element("input", { type: "radio", name: `radio-${spec.destination}`, value: option }), spec.destination);
+      input.checked = index === 0; // as TOMAAT-Slicer starts it
+      input.addEventListener("change", () => {
+        state.values[spec.destination] = option;
+      });
+      const label = element("label");
+      label.append(input, document.createTextNode(` ${option}`));
+      box.append(label, element("br"));
+    });
+    state.values[spec.destination] = spec.options[0];
+  },
+  fiducials(spec, box) {
+    const text = hooked(element("input", { type: "text", placeholder: "x,y,z;x,y,z (LPS mm)" }), spec.destination);
+    const add = element("button", { type: "button" }, "add the crosshair's point");
+    state.values[spec.destination] = "";
+    text.addEventListener("input", () => {
+      state.values[spec.destination] = text.value;
+    });
+    add.addEventListener("click", () => {
+      if (!state.input) return setStatus("load a volume first, then click on it to place the crosshair", true);
+      const point = state.viewer.crosshairLPS().map((v) => v.toFixed(3)).join(",");
+      text.value = text.value ? `${text.value};${point}` : point;
+      state.values[spec.destination] = text.value;
+    });
+    box.append(text, add);
+  },
+  transform(spec, box) {
+    const input = hooked(element("input", { type: "file", accept: ".mat,.h5,.nii.gz" }), spec.destination);
+    input.addEventListener("change", () => {
+      if (input.files.length) state.files[spec.destination] = input.files[0];
+    });
+    box.append(input);
+  },
+};
+
+const IMAGE_SUFFIXES = [".nii", ".nii.gz", ".mha", ".nrrd"];
+
+function isImageFile(files) {
+  return files.length === 1 && IMAGE_SUFFIXES.some((suffix) => files[0].name.toLowerCase().endsWith(suffix));
+}
+
+// dcm2niix's WebAssembly build, in a worker of its own, loaded the first time a DICOM series is given
+async function fromDicom(files) {
+  setStatus(`converting ${files.length} DICOM file(s)`);
+  const { Dcm2niix } = await import("./dcm2niix/index.js");
+  const converter = new Dcm2niix();
+  await converter.init();
+  const made = await converter.input(files).run();
+  const images = made.filter((file) => /\.nii(\.gz)?$/i.test(file.name));
+  converter.worker?.terminate();
+  if (images.length !== 1) {
+    throw new Error(`the ${files.length} file(s) hold ${images.length} image series; expected one DICOM series`);
+  }
+  return images[0];
+}
+
+function firstVolume() {
+  const volume = state.info.input_interface.find((spec) => spec.type === "volume");
+  return volume ? volume.destination : null;
+}
+
+async function showInput(file) {
+  try {
+    state.input = await NVImage.loadFromFile({ file, name: file.name });
+    state.viewer.show(state.input);
+    state.overlays = [];
+    setStatus(`${file.name}: ${state.input.hdr.dims.slice(1, 4).join(" x ")} voxels`);
+  } catch (error) {
+    state.input = null;
+    setStatus(`${file.name} could not be shown: ${error.message || error}`, true);
+  }
+}
+
+function buildForm(info) {
+  $("name").textContent = info.name || "tomaat service";
+  $("description").textContent = [info.modality, info.anatomy, info.task, info.description].filter(Boolean).join(" · ");
+  $("model").textContent = info.disclaimer || "";
+  document.title = info.name || "tomaat";
+  const form = $("form");
+  for (const spec of info.input_interface) {
+    const box = element("fieldset");
+    box.append(element("legend", {}, `${spec.destination} (${spec.type})`));
+    const build = CONTROLS[spec.type];
+    if (build) build(spec, box);
+    else box.append(element("p", {}, `this page cannot fill a ${spec.type} input`));
+    form.append(box);
+  }
+}
+
+// ---- sending ---------------------------------------------------------------------------------------------
+
+function base64(bytes) {
+  let text = "";
+  for (let at = 0; at < bytes.length; at += 0x8000) text += String.fromCharCode(...bytes.subarray(at, at + 0x8000));
+  return btoa(text);
+}
+
+function unbase64(text) {
+  const raw = atob(text.replace(/\s+/g, ""));
+  const bytes = new Uint8Array(raw.length);
+  for (let at = 0; at < raw.length; at++) bytes[at] = raw.charCodeAt(at);
+  return bytes;
+}
+
+async function buildRequest() {
+  const body = new FormData();
+  for (const spec of state.info.input_interface) {
+    const name = spec.destination;
+    if (spec.type === "volume") {
+      if (!state.files[name]) throw new Error(`choose an image file for '${name}'`);
+      body.append(name, state.files[name], state.files[name].name); // a binary v2 part: the file's own bytes
+    } else if (spec.type === "transform") {
+      const file = state.files[name];
+      if (!file) throw new Error(`choose a transform file for '${name}'`);
+      const kind = file.name.toLowerCase().endsWith(".nii.gz") ? "nii.gz" : file.name.split(".").pop().toLowerCase();
+      body.append(name, `${kind}\n${base64(new Uint8Array(await file.arrayBuffer()))}`);
+    } else {
+      body.append(name, state.values[name] ?? "");
+    }
+  }
+  return body;
+}
+
+function send(body) {
+  return new Promise((resolve, reject) => {
+    const request = new XMLHttpRequest();
+    const progress = $("progress");
+    const started = performance.now();
+    let timer = null;
+    request.open("POST", new URL("predict", base));
+    request.responseType = "text";
+    request.upload.addEventListener("progress", (event) => {
+      if (!event.lengthComputable) return;
+      progress.value = event.loaded / event.total;
+      setStatus(`uploading ${Math.round((100 * event.loaded) / event.total)}%`);
+    });
+    request.upload.addEventListener("load", () => {
+      progress.value = 1;
+      timer = setInterval(() => setStatus(`working… ${((performance.now() - started) / 1000).toFixed(1)} s`), 100);
+    });
+    request.addEventListener("load", () => {
+      clearInterval(timer);
+      resolve({ status: request.status, text: request.responseText });
+    });
+    request.addEventListener("error", () => {
+      clearInterval(timer);
+      reject(new Error("the server could not be reached"));
+    });
+    progress.hidden = false;
+    progress.value = 0;
+    request.send(body);
+  });
+}
+
+function serverMessage(status, text) {
+  try {
+    const items = JSON.parse(text);
+    if (Array.isArray(items) && items.length === 1 && items[0].label === "Error!") return String(items[0].content);
+  } catch {
+    // not JSON: say what the status says
+  }
+  return status >= 400 ? `the server answered HTTP ${status}` : null;
+}
+
+// ---- results ---------------------------------------------------------------------------------------------
+
+function download(field, name, bytes, type = "application/octet-stream") {
+  const url = URL.createObjectURL(new Blob([bytes], { type }));
+  state.urls.push(url);
+  const link = element("a", { href: url, download: name }, `download ${name}`);
+  link.dataset.testid = `download-${field}`;
+  return link;
+}
+
+const RESULTS = {
+  async LabelVolume(item, field, box) {
+    // labels: shown from 0.5 up, so the colour scale needs no pass over the voxels to find a range
+    const image = await NVImage.new(unbase64(item.content).buffer, `${field}.mha`, "red", Number($("opacity").value), null, 0.5, 1);
+    state.viewer.overlay(image);
+    state.overlays.push(image);
+    $("opacity-control").hidden = false;
+    const [nx, ny, nz] = image.hdr.dims.slice(1, 4);
+    box.append(element("p", {}, `label volume, ${nx} x ${ny} x ${nz} voxels, shown in red over the input`));
+    box.append(download(field, `${field}.nii.gz`, await image.saveToUint8Array(`${field}.nii.gz`), "application/gzip"));
+  },
+  async VTKMesh(item, field, box) {
+    const bytes = unbase64(item.content);
+    await state.viewer.mesh(bytes.buffer, `${field}.vtk`);
+    box.append(element("p", {}, "mesh, shown in the 3D view"), download(field, `${field}.vtk`, bytes));
+  },
+  async Fiducials(item, field, box) {
+    const points = item.content ? item.content.split(";").map((point) => point.split(",").map(Number)) : [];
+    box.append(element("pre", {}, points.map((p) => p.join(", ")).join("\n") || "no points"));
+    const json = JSON.stringify({ coordinateSystem: "LPS", points }, null, 2);
+    box.append(download(field, `${field}.json`, new TextEncoder().encode(json), "application/json"));
+  },
+  async PlainText(item, field, box) {
+    box.append(element("pre", {}, item.content));
+  },
+  async TransformGrid(item, field, box) {
+    box.append(element("p", {}, "displacement field"), download(field, `${field}.nii.gz`, unbase64(item.content)));
+  },
+  async TransformBSpline(item, field, box) {
+    box.append(element("p", {}, "B-spline transform"), download(field, `${field}.h5`, unbase64(item.content)));
+  },
+  async TransformLinear(item, field, box) {
+    box.append(element("p", {}, "linear transform"), download(field, `${field}.mat`, unbase64(item.content)));
+  },
+};
+
+async function showResults(items) {
+  const results = $("results");
+  results.replaceChildren();
+  state.urls.forEach((url) => URL.revokeObjectURL(url));
+  state.urls = [];
+  state.viewer.clear(); // earlier results go, the input stays
+  state.overlays = [];
+  const outputs = state.info.output_interface;
+  for (const [index, item] of items.entries()) {
+    const field = outputs.length === items.length ? outputs[index].field : `${item.type}-${index}`;
+    const box = element("div", { class: "result" });
+    box.dataset.testid = `result-${field}`;
+    const title = item.label || field;
+    box.append(element("strong", {}, title));
+    results.append(box);
+    const show = RESULTS[item.type];
+    if (show) await show(item, field, box);
+    else box.append(element("p", {}, `an output of type ${item.type}, which this page cannot show`));
+  }
+}
+
+async function run() {
+  const button = $("run");
+  button.disabled = true;
+  const started = performance.now();
+  try {
+    const answer = await send(await buildRequest());
+    const problem = serverMessage(answer.status, answer.text);
+    if (problem) throw new Error(problem);
+    const items = JSON.parse(answer.text);
+    if (items.length === 1 && items[0].type === "DelayedResponse") throw new Error("this server answers later (delayed responses), which this page does not collect yet");
+    await showResults(items);
+    setStatus(`${items.length} output(s) shown in ${((performance.now() - started) / 1000).toFixed(2)} s: done`);
+  } catch (error) {
+    console.error(error);
+    setStatus(error.message || String(error), true);
+  } finally {
+    $("progress").hidden = true;
+    button.disabled = false;
+  }
+}
+
+async function start() {
+  const canvas = $("canvas");
+  state.viewer = hasWebGL2() ? await new NiiVueViewer().attach(canvas) : new CanvasViewer().attach(canvas);
+  document.body.dataset.viewer = state.viewer instanceof NiiVueViewer ? "niivue" : "canvas";
+  const response = await fetch(new URL("info", base));
+  if (!response.ok) throw new Error(`the service's /info answered HTTP ${response.status}`);
+  state.info = await response.json();
+  buildForm(state.info);
+  $("opacity").addEventListener("input", () => state.viewer.opacity(Number($("opacity").value)));
+  $("run").addEventListener("click", run);
+  $("run").disabled = false;
+  setStatus("choose the inputs, then Run");
+}
+
+start().catch((error) => setStatus(error.message || String(error), true));
