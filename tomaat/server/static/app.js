@@ -14,6 +14,16 @@ function element(tag, attributes = {}, text = "") {
   return node;
 }
 
+// When things happened, for benchmarks/browser.py: once the next frame is out (a task queued from the frame's
+// own callback runs after it is painted), not when the code ran.
+function mark(name) {
+  requestAnimationFrame(() =>
+    setTimeout(() => {
+      document.body.dataset[name] = String(performance.now());
+    }, 0),
+  );
+}
+
 function setStatus(text, isError = false) {
   const status = $("status");
   status.textContent = isError ? `error: ${text}` : text;
@@ -155,6 +165,7 @@ const CONTROLS = {
     const folder = element("input", { type: "file", webkitdirectory: "", title: "a DICOM series folder" });
     const drop = element("div", { class: "drop" }, "or drop an image file (NIfTI, MHA, NRRD) or a DICOM series here");
     const take = async (files) => {
+      document.body.dataset.picked = String(performance.now());
       try {
         const file = isImageFile(files) ? files[0] : await fromDicom(files);
         state.files[spec.destination] = file;
@@ -277,6 +288,7 @@ async function showInput(file) {
     state.viewer.show(state.input);
     state.overlays = [];
     setStatus(`${file.name}: ${state.input.hdr.dims.slice(1, 4).join(" x ")} voxels`);
+    mark("shown");
   } catch (error) {
     state.input = null;
     setStatus(`${file.name} could not be shown: ${error.message || error}`, true);
@@ -444,6 +456,8 @@ async function showResults(items) {
 async function run() {
   const button = $("run");
   button.disabled = true;
+  document.body.dataset.run = String(performance.now());
+  delete document.body.dataset.done;
   const started = performance.now();
   try {
     const answer = await send(await buildRequest());
@@ -453,6 +467,7 @@ async function run() {
     if (items.length === 1 && items[0].type === "DelayedResponse") throw new Error("this server answers later (delayed responses), which this page does not collect yet");
     await showResults(items);
     setStatus(`${items.length} output(s) shown in ${((performance.now() - started) / 1000).toFixed(2)} s: done`);
+    mark("done");
   } catch (error) {
     console.error(error);
     setStatus(error.message || String(error), true);
