@@ -80,6 +80,14 @@ def test_a_scan_dropped_in_gets_its_labels_drawn_over_it_and_downloadable_on_its
         assert status.endswith("done"), status
         assert driver.find_element("tag name", "body").get_attribute("data-viewer") == "niivue"
         assert overlay_pixels(hook(driver, "viewer").screenshot_as_png) > 500
+        # SwiftShader is software rendering: the 3D view waits until asked for, then shows the labels too
+        assert driver.find_element("tag name", "body").get_attribute("data-renderer") == "software"
+        toggle = hook(driver, "render3d")
+        assert not toggle.is_selected()
+        slices_only = hook(driver, "viewer").screenshot_as_png
+        toggle.click()
+        with_3d = hook(driver, "viewer").screenshot_as_png
+        assert with_3d != slices_only and overlay_pixels(with_3d) > 500  # a fourth view, labels in it too
         expected = int((sitk.GetArrayFromImage(image) >= THRESHOLD).sum())
         assert hook(driver, "result-summary").text.endswith(
             f"{expected} voxels at or above {THRESHOLD}: {expected * 0.75 * 1.25 * 2.5 / 1000:.3f} ml"

@@ -51,8 +51,22 @@ class NiiVueViewer {
     });
     await this.nv.attachToCanvas(canvas);
     this.nv.setSliceType(this.nv.sliceTypeMultiplanar);
-    this.nv.opts.multiplanarShowRender = 1; // always: three slices and the 3D view
+    // Three slices and the 3D view; where WebGL is rendered in software (no GPU: SwiftShader, llvmpipe), the 3D
+    // view's raycasting takes about half a second a frame, so it waits until asked for (docs/browser.md).
+    const info = this.nv.gl.getExtension("WEBGL_debug_renderer_info");
+    const renderer = info ? String(this.nv.gl.getParameter(info.UNMASKED_RENDERER_WEBGL)) : "";
+    this.software = /swiftshader|llvmpipe|software/i.test(renderer);
+    document.body.dataset.renderer = this.software ? "software" : "gpu";
+    const toggle = $("render3d");
+    toggle.checked = !this.software;
+    $("render3d-control").hidden = false;
+    toggle.addEventListener("change", () => this.render3D(toggle.checked));
+    this.render3D(toggle.checked);
     return this;
+  }
+  render3D(on) {
+    this.nv.opts.multiplanarShowRender = on ? 1 : 0; // 1: always, 0: never
+    this.nv.drawScene();
   }
   show(image) {
     this.nv.volumes = [];
