@@ -278,3 +278,73 @@ def test_a_dicom_series_is_converted_in_the_browser_and_segmented_on_its_grid(th
         assert [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
     finally:
         driver.quit()
+
+
+EVERYTHING = """
+import numpy as np
+import SimpleITK as sitk
+from tomaat import (Checkbox, Fiducials, LabelVolume, PlainText, RadioButton, Slider, TomaatApp, Transform,
+                    TransformLinear, Volume, VTKMesh)
+
+MESH = "\\n".join(["# vtk DataFile Version 3.0", "mesh", "ASCII", "DATASET POLYDATA", "POINTS 3 float",
+                   "0 0 0", "10 0 0", "0 10 0", "POLYGONS 1 4", "3 0 1 2", ""])
+
+class Everything(TomaatApp):
+    input_interface = [Volume("images"), Slider("level", 0, 10), Checkbox("flip", "Flip"),
+                       RadioButton("units", "Units", ["mm", "voxels"]), Fiducials("seeds"), Transform("moving")]
+    output_interface = [LabelVolume("labels"), VTKMesh("mesh"), Fiducials("points"), PlainText("report"),
+                        TransformLinear("affine")]
+
+    def inference(self, data):
+        data["labels"] = (sitk.GetArrayFromImage(data["images"]) > 0).astype(np.uint8)
+        data["mesh"] = MESH
+        data["points"] = data["seeds"] + 1.0
+        moving = type(data["moving"]).__name__
+        data["report"] = f"level={data['level']} flip={data['flip']} units={data['units']} " + (
+            f"seeds={len(data['seeds'])} moving={moving}")
+        data["affine"] = data["moving"]
+        return data
+"""
+
+
+@needs_browser()
+def test_every_control_and_every_output_kind_in_the_page(tmp_path):
+    app = tmp_path / "everything.py"
+    app.write_text(textwrap.dedent(EVERYTHING))
+    served = Served(str(app), tmp_path)
+    path = str(tmp_path / "phantom.nii.gz")
+    sitk.WriteImage(phantom(), path)
+    affine = sitk.AffineTransform(3)
+    affine.SetTranslation((1.5, -2.0, 3.25))
+    sitk.WriteTransform(affine, str(tmp_path / "moving.mat"))
+    driver = chrome()
+    try:
+        driver.get(served.url + "/app/")
+        status_when(driver, lambda text: "Run" in text)
+        hook(driver, "input-images").send_keys(path)
+        status_when(driver, lambda text: "voxels" in text)
+        numbers = driver.find_elements("css selector", '[data-testid="input-level"][type="number"]')
+        assert numbers[0].get_attribute("value") == "5"  # the slider's midpoint, as Slicer starts it
+        numbers[0].clear()
+        numbers[0].send_keys("7.5")
+        hook(driver, "input-flip").click()
+        hook(driver, "input-units", 1).click()  # the second radio button
+        hook(driver, "input-seeds").send_keys("1,2,3")
+        hook(driver, "add-seeds").click()  # the crosshair's point, where a click on the viewer put it
+        hook(driver, "input-moving").send_keys(str(tmp_path / "moving.mat"))
+        hook(driver, "run").click()
+        assert status_when(driver, finished).endswith("done"), hook(driver, "status").text
+        report = hook(driver, "result-report").text
+        assert report.endswith("level=7.5 flip=True units=voxels seeds=2 moving=AffineTransform"), report
+        assert "2, 3, 4" in hook(driver, "result-points").text  # the first seed, +1 by the app
+        mesh = blob_bytes(driver, hook(driver, "download-mesh").get_attribute("href"))
+        assert (
+            mesh.startswith(b"# vtk DataFile") and hook(driver, "download-mesh").get_attribute("download") == "mesh.vtk"
+        )
+        saved = tmp_path / "affine.mat"
+        saved.write_bytes(blob_bytes(driver, hook(driver, "download-affine").get_attribute("href")))
+        np.testing.assert_allclose(sitk.ReadTransform(str(saved)).GetParameters()[-3:], (1.5, -2.0, 3.25))
+        assert [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        driver.quit()
+        served.stop()

@@ -249,6 +249,7 @@ const CONTROLS = {
   fiducials(spec, box) {
     const text = hooked(element("input", { type: "text", placeholder: "x,y,z;x,y,z (LPS mm)" }), spec.destination);
     const add = element("button", { type: "button" }, "add the crosshair's point");
+    add.dataset.testid = `add-${spec.destination}`;
     state.values[spec.destination] = "";
     text.addEventListener("input", () => {
       state.values[spec.destination] = text.value;
