@@ -141,6 +141,15 @@ def test_without_webgl2_a_plain_canvas_shows_the_slice_and_the_labels(threshold_
         driver.quit()
 
 
+def serve_source(source: str, folder) -> tuple[Served, str]:
+    """A server for the app in source, and the path of a phantom to give it."""
+    app = folder / "app.py"
+    app.write_text(textwrap.dedent(source))
+    path = str(folder / "phantom.nii.gz")
+    sitk.WriteImage(phantom(), path)
+    return Served(str(app), folder), path
+
+
 HOSTILE = """
 from tomaat import PlainText, TomaatApp, Volume
 
@@ -158,11 +167,7 @@ class Hostile(TomaatApp):
 
 @needs_browser()
 def test_text_from_the_server_is_shown_as_text_never_as_html(tmp_path):
-    app = tmp_path / "hostile.py"
-    app.write_text(textwrap.dedent(HOSTILE))
-    served = Served(str(app), tmp_path)
-    path = str(tmp_path / "phantom.nii.gz")
-    sitk.WriteImage(phantom(), path)
+    served, path = serve_source(HOSTILE, tmp_path)
     driver = chrome()
     try:
         driver.get(served.url + "/app/")
@@ -309,11 +314,7 @@ class Everything(TomaatApp):
 
 @needs_browser()
 def test_every_control_and_every_output_kind_in_the_page(tmp_path):
-    app = tmp_path / "everything.py"
-    app.write_text(textwrap.dedent(EVERYTHING))
-    served = Served(str(app), tmp_path)
-    path = str(tmp_path / "phantom.nii.gz")
-    sitk.WriteImage(phantom(), path)
+    served, path = serve_source(EVERYTHING, tmp_path)
     affine = sitk.AffineTransform(3)
     affine.SetTranslation((1.5, -2.0, 3.25))
     sitk.WriteTransform(affine, str(tmp_path / "moving.mat"))
