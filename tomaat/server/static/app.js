@@ -347,7 +347,9 @@ async function buildRequest() {
     const name = spec.destination;
     if (spec.type === "volume") {
       if (!state.files[name]) throw new Error(`choose an image file for '${name}'`);
-      body.append(name, state.files[name], state.files[name].name); // a binary v2 part: the file's own bytes
+      // a binary v2 part: the file's own bytes, under a neutral name (a file name can hold a patient's name)
+      const suffix = IMAGE_SUFFIXES.find((end) => state.files[name].name.toLowerCase().endsWith(end)) || "";
+      body.append(name, state.files[name], `${name}${suffix}`);
     } else if (spec.type === "transform") {
       const file = state.files[name];
       if (!file) throw new Error(`choose a transform file for '${name}'`);
