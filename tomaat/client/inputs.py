@@ -116,10 +116,6 @@ class VolumeFile:
 # ---- fiducials ---------------------------------------------------------------------------------
 
 
-def _ras_to_lps(points: np.ndarray) -> np.ndarray:
-    return points * np.array([-1.0, -1.0, 1.0])
-
-
 def _read_fcsv(path: str) -> np.ndarray:
     """Slicer's markups CSV: '#' header lines (one may name the coordinate system), then id,x,y,z,..."""
     system = "RAS"  # Slicer's default before it wrote the header line
@@ -135,7 +131,7 @@ def _read_fcsv(path: str) -> np.ndarray:
                 cells = next(csv.reader([line]))
                 points.append([float(c) for c in cells[1:4]])
     array = np.asarray(points, dtype=float).reshape(-1, 3)
-    return _ras_to_lps(array) if system == "RAS" else array
+    return wire_fiducials.ras_lps(array) if system == "RAS" else array
 
 
 def _read_json(path: str) -> np.ndarray:
@@ -146,7 +142,7 @@ def _read_json(path: str) -> np.ndarray:
         for markup in data["markups"]:
             system = str(markup.get("coordinateSystem", "LPS")).upper()
             chunk = np.asarray([p["position"] for p in markup.get("controlPoints", [])], dtype=float).reshape(-1, 3)
-            points.append(_ras_to_lps(chunk) if system == "RAS" else chunk)
+            points.append(wire_fiducials.ras_lps(chunk) if system == "RAS" else chunk)
         return np.concatenate(points) if points else np.zeros((0, 3))
     if isinstance(data, dict) and "points" in data:  # what `tomaat predict` writes
         data = data["points"]

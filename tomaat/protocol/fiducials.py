@@ -42,3 +42,16 @@ def format_points(points) -> str:
     if array.ndim != 2 or array.shape[1] != 3:
         raise ValueError(f"fiducials must be an (N, 3) array of points, got shape {array.shape}")
     return ";".join(",".join(repr(float(v)) for v in row) for row in array)
+
+
+_RAS_LPS = np.array([-1.0, -1.0, 1.0])  # the same sign change both ways
+
+
+def ras_lps(points) -> np.ndarray:
+    """RAS points (3D Slicer's world) in LPS (ITK's, and the wire format's), or LPS points in RAS."""
+    array = np.asarray(points, dtype=float)
+    if array.size == 0:
+        return array.reshape(0, 3)
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise ValueError(f"fiducials must be an (N, 3) array of points, got shape {array.shape}")
+    return array * _RAS_LPS

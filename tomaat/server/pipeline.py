@@ -15,6 +15,7 @@ from ..body import Budget
 from ..errors import AppFailure, AppTimeout
 from ..files.limits import Allowance, Limits
 from ..files.scratch import scratch_folder
+from ..protocol import fiducials
 from ..protocol.elements import AmbiguousGrid, Fiducials
 from ..protocol.inputs import decode_fields
 from ..protocol.outputs import encode_item
@@ -101,7 +102,7 @@ class Pipeline:
         if self.upstream:
             return upstream.output_value(element, value)
         if from_slicer and isinstance(element, Fiducials):
-            return slicer.flip_points(value)
+            return fiducials.ras_lps(value)
         return value
 
     def _encode(self, data: dict, volumes: dict, from_slicer: bool) -> list[dict]:
@@ -136,7 +137,7 @@ class Pipeline:
                 return data, upstream.to_app(self.inputs, data, fields, folder)
             if slicer.sent_by_slicer(fields):
                 points = {e.destination for e in self.inputs if isinstance(e, Fiducials)}
-                return data, {key: slicer.flip_points(v) if key in points else v for key, v in data.items()}
+                return data, {key: fiducials.ras_lps(v) if key in points else v for key, v in data.items()}
             return data, data
 
     def _run(self, body, content_type, timings: Timings, watch: Watch, allowance: Allowance) -> list[dict]:

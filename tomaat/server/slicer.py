@@ -13,24 +13,11 @@ does, so that field is how the server knows it. Two things differ for it:
 
 from __future__ import annotations
 
-import numpy as np
-
 MARKER = "module_version"
-_FLIP = np.array([-1.0, -1.0, 1.0])  # RAS <-> LPS: the same sign change both ways
 
 
 def sent_by_slicer(fields: dict) -> bool:
     return MARKER in fields
-
-
-def flip_points(points) -> np.ndarray:
-    """RAS points in LPS, or LPS points in RAS."""
-    array = np.asarray(points, dtype=float)
-    if array.size == 0:
-        return array.reshape(0, 3)
-    if array.ndim != 2 or array.shape[1] != 3:
-        raise ValueError(f"fiducials must be an (N, 3) array of points, got shape {array.shape}")
-    return array * _FLIP
 
 
 def safe_item(item: dict) -> dict:
