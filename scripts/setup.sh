@@ -12,7 +12,7 @@ stamp=.venv/.tomaat-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "installing tomaat and its dependencies into .venv (log: .venv/install.log)"
-    if ! .venv/bin/python -m pip install -e '.[test,postgres,tensorflow,torch,vtk]' > .venv/install.log 2>&1; then
+    if ! .venv/bin/python -m pip install -e '.[test,postgres,tensorflow,torch,vtk,dicom]' > .venv/install.log 2>&1; then
         tail -n 30 .venv/install.log
         exit 1
     fi
