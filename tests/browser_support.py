@@ -38,10 +38,11 @@ def free_port() -> int:
 class Served:
     """`tomaat serve TARGET` on a free loopback port, plain HTTP, with its own TMPDIR."""
 
-    def __init__(self, target: str, folder):
+    def __init__(self, target: str, folder, *options: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "tomaat", "serve", target, "--port", str(self.port), "--host", "127.0.0.1"]
+        command += options
         env = {**os.environ, "TMPDIR": str(folder)}
         self.process = subprocess.Popen(
             [*command, "--no-tls"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

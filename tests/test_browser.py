@@ -55,8 +55,7 @@ def run_threshold(driver, url: str, path: str, threshold: int = THRESHOLD) -> st
     return status_when(driver, lambda text: text != before and finished(text))
 
 
-def overlay_pixels(png: bytes) -> int:
-    """Pixels of the labels' colour (red over grey) in a screenshot of the viewer."""
+def screenshot_rgb(png: bytes) -> np.ndarray:
     folder = os.environ.get("TMPDIR", "/tmp")
     path = os.path.join(folder, f"shot-{os.getpid()}.png")
     with open(path, "wb") as handle:
@@ -65,8 +64,21 @@ def overlay_pixels(png: bytes) -> int:
         rgb = sitk.GetArrayFromImage(sitk.ReadImage(path)).astype(int)
     finally:
         os.remove(path)
+    return rgb
+
+
+def overlay_pixels(png: bytes) -> int:
+    """Pixels of the labels' colour (red over grey) in a screenshot of the viewer."""
+    rgb = screenshot_rgb(png)
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     return int(((red - green > 60) & (red - blue > 60)).sum())
+
+
+def violet_pixels(png: bytes) -> int:
+    """Pixels of the points' colour (red and blue, little green) in a screenshot of the viewer."""
+    rgb = screenshot_rgb(png)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return int(((red - green > 60) & (blue - green > 60)).sum())
 
 
 @needs_browser()
@@ -346,6 +358,66 @@ def test_every_control_and_every_output_kind_in_the_page(tmp_path):
         saved.write_bytes(blob_bytes(driver, hook(driver, "download-affine").get_attribute("href")))
         np.testing.assert_allclose(sitk.ReadTransform(str(saved)).GetParameters()[-3:], (1.5, -2.0, 3.25))
         assert [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        driver.quit()
+        served.stop()
+
+
+POINTS = """
+import numpy as np
+from tomaat import Fiducials, TomaatApp, Volume
+
+class Centre(TomaatApp):
+    name = "Centre"
+    input_interface = [Volume("images")]
+    output_interface = [Fiducials("centre")]
+
+    def inference(self, data):
+        image = data["images"]
+        middle = [(n - 1) / 2 for n in image.GetSize()]
+        data["centre"] = np.array([image.TransformContinuousIndexToPhysicalPoint(middle)])
+        return data
+"""
+
+
+@needs_browser()
+def test_points_found_by_the_app_are_drawn_in_the_viewer(tmp_path):
+    served, path = serve_source(POINTS, tmp_path)
+    driver = chrome()
+    try:
+        driver.get(served.url + "/app/")
+        status_when(driver, lambda text: "Run" in text)
+        hook(driver, "input-images").send_keys(path)
+        status_when(driver, lambda text: "voxels" in text)
+        canvas = driver.find_element("id", "canvas")
+        assert violet_pixels(canvas.screenshot_as_png) == 0
+        hook(driver, "run").click()
+        assert status_when(driver, finished).endswith("done"), hook(driver, "status").text
+        centre = phantom().TransformContinuousIndexToPhysicalPoint((31.5, 31.5, 31.5))
+        shown = [float(v) for v in hook(driver, "result-centre").text.splitlines()[1].split(",")]
+        np.testing.assert_allclose(shown, centre, atol=1e-6)  # LPS, as the app gave it
+        assert violet_pixels(canvas.screenshot_as_png) > 50  # a sphere in each slice view
+    finally:
+        driver.quit()
+        served.stop()
+
+
+@needs_browser()
+def test_a_server_that_answers_later_is_asked_again_until_the_labels_are_there(tmp_path):
+    path = str(tmp_path / "phantom.nii.gz")
+    sitk.WriteImage(phantom(), path)
+    served = Served("examples/threshold.py", tmp_path, "--delayed")
+    driver = chrome()
+    try:
+        assert run_threshold(driver, served.url, path).endswith("done"), hook(driver, "status").text
+        saved = tmp_path / "labels.nii.gz"
+        saved.write_bytes(blob_bytes(driver, hook(driver, "download-labels").get_attribute("href")))
+        labels = sitk.ReadImage(str(saved))
+        assert_same_grid(labels, phantom())
+        expected = sitk.GetArrayFromImage(phantom()) >= THRESHOLD
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(labels), expected.astype(np.uint8))
+        asked = driver.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
+        assert any(name.endswith("/responses") for name in asked), asked  # collected, not answered at once
     finally:
         driver.quit()
         served.stop()

@@ -93,6 +93,16 @@ class NiiVueViewer {
     const mesh = await NVMesh.readMesh(buffer, name, this.nv.gl, 1, new Uint8Array([255, 190, 40, 255]));
     this.nv.addMesh(mesh);
   }
+  points(lps, name) {
+    // NiiVue's connectome nodes: spheres in the 3D view, also drawn over the slices (its world is RAS)
+    const [, nx, ny, nz] = this.nv.volumes[0].hdr.dims;
+    const [sx, sy, sz] = this.nv.volumes[0].hdr.pixDims.slice(1, 4);
+    const size = Math.max(nx * sx, ny * sy, nz * sz) / 60; // a sphere's radius in mm: visible at any scale
+    const nodes = lps.map(([x, y, z], index) => ({ name: String(index + 1), x: -x, y: -y, z, colorValue: 1, sizeValue: 1 }));
+    const json = { name, nodes, edges: [], nodeColormap: "violet", nodeMinColor: 0, nodeMaxColor: 1, nodeScale: size, showLegend: false };
+    this.nv.addMesh(this.nv.loadConnectomeAsMesh(json));
+    this.nv.drawScene();
+  }
   opacity(value) {
     for (let index = 1; index < this.nv.volumes.length; index++) this.nv.setOpacity(index, value);
     if (this.nv.drawBitmap) this.nv.setDrawOpacity(value);
@@ -123,6 +133,7 @@ class CanvasViewer {
     this.draw();
   }
   async mesh() {}
+  points() {} // listed beside the viewer only: one slice rarely holds them
   opacity(value) {
     this.alpha = value;
     this.draw();
@@ -362,11 +373,14 @@ async function buildRequest() {
   return body;
 }
 
-function send(body) {
+function elapsed(started) {
+  return `working… ${((performance.now() - started) / 1000).toFixed(1)} s`;
+}
+
+function send(body, started) {
   return new Promise((resolve, reject) => {
     const request = new XMLHttpRequest();
     const progress = $("progress");
-    const started = performance.now();
     let timer = null;
     request.open("POST", new URL("predict", base));
     request.responseType = "text";
@@ -377,7 +391,7 @@ function send(body) {
     });
     request.upload.addEventListener("load", () => {
       progress.value = 1;
-      timer = setInterval(() => setStatus(`working… ${((performance.now() - started) / 1000).toFixed(1)} s`), 100);
+      timer = setInterval(() => setStatus(elapsed(started)), 100);
     });
     request.addEventListener("load", () => {
       clearInterval(timer);
@@ -391,6 +405,29 @@ function send(body) {
     progress.value = 0;
     request.send(body);
   });
+}
+
+function delayedId(items) {
+  const [item] = items;
+  return items.length === 1 && item.type === "DelayedResponse" ? String(item.request_id) : null;
+}
+
+// A server that answers later (--delayed, or Prefer: respond-async) is asked again at /responses until the
+// result is there: the answer is then what /predict would have said.
+async function collect(id, started) {
+  const wait = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  for (let pause = 100; ; pause = Math.min(1000, pause * 2)) {
+    setStatus(`${elapsed(started)} (the server answers later)`);
+    await wait(pause);
+    const body = new FormData();
+    body.append("request_id", id);
+    const response = await fetch(new URL("responses", base), { method: "POST", body });
+    const answer = { status: response.status, text: await response.text() };
+    const problem = serverMessage(answer.status, answer.text);
+    if (problem) throw new Error(problem);
+    const items = JSON.parse(answer.text);
+    if (delayedId(items) === null) return items;
+  }
 }
 
 function serverMessage(status, text) {
@@ -432,6 +469,10 @@ const RESULTS = {
   async Fiducials(item, field, box) {
     const points = item.content ? item.content.split(";").map((point) => point.split(",").map(Number)) : [];
     box.append(element("pre", {}, points.map((p) => p.join(", ")).join("\n") || "no points"));
+    if (points.length && state.input) {
+      state.viewer.points(points, field);
+      box.append(element("p", {}, "shown in violet in the viewer"));
+    }
     const json = JSON.stringify({ coordinateSystem: "LPS", points }, null, 2);
     box.append(download(field, `${field}.json`, new TextEncoder().encode(json), "application/json"));
   },
@@ -477,11 +518,12 @@ async function run() {
   delete document.body.dataset.done;
   const started = performance.now();
   try {
-    const answer = await send(await buildRequest());
+    const answer = await send(await buildRequest(), started);
     const problem = serverMessage(answer.status, answer.text);
     if (problem) throw new Error(problem);
-    const items = JSON.parse(answer.text);
-    if (items.length === 1 && items[0].type === "DelayedResponse") throw new Error("this server answers later (delayed responses), which this page does not collect yet");
+    let items = JSON.parse(answer.text);
+    const id = delayedId(items);
+    if (id !== null) items = await collect(id, started);
     await showResults(items);
     setStatus(`${items.length} output(s) shown in ${((performance.now() - started) / 1000).toFixed(2)} s: done`);
     mark("done");
