@@ -246,3 +246,40 @@ def test_elements_of_the_wrong_side_are_refused():
 def test_interface_error_is_a_value_error():
     # TomaatService and `tomaat serve` report ValueError at start; InterfaceError must be one.
     assert issubclass(InterfaceError, ValueError)
+
+
+# --- segment descriptions of a LabelVolume (for DICOM SEG) ---------------------------------------
+
+
+def test_segments_go_through_the_info_dict_and_back_with_their_codes():
+    from tomaat import Segment
+
+    liver = Segment(1, "liver", ("10200004", "SCT", "Liver"), ("10200004", "SCT", "Liver"))
+    element = LabelVolume("labels", segments=[Segment(3, "tumour"), liver])
+    wire = json.loads(json.dumps(element.to_output_dict()))
+    assert [s["value"] for s in wire["segments"]] == [1, 3]  # by value, whatever order they were given in
+    assert wire["segments"][0]["category"] == {"code": "10200004", "scheme": "SCT", "meaning": "Liver"}
+    (back,) = output_interface([wire])
+    assert back == element and back.segments[1].type == ("85756007", "SCT", "Tissue")  # the default type
+    assert LabelVolume("labels", segments={3: "tumour", 1: "liver"}).segments[0].name == "liver"
+    assert "segments" not in LabelVolume("labels").to_output_dict()  # v1 clients see the element as before
+
+
+@pytest.mark.parametrize(
+    ("segments", "words"),
+    [
+        ({0: "background"}, "segment value 0 must be a label value from 1 to 65535"),
+        ({70000: "x"}, "from 1 to 65535"),
+        ({1: ""}, "name must be 1 to 64 characters"),
+        ({1: "x" * 65}, "name must be 1 to 64 characters"),
+        ({1: "a\\b"}, "backslash"),
+        ([{"value": 1, "name": "a"}, {"value": 1, "name": "b"}], "described twice"),
+        ([{"value": 1, "name": "a", "category": ["1", "SCT"]}], "three non-empty strings"),
+        ([{"value": 1, "name": "a", "type": ["1" * 17, "SCT", "x"]}], "at most 16 characters"),
+        ("liver", "must be a {value: name} dict or a list of Segment"),
+    ],
+)
+def test_bad_segment_descriptions_are_refused_at_start_naming_the_output(segments, words):
+    with pytest.raises(InterfaceError, match="LabelVolume output 'labels'") as refused:
+        LabelVolume("labels", segments=segments)
+    assert words in str(refused.value)

@@ -355,23 +355,101 @@ def label_image(value, reference):
     raise TypeError(f"a LabelVolume needs a SimpleITK image or a NumPy array, got {type(value).__name__}")
 
 
+# DICOM's coded concepts for a segment nobody described: valid SEG, and what most viewers show as "tissue".
+ANATOMICAL_STRUCTURE = ("91723000", "SCT", "Anatomical Structure")
+TISSUE = ("85756007", "SCT", "Tissue")
+
+
+def _code(raw, what: str) -> tuple[str, str, str]:
+    """A (code value, coding scheme, meaning) triple, as DICOM's SH, SH and LO strings hold them."""
+    if isinstance(raw, dict):
+        raw = (raw.get("code"), raw.get("scheme"), raw.get("meaning"))
+    if not isinstance(raw, (tuple, list)) or len(raw) != 3 or not all(isinstance(v, str) and v for v in raw):
+        raise InterfaceError(f"{what}: expected (code value, coding scheme, meaning), three non-empty strings")
+    for value, limit in zip(raw, (16, 16, 64), strict=True):
+        if len(value) > limit or "\\" in value or CONTROL.search(value):
+            raise InterfaceError(f"{what}: {value!r} must be at most {limit} characters, with no backslash or control")
+    return (raw[0], raw[1], raw[2])
+
+
+@dataclass(frozen=True)
+class Segment:
+    """What one label value means: its name and DICOM codes, for clients that write DICOM SEG (docs/pacs.md).
+
+    `category` and `type` are (code value, coding scheme designator, code meaning), e.g.
+    ("10200004", "SCT", "Liver"); the defaults say only "an anatomical structure, tissue".
+    """
+
+    value: int
+    name: str
+    category: tuple[str, str, str] = ANATOMICAL_STRUCTURE
+    type: tuple[str, str, str] = TISSUE
+
+    def check(self, where: str) -> Segment:
+        if isinstance(self.value, bool) or not isinstance(self.value, int) or not 1 <= self.value <= 65535:
+            raise InterfaceError(f"{where}: segment value {self.value!r} must be a label value from 1 to 65535")
+        what = f"{where}, segment {self.value}"
+        if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > 64:
+            raise InterfaceError(f"{what}: name must be 1 to 64 characters (DICOM's SegmentLabel)")
+        if "\\" in self.name or CONTROL.search(self.name):
+            raise InterfaceError(f"{what}: name {self.name!r} may not hold a backslash or control characters")
+        return Segment(self.value, self.name, _code(self.category, f"{what} category"), _code(self.type, f"{what} type"))
+
+    def to_dict(self) -> dict[str, Any]:
+        def code(triple):
+            return dict(zip(("code", "scheme", "meaning"), triple, strict=True))
+
+        return {"value": self.value, "name": self.name, "category": code(self.category), "type": code(self.type)}
+
+    @classmethod
+    def from_dict(cls, spec, where: str) -> Segment:
+        if not isinstance(spec, dict):
+            raise InterfaceError(f"{where}: a segment must be an object with 'value' and 'name'")
+        return cls(
+            spec.get("value"), spec.get("name"), spec.get("category", ANATOMICAL_STRUCTURE), spec.get("type", TISSUE)
+        ).check(where)
+
+
+def _segments(raw, where: str) -> tuple[Segment, ...]:
+    """{value: name or Segment} or a sequence of Segments or their dicts, checked, by value."""
+    if isinstance(raw, dict):
+        raw = [v if isinstance(v, Segment) else Segment(k, v) for k, v in raw.items()]
+    if not isinstance(raw, (list, tuple)):
+        raise InterfaceError(f"{where}: segments must be a {{value: name}} dict or a list of Segment")
+    made = [s.check(where) if isinstance(s, Segment) else Segment.from_dict(s, where) for s in raw]
+    values = [s.value for s in made]
+    if len(set(values)) != len(values):
+        raise InterfaceError(f"{where}: a label value is described twice in segments")
+    return tuple(sorted(made, key=lambda s: s.value))
+
+
 @dataclass(frozen=True)
 class LabelVolume(OutputElement):
-    """`grid`: the input volume whose grid a NumPy array takes, needed when the service has several."""
+    """`grid`: the input volume whose grid a NumPy array takes, needed when the service has several.
+
+    `segments`: what the label values mean, `{1: "liver", 2: "tumour"}` or `Segment`s with codes; clients
+    name the segments of a DICOM SEG from them, and number the others "label N".
+    """
 
     grid: str = ""
+    segments: Any = ()
     output_type: ClassVar[str] = "LabelVolume"
     default_name: ClassVar[str] = "labels"
     suffix: ClassVar[str] = "nii.gz"
 
+    def __post_init__(self):
+        object.__setattr__(self, "segments", _segments(self.segments, f"LabelVolume output '{self.field}'"))
+
     @classmethod
     def from_dict(cls, spec: dict[str, Any]):
-        return cls(_get(spec, "field"), spec.get("label", "") or "", spec.get("grid", "") or "")
+        return cls(_get(spec, "field"), spec.get("label", "") or "", spec.get("grid", "") or "", spec.get("segments", ()))
 
     def to_output_dict(self) -> dict[str, Any]:
         out = super().to_output_dict()
         if self.grid:
             out["grid"] = self.grid
+        if self.segments:
+            out["segments"] = [segment.to_dict() for segment in self.segments]
         return out
 
     def write_item(self, value, reference=None) -> str:
