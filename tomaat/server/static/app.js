@@ -24,6 +24,11 @@ function mark(name) {
   );
 }
 
+// The same, at once: where the time between two painted marks went (benchmarks/browser.py --phases).
+function note(name) {
+  document.body.dataset[name] = String(performance.now());
+}
+
 function setStatus(text, isError = false) {
   const status = $("status");
   status.textContent = isError ? `error: ${text}` : text;
@@ -311,7 +316,9 @@ function firstVolume() {
 async function showInput(file) {
   try {
     state.input = await NVImage.loadFromFile({ file, name: file.name });
+    note("loaded");
     state.viewer.show(state.input);
+    note("added");
     state.overlays = [];
     setStatus(`${file.name}: ${state.input.hdr.dims.slice(1, 4).join(" x ")} voxels`);
     mark("shown");
@@ -390,10 +397,12 @@ function send(body, started) {
       setStatus(`uploading ${Math.round((100 * event.loaded) / event.total)}%`);
     });
     request.upload.addEventListener("load", () => {
+      note("uploaded");
       progress.value = 1;
       timer = setInterval(() => setStatus(elapsed(started)), 100);
     });
     request.addEventListener("load", () => {
+      note("answered");
       clearInterval(timer);
       resolve({ status: request.status, text: request.responseText });
     });
@@ -454,7 +463,9 @@ const RESULTS = {
   async LabelVolume(item, field, box) {
     // labels: shown from 0.5 up, so the colour scale needs no pass over the voxels to find a range
     const image = await NVImage.new(unbase64(item.content).buffer, `${field}.mha`, "red", Number($("opacity").value), null, 0.5, 1);
+    note("decoded");
     state.viewer.overlay(image);
+    note("overlaid");
     state.overlays.push(image);
     $("opacity-control").hidden = false;
     const [nx, ny, nz] = image.hdr.dims.slice(1, 4);
