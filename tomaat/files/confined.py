@@ -38,6 +38,7 @@ log = logging.getLogger("tomaat.files")
 
 DEFAULT_MEMORY = 5 * 1024**3  # address space a decoder may add once loaded: a 4 GiB image and its reader
 DEFAULT_TIMEOUT = 120.0
+DEFAULT_MODULE = "tomaat.files.decoder_process"
 START_TIMEOUT = 60.0
 # Fixed at import: the decoders outlive any one request, and tests point tempfile elsewhere per test.
 _BASE = tempfile.gettempdir()
@@ -70,7 +71,7 @@ class DecodeFailed(Exception):
 class _Decoder:
     """One decoder process and its private folder."""
 
-    def __init__(self, memory: int):
+    def __init__(self, memory: int, module: str = DEFAULT_MODULE):
         self.folder = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-decoder-", dir=_BASE)
         # Only what Python needs: a decoder taken over by a file could copy its environment into
         # the voxels it returns, so secrets passed to the server by environment must not be there.
@@ -78,7 +79,7 @@ class _Decoder:
         env.update(dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1"))
         env["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tomaat.files.decoder_process", self.folder, str(memory)],
+            [sys.executable, "-m", module, self.folder, str(memory)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
@@ -149,9 +150,20 @@ class _Decoder:
 
 
 class DecoderPool:
-    """At most `size` decoder processes, started on first use and reused one file at a time."""
+    """At most `size` decoder processes, started on first use and reused one request at a time.
 
-    def __init__(self, size: int = 2, memory: int = DEFAULT_MEMORY, timeout: float = DEFAULT_TIMEOUT):
+    `module` is the decoder program (`python -m module FOLDER MEMORY`, decoder_process.py's protocol):
+    each kind of file gets a decoder that loaded, before confining itself, only the readers it needs.
+    """
+
+    def __init__(
+        self,
+        size: int = 2,
+        memory: int = DEFAULT_MEMORY,
+        timeout: float = DEFAULT_TIMEOUT,
+        module: str = DEFAULT_MODULE,
+    ):
+        self.module = module
         self.configure(size, memory, timeout)
         self._idle: list[_Decoder] = []
         self._all: set[_Decoder] = set()
@@ -169,7 +181,7 @@ class DecoderPool:
             return list(self._all)
 
     def _start(self) -> _Decoder:
-        decoder = _Decoder(self.memory)
+        decoder = _Decoder(self.memory, self.module)
         if not decoder.ready.get("landlock") and not self._warned:
             self._warned = True
             log.warning(
@@ -186,16 +198,27 @@ class DecoderPool:
             self._all.discard(decoder)
         decoder.close()
 
-    def run(self, message: dict, data: bytes | None = None, suffix: str = "") -> tuple[dict, _Decoder]:
-        """Send one file (written as `input<suffix>`) and message; the answer, and the decoder to release."""
+    def run(
+        self, message: dict, data: bytes | None = None, suffix: str = "", files: dict[str, bytes] | None = None
+    ) -> tuple[dict, _Decoder]:
+        """Send one file (written as `input<suffix>`) or several, and message; the answer, and the decoder to release.
+
+        `files` are written under names chosen here (`input-0`, `input-1`, ...), never the keys, and the
+        decoder is told which key each name holds (message["files"], in the order given).
+        """
+        named = {key: f"input-{index}" for index, key in enumerate(files or {})}
         slots = self._slots
         slots.acquire()
         try:
-            decoder = self._ready(data, suffix)
+            decoder = self._ready(data, suffix, {named[key]: content for key, content in (files or {}).items()})
+            request = {**message, "file": "input" + suffix, "out": "output.raw"}
+            if files is not None:
+                request["files"] = named
             try:
-                answer = decoder.ask({**message, "file": "input" + suffix, "out": "output.raw"}, self.timeout)
+                answer = decoder.ask(request, self.timeout)
             except DecodeFailed as failure:
-                log.warning("a decoder process %s on a %s file; replaced", failure.reason, suffix or "probe")
+                what = f"{len(named)}-file request" if files is not None else f"{suffix or 'probe'} file"
+                log.warning("a decoder process %s on a %s; replaced", failure.reason, what)
                 self._discard(decoder)
                 raise
         except BaseException:
@@ -204,8 +227,8 @@ class DecoderPool:
         decoder.slots = slots  # released into the semaphore it came from, even if configure() replaced it since
         return answer, decoder
 
-    def _ready(self, data: bytes | None, suffix: str) -> _Decoder:
-        """An idle decoder, or a new one, with the input written into its folder."""
+    def _ready(self, data: bytes | None, suffix: str, files: dict[str, bytes]) -> _Decoder:
+        """An idle decoder, or a new one, with the inputs written into its folder."""
         with self._lock:
             decoder = self._idle.pop() if self._idle else None
         for _attempt in range(2):
@@ -214,9 +237,10 @@ class DecoderPool:
                     self._discard(decoder)  # it died while idle: the file never reached it
                 decoder = self._start()
             try:
-                if data is not None:
-                    with open(os.path.join(decoder.folder, "input" + suffix), "wb") as handle:
-                        handle.write(data)
+                inputs = {"input" + suffix: data} if data is not None else {}
+                for name, content in {**inputs, **files}.items():
+                    with open(os.path.join(decoder.folder, name), "wb") as handle:
+                        handle.write(content)
                 return decoder
             except OSError:
                 self._discard(decoder)  # its folder was removed under it
@@ -344,8 +368,9 @@ def read_transform(data: bytes, suffix: str, max_parameters: int) -> sitk.Transf
         POOL.release(decoder)
 
 
-def probe(path: str, port: int) -> dict:
+def probe(path: str, port: int, pool: DecoderPool | None = None) -> dict:
     """Ask a decoder whether it can open `path` or connect to `port` on loopback (the confinement test)."""
-    answer, decoder = POOL.run({"op": "probe", "path": path, "port": port})
-    POOL.release(decoder)
+    pool = pool or POOL
+    answer, decoder = pool.run({"op": "probe", "path": path, "port": port})
+    pool.release(decoder)
     return {**answer, "landlock": decoder.ready.get("landlock", 0)}

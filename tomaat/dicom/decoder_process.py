@@ -1,0 +1,214 @@
+"""The DICOM decoder process: pydicom parses a PACS's files here, highdicom builds SEGs, nothing else opens.
+
+Started by tomaat/dicom/series.py's pool as `python -m tomaat.dicom.decoder_process FOLDER MEMORY`,
+with the protocol, memory cap and Landlock confinement of tomaat/files/decoder_process.py (whose
+docstring says why). Once confined it can open no library file, so the warm-up first runs every
+operation on a tiny series of each accepted transfer syntax, the refusals included: whatever
+pydicom, highdicom, numpy or the codecs import on first use is loaded before the door closes.
+
+Operations: `series` (the voxels of N instances as one volume, as a raw file, and its geometry and
+UIDs as JSON), `seg` (a DICOM SEG of a label volume on those instances, as a file), and `probe`.
+A file that is not one volume gets `{"ok": false, "refused": message}`, the message for the user.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import logging
+import os
+import sys
+import warnings
+
+import numpy as np
+import pydicom
+from pydicom.charset import python_encoding
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+from ..files.decoder_process import _confine, _limit_memory, _probe, _receive, _send
+from .segmentation import build
+from .slices import DECODABLE, Refused, read, stack, voxels
+
+_LABEL_TYPES = {"|u1": np.uint8, "<u2": np.dtype("<u2")}
+
+
+def _sources(folder: str, message: dict) -> tuple[list[str], list[str]]:
+    """(paths, names for messages) of the instances, in the order the server gave them."""
+    paths = [os.path.join(folder, name) for key, name in message["files"].items() if key != "label"]
+    names = list(message.get("names") or [])
+    if len(names) != len(paths):
+        names = [f"file {i + 1} of {len(paths)}" for i in range(len(paths))]
+    return paths, names
+
+
+def _series(folder: str, message: dict, out: str) -> dict:
+    paths, names = _sources(folder, message)
+    volume = stack([read(path, name) for path, name in zip(paths, names, strict=True)], names)
+    array = voxels(volume, names)
+    array.tofile(out)
+    first = volume.datasets[0]
+    return {
+        "dtype": array.dtype.str,
+        "shape": list(array.shape),
+        "spacing": list(volume.spacing),
+        "origin": list(volume.origin),
+        "direction": list(volume.direction),
+        "order": volume.order,
+        "instances": [{"uid": str(d.SOPInstanceUID), "class": str(d.get("SOPClassUID", ""))} for d in volume.datasets],
+        "study_uid": str(first.get("StudyInstanceUID", "")),
+        "series_uid": str(first.SeriesInstanceUID),
+        "frame_of_reference_uid": str(first.FrameOfReferenceUID),
+        "modality": str(first.get("Modality", "")),
+        "description": str(first.get("SeriesDescription", "")),
+    }
+
+
+def _seg(folder: str, message: dict, out: str) -> dict:
+    paths, names = _sources(folder, message)
+    volume = stack([read(path, name) for path, name in zip(paths, names, strict=True)], names)
+    if volume.order != list(message["order"]):
+        raise Refused("these files sort into another slice order than the series the label was made for")
+    shape = (len(paths), volume.rows, volume.columns)
+    label = np.fromfile(os.path.join(folder, message["files"]["label"]), dtype=_LABEL_TYPES[message["label_dtype"]])
+    if label.size != np.prod(shape):
+        raise Refused(f"the label holds {label.size} voxels; expected {' x '.join(map(str, shape))}")
+    build(volume, label.reshape(shape), message["segments"], message["params"]).save_as(out)
+    return {"size": os.path.getsize(out)}
+
+
+def _handle(folder: str, message: dict) -> dict:
+    op = message.get("op")
+    if op == "probe":
+        return _probe(message)
+    out = os.path.join(folder, message["out"])
+    if op == "series":
+        return _series(folder, message, out)
+    if op == "seg":
+        return _seg(folder, message, out)
+    raise ValueError(op)
+
+
+def _tiny_series(syntax: str, slope: float = 1.0) -> list[bytes]:
+    """Three 4 x 3 CT slices in `syntax`, written by pydicom: what the warm-up reads."""
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    files = []
+    for k in range(3):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.SOPClassUID, ds.SOPInstanceUID = pydicom.uid.CTImageStorage, generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.SpecificCharacterSet, ds.Modality, ds.SeriesDescription = "ISO_IR 100", "CT", "warm-up"
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, 4, 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelSpacing, ds.ImageOrientationPatient = [0.5, 0.5], [1, 0, 0, 0, 0.8, 0.6]
+        ds.ImagePositionPatient = [1.5, 2.0 - 1.5 * k, 2.5 + 2.0 * k]  # 2.5 mm steps along the normal
+        ds.RescaleSlope, ds.RescaleIntercept = slope, -1024
+        pixels = np.arange(12, dtype="<i2").reshape(3, 4) + k
+        if syntax == pydicom.uid.RLELossless:
+            ds.compress(syntax, pixels, encoding_plugin="pydicom")
+        elif syntax not in DECODABLE:
+            ds.PixelData = encapsulate([b"\xff\xd8\xff\xd9"])  # refused before anything decodes it
+        else:
+            ds.PixelData = pixels.astype(">i2" if syntax == pydicom.uid.ExplicitVRBigEndian else "<i2").tobytes()
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        files.append(buffer.getvalue())
+    return files
+
+
+def _warm(folder: str) -> None:
+    """Every operation on tiny series, refusals too, so nothing is first imported once confined."""
+    for encoding in set(python_encoding.values()):
+        codecs.lookup(encoding)
+
+    def run(op: str, files: list[bytes], refused: bool = False, **extra) -> dict:
+        named = {}
+        for index, data in enumerate(files):
+            named[str(index)] = name = f"warm-{index}"
+            with open(os.path.join(folder, name), "wb") as handle:
+                handle.write(data)
+        if "label" in extra:
+            named["label"] = "warm-label"
+            extra.pop("label").tofile(os.path.join(folder, "warm-label"))
+        try:
+            return _handle(folder, {"op": op, "files": named, "out": "warm.raw", **extra})
+        except Refused:
+            if not refused:
+                raise
+            return {}
+        finally:
+            for name in os.listdir(folder):
+                os.unlink(os.path.join(folder, name))
+
+    for syntax in DECODABLE:
+        run("series", _tiny_series(syntax))
+    files = _tiny_series(pydicom.uid.ExplicitVRLittleEndian, slope=0.5)
+    answer = run("series", files)
+    label = np.zeros((3, 3, 4), np.uint8)
+    label[1, 1:, 1:3], label[2, 0, 0] = 1, 3
+    segment = {"category": ["91723000", "SCT", "Anatomical Structure"], "type": ["85756007", "SCT", "Tissue"]}
+    segments = [{**segment, "number": n, "value": v, "name": f"label {v}"} for n, v in ((1, 1), (2, 3), (3, 7))]
+    utf8 = [{**segments[0], "name": "Leber ü 肝臓"}]
+    params = {
+        "series_number": 1,
+        "series_description": "warm-up",
+        "manufacturer": "TOMAAT",
+        "manufacturer_model_name": "warm-up",
+        "software_versions": ["0", "0"],
+        "device_serial_number": "0",
+        "algorithm_name": "warm-up",
+        "algorithm_version": "0",
+    }
+    order, dtype = answer["order"], "|u1"
+    run("seg", files, order=order, label_dtype=dtype, label=label, segments=segments, params=params)
+    run("seg", files, order=order, label_dtype=dtype, label=label * 0, segments=segments, params=params)
+    run(
+        "seg",
+        files,
+        order=order,
+        label_dtype=dtype,
+        label=label,
+        segments=utf8,
+        params={**params, "series_uid": "2.25.1"},
+    )
+    run("seg", files, True, order=order, label_dtype=dtype, label=label[:1], segments=segments, params=params)
+    bad = _tiny_series(JPEGBaseline8Bit)[:1] + [b"not DICOM" * 20]
+    for refused in ([b"not DICOM" * 20], bad[:1], files[:1], files + files[:1], [files[0], files[2]]):
+        run("series", refused, True)
+    not_image = pydicom.dcmread(io.BytesIO(files[0]))
+    not_image.SOPClassUID = pydicom.uid.SegmentationStorage
+    buffer = io.BytesIO()
+    not_image.save_as(buffer)
+    run("series", [buffer.getvalue(), files[1]], True)
+
+
+def main() -> None:
+    folder, memory = sys.argv[1], int(sys.argv[2])
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a library that prints must not corrupt the answers
+    warnings.simplefilter("ignore")  # pydicom warns about every odd value; the answers say what matters
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.getLogger("highdicom").setLevel(logging.ERROR)
+    _warm(folder)
+    _limit_memory(memory)
+    abi, reason = _confine(folder)
+    _send(out, {"ready": True, "landlock": abi, "reason": reason})
+    source = sys.stdin.buffer
+    while True:
+        message = _receive(source)
+        if message is None:
+            return
+        try:
+            answer = {"ok": True, **_handle(folder, message)}
+        except Refused as refusal:
+            answer = {"ok": False, "refused": str(refusal)}
+        except Exception as error:  # noqa: BLE001 - any other failure is files the decoder could not read
+            answer = {"ok": False, "error": type(error).__name__}
+        _send(out, answer)
+
+
+if __name__ == "__main__":
+    main()
