@@ -56,6 +56,7 @@ def write_dicom_series(image: sitk.Image, folder) -> None:
             "0008|0018": f"{series_uid}.{index + 1}",
             "0020|000d": series_uid + ".0",
             "0020|000e": series_uid,
+            "0020|0052": series_uid + ".9",  # FrameOfReferenceUID: a DICOM SEG of the labels needs one
             "0020|0013": str(index + 1),
             "0020|0032": "\\".join(repr(float(p)) for p in position),
             "0020|0037": orientation,

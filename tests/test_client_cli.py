@@ -42,8 +42,8 @@ async def test_predict_every_type_from_a_dicom_series(serve, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "default used for 'invert': False" in result.stdout
     assert "Report: level=0.5 invert=False units=mm moving=AffineTransform" in result.stdout
-    assert f"wrote 8 file(s) to {out}" in result.stdout
-    for name in ("labels.nii.gz", "mesh.vtk", "report.txt", "seeds_out.fcsv", "seeds_out.json", "field.nii.gz"):
+    assert f"wrote 9 file(s) to {out}" in result.stdout
+    for name in ("labels.nii.gz", "labels.dcm", "mesh.vtk", "report.txt", "seeds_out.fcsv", "seeds_out.json"):
         assert (out / name).exists() and f"{out / name}" in result.stdout
     labels = sitk.ReadImage(str(out / "labels.nii.gz"))
     assert_same_grid(labels, phantom, 1e-4)  # size, spacing, origin and (rotated) direction of the input
@@ -54,6 +54,18 @@ async def test_predict_every_type_from_a_dicom_series(serve, tmp_path):
     )
     assert isinstance(sitk.ReadTransform(str(out / "bspline.h5")), sitk.Transform)
     assert "CoordinateSystem = LPS" in (out / "seeds_out.fcsv").read_text()
+    # The labels also as a DICOM SEG on the series, whose frames refer to the slices they were cut from.
+    import highdicom
+    import pydicom
+
+    seg = highdicom.seg.Segmentation.from_dataset(pydicom.dcmread(out / "labels.dcm"))
+    slices = {pydicom.dcmread(path).SOPInstanceUID for path in (tmp_path / "dicom").iterdir()}
+    referenced = {
+        frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        for frame in seg.PerFrameFunctionalGroupsSequence
+    }
+    assert referenced <= slices and len(referenced) == int((sitk.GetArrayFromImage(labels) > 0).any(axis=(1, 2)).sum())
+    assert seg.SegmentSequence[0].SegmentLabel == "label 1"
 
 
 @pytest_twisted.ensureDeferred

@@ -9,7 +9,7 @@ import highdicom as hd
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dicom_support import ct_series
+from dicom_support import ct_series, encode
 from scratch_checks import private_tempdir  # noqa: F401 (an autouse fixture)
 
 from tomaat.dicom import DicomError, DicomSeries, Segment, read_series, write_seg
@@ -194,3 +194,13 @@ def test_labels_that_a_seg_cannot_hold_are_refused(series):
         write_seg(series, two, series_uid="1.2.x", **OPTIONS)
     with pytest.raises(DicomError, match="series number 0: expected a whole number"):
         write_seg(series, two, **{**OPTIONS, "series_number": 0})
+
+
+def test_a_series_without_a_frame_of_reference_is_a_volume_but_gets_no_seg():
+    datasets = ct_series().datasets
+    for dataset in datasets:
+        del dataset.FrameOfReferenceUID  # as series written by GDCM (SimpleITK) often are
+    volume = read_series([encode(d) for d in datasets])
+    assert volume.frame_of_reference_uid == "" and volume.image.GetSize() == (24, 20, 12)
+    with pytest.raises(DicomError, match="no FrameOfReferenceUID, which a DICOM SEG must share with its images"):
+        write_seg(volume, _label(volume, {1: (slice(2, 5), slice(3, 9), slice(4, 12))}), **OPTIONS)

@@ -407,3 +407,21 @@ def test_importing_tomaat_dicom_loads_no_dicom_library():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_what_goes_to_a_prediction_server_is_voxels_and_geometry_and_no_dicom_header():
+    from tomaat.protocol.volumes import write_image
+
+    made = ct_series()
+    sent = write_image(read_series(made.files).image, "mha")  # what the client uploads for the series
+    header = sent[: sent.index(b"ElementDataFile")]
+    for private in (
+        b"Phantom",
+        b"TOMAAT-1",
+        b"PatientName",
+        b"0010|",
+        b"0020|000d",
+        made.datasets[0].StudyInstanceUID.encode(),
+    ):
+        assert private not in sent, private
+    assert header.count(b"\n") <= 16, header  # the MHA keys of size, type, spacing, origin and direction only

@@ -123,3 +123,8 @@ from .client.cli import COMMANDS as _CLIENT_COMMANDS  # noqa: E402
 
 for _command in _CLIENT_COMMANDS:
     main.add_command(_command)
+
+# ---- the PACS loop (tomaat/dicom/cli.py): dicomweb predict -----------------------------------------
+from .dicom.cli import dicomweb as _dicomweb  # noqa: E402
+
+main.add_command(_dicomweb)

@@ -218,11 +218,17 @@ def predict(url, inputs, settings, out, prefer_async, volume_format, timeout, fi
     given = {**_pairs(inputs, "--input"), **_pairs(settings, "--set")}
     progress = _Progress()
     try:
+        series = _dicom_folders(given)
         client = Client(url, fingerprint=fingerprint, insecure=insecure, result_timeout=timeout)
         try:
             result = client.predict(prefer_async=prefer_async, progress=progress.upload, on_sent=progress.sent, **given)
         finally:
             progress.close()
+        written = result.save(out, volume_format)
+        if series:
+            from ..dicom.loop import write_seg_files
+
+            written += write_seg_files(result, client.info(), series, out, lambda text: _say(text, err=True))
     except ClientError as error:
         _fail(error)
     for name, value in result.request.filled:
@@ -230,10 +236,28 @@ def predict(url, inputs, settings, out, prefer_async, volume_format, timeout, fi
         _say(f"default used for '{name}': {shown}")
     for output in result.texts:
         _say(f"{output.label or output.name}: {output.value}")
-    written = result.save(out, volume_format)
     _say(f"wrote {len(written)} file(s) to {out}:")
     for path, what in written:
         _say(f"  {path}  ({what})")
+
+
+def _dicom_folders(given: dict) -> dict:
+    """Read each --input that is a DICOM folder as tomaat.dicom does (confined, exact geometry), so its labels
+    can go back as DICOM SEG; without the tomaat[dicom] extra, the folder is read by GDCM as before, no SEG."""
+    import importlib.util
+    import os
+
+    folders = {name: path for name, path in given.items() if isinstance(path, str) and os.path.isdir(path)}
+    if not folders or not all(importlib.util.find_spec(m) for m in ("pydicom", "highdicom")):
+        return {}
+    from ..dicom import folder_paths, read_folder, read_series
+
+    series = {}
+    for name, path in folders.items():
+        names = [os.path.join(path, relative) for relative in folder_paths(path)]
+        series[name] = read_series(read_folder(path), names=names)
+        given[name] = series[name].image
+    return series
 
 
 COMMANDS = (discover, interface, predict)

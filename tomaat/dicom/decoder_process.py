@@ -59,7 +59,7 @@ def _series(folder: str, message: dict, out: str) -> dict:
         "instances": [{"uid": str(d.SOPInstanceUID), "class": str(d.get("SOPClassUID", ""))} for d in volume.datasets],
         "study_uid": str(first.get("StudyInstanceUID", "")),
         "series_uid": str(first.SeriesInstanceUID),
-        "frame_of_reference_uid": str(first.FrameOfReferenceUID),
+        "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
         "modality": str(first.get("Modality", "")),
         "description": str(first.get("SeriesDescription", "")),
     }

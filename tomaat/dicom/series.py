@@ -61,7 +61,7 @@ class DicomSeries:
     image: sitk.Image
     study_uid: str
     series_uid: str
-    frame_of_reference_uid: str
+    frame_of_reference_uid: str  # "" when the slices name none: a volume still, but no SEG can be made on it
     modality: str
     description: str
     instances: tuple[str, ...]  # SOPInstanceUID of each slice, in slice order (image z index)
@@ -111,6 +111,11 @@ def write_seg(
     `series_uid` is the SEG's SeriesInstanceUID (a new one if None), for a caller that must know it
     before storing. The bytes are not parsed here.
     """
+    if not series.frame_of_reference_uid:
+        raise DicomError(
+            "the series has no FrameOfReferenceUID, which a DICOM SEG must share with its images; "
+            "expected a series that names its frame of reference"
+        )
     array = _label_array(series, label)
     present = np.zeros(1 << 16, bool)
     for plane in array:  # one slice at a time: a count over the whole volume would need 8 bytes a voxel
@@ -230,7 +235,7 @@ def _series(answer: dict, decoder, files: list[bytes]) -> DicomSeries:
         image=image,
         study_uid=_uid(answer["study_uid"]),
         series_uid=_uid(answer["series_uid"]),
-        frame_of_reference_uid=_uid(answer["frame_of_reference_uid"]),
+        frame_of_reference_uid=_uid(answer["frame_of_reference_uid"]) if answer["frame_of_reference_uid"] else "",
         modality=_text(answer["modality"], 16),
         description=_text(answer["description"], 64),
         instances=uids,

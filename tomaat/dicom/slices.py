@@ -122,15 +122,11 @@ def _check(dataset: pydicom.Dataset, name: str) -> None:
     missing = [
         key for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if not _numbers(dataset, key)
     ]
-    missing += [
-        key
-        for key in ("Rows", "Columns", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
-        if not dataset.get(key)
-    ]
+    missing += [key for key in ("Rows", "Columns", "SeriesInstanceUID", "SOPInstanceUID") if not dataset.get(key)]
     if missing:
         raise Refused(
             f"{name}: no {', no '.join(missing)}; expected ImagePositionPatient, ImageOrientationPatient, "
-            "PixelSpacing, Rows, Columns and the series, instance and frame of reference UIDs in every slice"
+            "PixelSpacing, Rows, Columns and the series and instance UIDs in every slice"
         )
     for key, count in (("ImagePositionPatient", 3), ("ImageOrientationPatient", 6), ("PixelSpacing", 2)):
         values = _numbers(dataset, key)
@@ -209,10 +205,12 @@ def stack(datasets: list, names: list[str]) -> Stack:
                 f"{name}: ImageOrientationPatient {orientation.tolist()}, but {name0} has {orientation0.tolist()}: "
                 "mixed orientations (a localizer?); expected one orientation for the whole series"
             )
-        if str(dataset.FrameOfReferenceUID) != str(first.FrameOfReferenceUID):
+        # Optional for the volume (GDCM-written series often lack it); a SEG needs it (series.write_seg says so)
+        frame, frame0 = str(dataset.get("FrameOfReferenceUID", "")), str(first.get("FrameOfReferenceUID", ""))
+        if frame != frame0:
             raise Refused(
-                f"{name}: FrameOfReferenceUID {dataset.FrameOfReferenceUID}, but {name0} has "
-                f"{first.FrameOfReferenceUID}; expected one frame of reference for the whole series"
+                f"{name}: FrameOfReferenceUID {frame or 'missing'}, but {name0} has "
+                f"{frame0 or 'none'}; expected one frame of reference for the whole series"
             )
     row, column = orientation0[:3], orientation0[3:]
     if (

@@ -393,7 +393,9 @@ class Segment:
             raise InterfaceError(f"{what}: name must be 1 to 64 characters (DICOM's SegmentLabel)")
         if "\\" in self.name or CONTROL.search(self.name):
             raise InterfaceError(f"{what}: name {self.name!r} may not hold a backslash or control characters")
-        return Segment(self.value, self.name, _code(self.category, f"{what} category"), _code(self.type, f"{what} type"))
+        return Segment(
+            self.value, self.name, _code(self.category, f"{what} category"), _code(self.type, f"{what} type")
+        )
 
     def to_dict(self) -> dict[str, Any]:
         def code(triple):
@@ -442,7 +444,9 @@ class LabelVolume(OutputElement):
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]):
-        return cls(_get(spec, "field"), spec.get("label", "") or "", spec.get("grid", "") or "", spec.get("segments", ()))
+        return cls(
+            _get(spec, "field"), spec.get("label", "") or "", spec.get("grid", "") or "", spec.get("segments", ())
+        )
 
     def to_output_dict(self) -> dict[str, Any]:
         out = super().to_output_dict()
