@@ -67,6 +67,14 @@ def screenshot_rgb(png: bytes) -> np.ndarray:
     return rgb
 
 
+def open_with(driver, url: str, path: str) -> None:
+    """The page, with the scan at path in its volume input, once the page shows it."""
+    driver.get(url + "/app/")
+    status_when(driver, lambda text: "Run" in text)
+    hook(driver, "input-images").send_keys(path)
+    status_when(driver, lambda text: "voxels" in text)
+
+
 def overlay_pixels(png: bytes) -> int:
     """Pixels of the labels' colour (red over grey) in a screenshot of the viewer."""
     rgb = screenshot_rgb(png)
@@ -182,11 +190,8 @@ def test_text_from_the_server_is_shown_as_text_never_as_html(tmp_path):
     served, path = serve_source(HOSTILE, tmp_path)
     driver = chrome()
     try:
-        driver.get(served.url + "/app/")
-        status_when(driver, lambda text: "Run" in text)
+        open_with(driver, served.url, path)
         assert hook(driver, "input-images").get_attribute("type") == "file"
-        hook(driver, "input-images").send_keys(path)
-        status_when(driver, lambda text: "voxels" in text)
         hook(driver, "run").click()
         assert status_when(driver, finished).endswith("done")
         assert driver.find_element("id", "name").text == '<img src=x onerror="document.title=1">Liver'
@@ -332,10 +337,7 @@ def test_every_control_and_every_output_kind_in_the_page(tmp_path):
     sitk.WriteTransform(affine, str(tmp_path / "moving.mat"))
     driver = chrome()
     try:
-        driver.get(served.url + "/app/")
-        status_when(driver, lambda text: "Run" in text)
-        hook(driver, "input-images").send_keys(path)
-        status_when(driver, lambda text: "voxels" in text)
+        open_with(driver, served.url, path)
         numbers = driver.find_elements("css selector", '[data-testid="input-level"][type="number"]')
         assert numbers[0].get_attribute("value") == "5"  # the slider's midpoint, as Slicer starts it
         numbers[0].clear()
@@ -385,10 +387,7 @@ def test_points_found_by_the_app_are_drawn_in_the_viewer(tmp_path):
     served, path = serve_source(POINTS, tmp_path)
     driver = chrome()
     try:
-        driver.get(served.url + "/app/")
-        status_when(driver, lambda text: "Run" in text)
-        hook(driver, "input-images").send_keys(path)
-        status_when(driver, lambda text: "voxels" in text)
+        open_with(driver, served.url, path)
         canvas = driver.find_element("id", "canvas")
         assert violet_pixels(canvas.screenshot_as_png) == 0
         hook(driver, "run").click()

@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
-from ..files.decoder_process import _confine, _limit_memory, _probe, _receive, _send
+from ..files.decoder_process import _probe, serve
 from .segmentation import build
 from .slices import DECODABLE, Refused, read, stack, voxels
 
@@ -186,28 +186,10 @@ def _warm(folder: str) -> None:
 
 
 def main() -> None:
-    folder, memory = sys.argv[1], int(sys.argv[2])
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # a library that prints must not corrupt the answers
     warnings.simplefilter("ignore")  # pydicom warns about every odd value; the answers say what matters
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     logging.getLogger("highdicom").setLevel(logging.ERROR)
-    _warm(folder)
-    _limit_memory(memory)
-    abi, reason = _confine(folder)
-    _send(out, {"ready": True, "landlock": abi, "reason": reason})
-    source = sys.stdin.buffer
-    while True:
-        message = _receive(source)
-        if message is None:
-            return
-        try:
-            answer = {"ok": True, **_handle(folder, message)}
-        except Refused as refusal:
-            answer = {"ok": False, "refused": str(refusal)}
-        except Exception as error:  # noqa: BLE001 - any other failure is files the decoder could not read
-            answer = {"ok": False, "error": type(error).__name__}
-        _send(out, answer)
+    serve(sys.argv[1], int(sys.argv[2]), _warm, _handle, Refused)
 
 
 if __name__ == "__main__":

@@ -150,13 +150,15 @@ def _handle(folder: str, message: dict) -> dict:
     return _transform(path, out)
 
 
-def main() -> None:
-    folder, memory = sys.argv[1], int(sys.argv[2])
+def serve(folder: str, memory: int, warm, handle, refusal: type[Exception] | tuple = ()) -> None:
+    """A decoder's life: warm up, cap memory, confine, then answer one message at a time until stdin closes.
+
+    `handle(folder, message)` answers a message; a `refusal` it raises is told as such (its text for
+    the user), any other failure only by its type: a file the decoder could not read.
+    """
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a reader that prints must not corrupt the answers
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    _warm(folder)
+    warm(folder)
     _limit_memory(memory)
     abi, reason = _confine(folder)
     _send(out, {"ready": True, "landlock": abi, "reason": reason})
@@ -166,10 +168,18 @@ def main() -> None:
         if message is None:
             return
         try:
-            answer = {"ok": True, **_handle(folder, message)}
+            answer = {"ok": True, **handle(folder, message)}
+        except refusal as refused:
+            answer = {"ok": False, "refused": str(refused)}
         except Exception as error:  # noqa: BLE001 - any reader failure is an unreadable file
             answer = {"ok": False, "error": type(error).__name__}
         _send(out, answer)
+
+
+def main() -> None:
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    serve(sys.argv[1], int(sys.argv[2]), _warm, _handle)
 
 
 if __name__ == "__main__":

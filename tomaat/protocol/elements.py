@@ -407,9 +407,9 @@ class Segment:
     def from_dict(cls, spec, where: str) -> Segment:
         if not isinstance(spec, dict):
             raise InterfaceError(f"{where}: a segment must be an object with 'value' and 'name'")
-        return cls(
-            spec.get("value"), spec.get("name"), spec.get("category", ANATOMICAL_STRUCTURE), spec.get("type", TISSUE)
-        ).check(where)
+        value: Any = spec.get("value")  # checked by check(), like every other field
+        name: Any = spec.get("name")
+        return cls(value, name, spec.get("category", ANATOMICAL_STRUCTURE), spec.get("type", TISSUE)).check(where)
 
 
 def _segments(raw, where: str) -> tuple[Segment, ...]:
