@@ -1,14 +1,13 @@
-"""One prediction, start to finish, on a worker thread: fields -> data -> app -> output items.
+"""One prediction, start to finish, on a worker thread: fields -> data -> app's steps -> output items.
 
-Only inference runs under the GPU lock, so while one request holds the GPU
-the others parse, preprocess, postprocess and encode in parallel.
+The app's steps run where a steps object says (steps.py: this process, under the GPU lock for
+inference; ray_steps.py: Ray Serve replicas); parsing, decoding and encoding stay here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 
 from ..body import Budget
@@ -22,11 +21,9 @@ from ..protocol.outputs import encode_item
 from . import slicer, upstream
 from .app import UPSTREAM
 from .form import read_fields
+from .steps import LocalSteps
 
 log = logging.getLogger("tomaat.server")
-
-# One per process: every service in the process shares the accelerator.
-GPU_LOCK = threading.Lock()
 
 STAGES = ("receive", "parse", "decode", "preprocess", "lock_wait", "inference", "postprocess", "encode")
 
@@ -76,27 +73,15 @@ def grid_of(element, volumes: dict):
 
 
 class Pipeline:
-    def __init__(self, app, inputs, outputs, gpu_lock=None, max_fields=256, limits=None, decoded=None):
+    def __init__(self, app, inputs, outputs, steps=None, max_fields=256, limits=None, decoded=None):
         self.app = app
         self.inputs = inputs
         self.outputs = outputs
-        # an app that says it needs no GPU runs its inference without the lock, alongside other requests
-        self.gpu_lock = (gpu_lock or GPU_LOCK) if getattr(app, "gpu", True) else contextlib.nullcontext()
+        self.steps = steps or LocalSteps(app)
         self.max_fields = int(max_fields)
         self.limits = limits or Limits()
         self.decoded = decoded or Budget(0)
         self.upstream = app.data_contract == UPSTREAM
-
-    def _app_step(self, step: str, data: dict) -> dict:
-        try:
-            result = getattr(self.app, "run_" + step)(data)
-        except Exception:
-            log.exception("the app's %s step failed", step)
-            raise AppFailure(f"the service failed during {step}; the error is in the server log") from None
-        if not isinstance(result, dict):
-            log.error("the app's %s step returned %s instead of the data dict", step, type(result).__name__)
-            raise AppFailure(f"the service failed during {step}: it did not return the data dict")
-        return result
 
     def _output(self, element, value, from_slicer: bool):
         if self.upstream:
@@ -157,21 +142,6 @@ class Pipeline:
             return self._steps(data, volumes, from_slicer, timings, watch)
 
     def _steps(self, data: dict, volumes: dict, from_slicer: bool, timings: Timings, watch: Watch) -> list[dict]:
-        watch.app_started()
-        with timings.stage("preprocess"):
-            data = self._app_step("preprocess", data)
-        watch.check("preprocess")
-        with timings.stage("lock_wait"):
-            self.gpu_lock.__enter__()
-        try:
-            watch.check("waiting for the GPU")
-            with timings.stage("inference"):
-                data = self._app_step("inference", data)
-        finally:
-            self.gpu_lock.__exit__(None, None, None)
-        watch.check("inference")
-        with timings.stage("postprocess"):
-            data = self._app_step("postprocess", data)
-        watch.check("postprocess")
+        data = self.steps(data, timings, watch)
         with timings.stage("encode"):
             return self._encode(data, volumes, from_slicer)
