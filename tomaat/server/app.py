@@ -13,6 +13,8 @@ class attributes too, so a subclass that forgets `super().__init__()` works.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +24,17 @@ RICH = "rich"
 UPSTREAM = "upstream"
 CONTRACTS = (RICH, UPSTREAM)
 STEPS = ("preprocess", "inference", "postprocess")
+
+
+def batch_settings(app) -> tuple[int, float]:
+    """The app's (max_batch, max_delay_ms), refused at start rather than by the first batch that would need them."""
+    size = getattr(app, "max_batch", 1)
+    delay = getattr(app, "max_delay_ms", 0.0)
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ValueError(f"the app's max_batch is {size!r}; expected a whole number of at least 1 (1: no batching)")
+    if isinstance(delay, bool) or not isinstance(delay, numbers.Real) or not math.isfinite(delay) or delay < 0:
+        raise ValueError(f"the app's max_delay_ms is {delay!r}; expected a finite number of milliseconds, at least 0")
+    return int(size), float(delay)
 
 
 def _check(contract: str) -> str:
@@ -53,6 +66,10 @@ class TomaatApp:
     output_interface: tuple | list = ()
     contract: str | None = None  # None: upstream's when step functions are given, else ours (RICH)
     gpu: bool = True  # False: inference runs without the server's GPU lock, alongside other requests
+    # Dynamic batching (docs/writing-an-app.md): up to max_batch concurrent requests' inference in one
+    # inference_batch call, formed when the model frees; an idle model waits up to max_delay_ms for company.
+    max_batch: int = 1  # 1: one request at a time, inference() only
+    max_delay_ms: float = 0.0
     preprocess_fun: Step | None = None
     inference_fun: Step | None = None
     postprocess_fun: Step | None = None
@@ -100,11 +117,33 @@ class TomaatApp:
     def postprocess(self, data: dict) -> dict:
         return data
 
+    def inference_batch(self, items: list[dict]) -> list[dict]:
+        """Several requests' data at once, the i-th result for the i-th item; called only when max_batch > 1.
+
+        Override it to run the model once on all items (a stacked array). The default hands the batch to an
+        inference step that batches by itself (`tomaat.frameworks.Predict`), or runs `inference` item by item,
+        so an app that only sets max_batch still answers correctly.
+        """
+        step = self.inference_fun or self.inference
+        batched = getattr(step, "inference_batch", None)
+        if callable(batched):
+            return batched(items)
+        return [self.run_inference(item) for item in items]
+
     def run_preprocess(self, data: dict) -> dict:
         return self._run("preprocess", data)
 
     def run_inference(self, data: dict) -> dict:
         return self._run("inference", data)
+
+    def run_inference_batch(self, items: list[dict]) -> list[dict]:
+        """inference_batch, with the steps' convention: None (changed in place) stands for the items themselves."""
+        results = self.inference_batch(items)
+        if results is None:
+            return items
+        if isinstance(results, (list, tuple)) and len(results) == len(items):
+            return [item if result is None else result for item, result in zip(items, results, strict=True)]
+        return results  # the wrong length or kind: the server fails the batch and logs what it got
 
     def run_postprocess(self, data: dict) -> dict:
         return self._run("postprocess", data)

@@ -6,12 +6,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, worker, budget=None):
+    def __init__(self, worker, budget=None, batcher=None):
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "tomaat_predictions", "Prediction requests by HTTP status", ["status"], registry=self.registry
@@ -26,6 +27,13 @@ class Metrics:
         if budget is not None:
             held = Gauge("tomaat_pending_body_bytes", "Bytes of request bodies held at once", registry=self.registry)
             held.set_function(lambda: budget.used)
+        if batcher is not None:  # a batched app: count and sum say how full its batches are
+            sizes = Histogram(
+                "tomaat_batch_size", "Requests per batch of inference", buckets=BATCH_BUCKETS, registry=self.registry
+            )
+            batcher.on_batch = sizes.observe
+            waiting = Gauge("tomaat_batch_waiting_requests", "Requests waiting for a batch", registry=self.registry)
+            waiting.set_function(lambda: batcher.waiting)
 
     def observe(self, status: int, timings: dict) -> None:
         self.requests.labels(str(status)).inc()

@@ -21,7 +21,7 @@ from ..protocol.outputs import encode_item
 from . import slicer, upstream
 from .app import UPSTREAM
 from .form import read_fields
-from .steps import LocalSteps
+from .steps import local_steps
 
 log = logging.getLogger("tomaat.server")
 
@@ -29,6 +29,8 @@ STAGES = ("receive", "parse", "decode", "preprocess", "lock_wait", "inference", 
 
 
 class Timings(dict):
+    batch = 0  # the size of the batch a batched app's inference ran in (batching.py); 0: not batched
+
     @contextlib.contextmanager
     def stage(self, name: str):
         start = time.perf_counter()
@@ -38,7 +40,8 @@ class Timings(dict):
             self[name] = self.get(name, 0.0) + time.perf_counter() - start
 
     def summary(self) -> str:
-        return " ".join(f"{name}={self[name] * 1000:.1f}ms" for name in STAGES if name in self)
+        summary = " ".join(f"{name}={self[name] * 1000:.1f}ms" for name in STAGES if name in self)
+        return f"{summary} batch={self.batch}" if self.batch else summary
 
 
 class Watch:
@@ -77,7 +80,7 @@ class Pipeline:
         self.app = app
         self.inputs = inputs
         self.outputs = outputs
-        self.steps = steps or LocalSteps(app)
+        self.steps = steps or local_steps(app)
         self.max_fields = int(max_fields)
         self.limits = limits or Limits()
         self.decoded = decoded or Budget(0)

@@ -28,7 +28,7 @@ from ..protocol.registry import announcement
 from ..trust import pin_fingerprint
 from . import page
 from .announcer import Announcer
-from .app import UPSTREAM, TomaatApp
+from .app import UPSTREAM, TomaatApp, batch_settings
 from .config import DESCRIPTION, ServiceConfig, described
 from .delayed import DelayedResults
 from .metrics import Metrics
@@ -71,6 +71,7 @@ class TomaatService(Daemon):
         self.config = ServiceConfig.build(config, options)
         self.description = described(app, config, options)  # name, modality, ..., licence, accuracy
         self.model_metadata()  # refused here, not by the registry at every renewal
+        batch_settings(app)  # max_batch and max_delay_ms, refused here rather than at the first request
         self.input_interface = elements.input_interface(input_interface or app.input_interface)
         self.output_interface = elements.output_interface(output_interface or app.output_interface)
         if not self.input_interface:
@@ -91,7 +92,7 @@ class TomaatService(Daemon):
         self.pool = WorkerPool(minthreads=0, maxthreads=config.threads, name="tomaat-worker")
         self.worker = Worker(self.reactor, self.pool, self.pipeline, config.app_timeout, config.max_queue)
         self.budget = Budget(config.max_pending_bytes)
-        self.metrics = Metrics(self.worker, self.budget)
+        self.metrics = Metrics(self.worker, self.budget, getattr(self.pipeline.steps, "batcher", None))
         self.worker.observers.append(self.metrics.observe)
         self.delayed = DelayedResults(
             self.reactor, config.response_ttl, config.max_delayed_results, config.max_delayed_bytes
@@ -188,6 +189,15 @@ class TomaatService(Daemon):
         scratch.remove_orphans()
         page.load()
         confined.POOL.configure(config.decoders, config.decoder_memory, config.decode_timeout)
+        max_batch = getattr(self.pipeline.steps, "max_batch", 1)
+        if max_batch > config.threads:
+            log.warning(
+                "the app's max_batch is %d but the service has %d worker threads, each holding one request: "
+                "no batch can hold more than %d; raise --threads or lower max_batch",
+                max_batch,
+                config.threads,
+                config.threads,
+            )
         self.pool.start()
         try:
             await self._setup_app()

@@ -3,7 +3,8 @@
 The pipeline (pipeline.py) decodes a request into the app's `data`, hands it to a steps object, and
 encodes what comes back; a steps object runs preprocess, inference and postprocess and says how long
 each took. `LocalSteps` holds the GPU lock around inference only, so while one request holds the GPU
-the others preprocess and postprocess in parallel.
+the others preprocess and postprocess in parallel. An app with `max_batch > 1` gets `BatchedSteps`
+instead: the same, except that concurrent requests' inference is run in batches (batching.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import contextlib
 import logging
 import threading
 
-from ..errors import AppFailure
+from ..errors import AppFailure, AppTimeout
+from .app import batch_settings
+from .batching import Batcher, Expired
 
 log = logging.getLogger("tomaat.server")
 
@@ -33,6 +36,25 @@ def app_step(app, step: str, data: dict) -> dict:
     return result
 
 
+def app_batch_step(app, items: list[dict]) -> list[dict]:
+    """The app's inference on a batch; any failure is the whole batch's, logged once, each request told as
+    the unbatched step would tell it (app_step)."""
+    try:
+        results = app.run_inference_batch(items)
+    except Exception:
+        log.exception("the app's inference step failed on a batch of %d requests", len(items))
+        raise AppFailure("the service failed during inference; the error is in the server log") from None
+    if not isinstance(results, (list, tuple)) or len(results) != len(items):
+        got = f"{len(results)} results" if isinstance(results, (list, tuple)) else type(results).__name__
+        log.error("the app's inference_batch returned %s for a batch of %d requests", got, len(items))
+        raise AppFailure("the service failed during inference; the error is in the server log")
+    for result in results:
+        if not isinstance(result, dict):
+            log.error("the app's inference_batch returned a %s instead of a data dict", type(result).__name__)
+            raise AppFailure("the service failed during inference: it did not return the data dict")
+    return list(results)
+
+
 class LocalSteps:
     """The app's steps on the calling worker thread; inference under the GPU lock, one request at a time."""
 
@@ -41,7 +63,7 @@ class LocalSteps:
         # an app that says it needs no GPU runs its inference without the lock, alongside other requests
         self.gpu_lock = (gpu_lock or GPU_LOCK) if getattr(app, "gpu", True) else contextlib.nullcontext()
 
-    def inference(self, data: dict, timings) -> dict:
+    def inference(self, data: dict, timings, watch=None) -> dict:
         with timings.stage("lock_wait"):
             self.gpu_lock.__enter__()
         try:
@@ -55,7 +77,7 @@ class LocalSteps:
         with timings.stage("preprocess"):
             data = app_step(self.app, "preprocess", data)
         watch.check("preprocess")
-        data = self.inference(data, timings)
+        data = self.inference(data, timings, watch)
         watch.check("inference")
         with timings.stage("postprocess"):
             data = app_step(self.app, "postprocess", data)
@@ -65,3 +87,37 @@ class LocalSteps:
     def describe(self) -> dict:
         """What /health and /info say about where the steps run."""
         return {"engine": "local"}
+
+
+def local_steps(app, gpu_lock=None) -> LocalSteps:
+    """The steps object for an app run in this process (by the service, or in a Ray Serve replica):
+    batched when the app asks for batches (max_batch > 1), else one request at a time as always."""
+    max_batch, _ = batch_settings(app)
+    return BatchedSteps(app, gpu_lock) if max_batch > 1 else LocalSteps(app, gpu_lock)
+
+
+class BatchedSteps(LocalSteps):
+    """LocalSteps whose inference goes through a Batcher: concurrent requests share the model's passes.
+
+    Preprocess and postprocess still run on each request's own thread, in parallel; batches run one
+    at a time under the same GPU lock as unbatched apps, so services in one process still share the GPU.
+    """
+
+    def __init__(self, app, gpu_lock=None):
+        super().__init__(app, gpu_lock)
+        self.max_batch, self.max_delay_ms = batch_settings(app)
+        self.batcher = Batcher(
+            lambda items: app_batch_step(app, items), self.max_batch, self.max_delay_ms, self.gpu_lock
+        )
+
+    def inference(self, data: dict, timings, watch=None) -> dict:
+        expired = (lambda: watch.expired) if watch is not None else None
+        try:
+            return self.batcher.run(data, timings, expired)
+        except Expired:
+            if watch is not None:
+                watch.check("preprocess")
+            raise AppTimeout("the service ran past its time limit (stopped before inference)") from None
+
+    def describe(self) -> dict:
+        return {"engine": "local", "max_batch": self.max_batch, "max_delay_ms": self.max_delay_ms}
