@@ -5,6 +5,6 @@ this package imports neither framework, so an app pays only for the one it uses.
 """
 
 from .base import Model, Predict
-from .sliding import gaussian_weight, positions, sliding_window
+from .sliding import gaussian_weight, positions, sliding_window, sliding_windows
 
-__all__ = ["Model", "Predict", "gaussian_weight", "positions", "sliding_window"]
+__all__ = ["Model", "Predict", "gaussian_weight", "positions", "sliding_window", "sliding_windows"]

@@ -49,25 +49,59 @@ def sliding_window(
     `predict` takes a batch (B, C, *window) and returns (B, K, *window). A volume
     smaller than the window along an axis is padded with `pad_value` and the result cropped back.
     """
-    spatial = volume.shape[1:]
+    return sliding_windows([volume], window, predict, overlap, batch_size, blend, pad_value)[0]
+
+
+class _Blend:
+    """One volume's windows and the weighted sums its results build up."""
+
+    def __init__(self, volume: np.ndarray, window: tuple, overlap: float, pad_value: float):
+        self.spatial = volume.shape[1:]
+        self.padded_shape = tuple(max(n, w) for n, w in zip(self.spatial, window, strict=True))
+        if self.padded_shape != self.spatial:
+            pads = [(0, 0)] + [(0, p - n) for n, p in zip(self.spatial, self.padded_shape, strict=True)]
+            volume = np.pad(volume, pads, constant_values=pad_value)
+        self.volume = volume
+        starts = itertools.product(*(positions(n, w, overlap) for n, w in zip(self.padded_shape, window, strict=True)))
+        self.regions = [tuple(slice(s, s + w) for s, w in zip(start, window, strict=True)) for start in starts]
+        self.total: np.ndarray | None = None
+        self.norm = np.zeros(self.padded_shape, dtype=np.float32)
+
+    def add(self, output: np.ndarray, region: tuple, weight: np.ndarray) -> None:
+        if self.total is None:
+            self.total = np.zeros((output.shape[0],) + self.padded_shape, dtype=np.float32)
+        self.total[(slice(None),) + region] += output * weight
+        self.norm[region] += weight
+
+    def result(self) -> np.ndarray:
+        assert self.total is not None
+        result = self.total / self.norm
+        return result[(slice(None),) + tuple(slice(0, n) for n in self.spatial)]
+
+
+def sliding_windows(
+    volumes: list[np.ndarray],
+    window,
+    predict: Callable[[np.ndarray], np.ndarray],
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    blend: str = "gaussian",
+    pad_value: float = 0.0,
+) -> list[np.ndarray]:
+    """`sliding_window` of several volumes (of any sizes) whose windows share forward passes.
+
+    The windows of all volumes, in order, are cut into batches of `batch_size`, so a batch of
+    requests fills the model's batches where one small volume alone would leave them part empty;
+    each volume's windows are blended in the same order as on its own.
+    """
     window = tuple(int(w) for w in window)
-    padded_shape = tuple(max(n, w) for n, w in zip(spatial, window, strict=True))
-    if padded_shape != spatial:
-        pads = [(0, 0)] + [(0, p - n) for n, p in zip(spatial, padded_shape, strict=True)]
-        volume = np.pad(volume, pads, constant_values=pad_value)
     weight = gaussian_weight(window) if blend == "gaussian" else np.ones(window, dtype=np.float32)
-    starts = list(itertools.product(*(positions(n, w, overlap) for n, w in zip(padded_shape, window, strict=True))))
-    total = None
-    norm = np.zeros(padded_shape, dtype=np.float32)
-    for first in range(0, len(starts), batch_size):
-        group = starts[first : first + batch_size]
-        slices = [tuple(slice(s, s + w) for s, w in zip(start, window, strict=True)) for start in group]
-        batch = np.stack([volume[(slice(None),) + region] for region in slices])
+    blends = [_Blend(volume, window, overlap, pad_value) for volume in volumes]
+    windows = [(each, region) for each in blends for region in each.regions]
+    for first in range(0, len(windows), batch_size):
+        group = windows[first : first + batch_size]
+        batch = np.stack([each.volume[(slice(None),) + region] for each, region in group])
         outputs = np.asarray(predict(batch), dtype=np.float32)
-        if total is None:
-            total = np.zeros((outputs.shape[1],) + padded_shape, dtype=np.float32)
-        for output, region in zip(outputs, slices, strict=True):
-            total[(slice(None),) + region] += output * weight
-            norm[region] += weight
-    result = total / norm
-    return result[(slice(None),) + tuple(slice(0, n) for n in spatial)]
+        for output, (each, region) in zip(outputs, group, strict=True):
+            each.add(output, region, weight)
+    return [each.result() for each in blends]
