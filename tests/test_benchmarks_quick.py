@@ -44,3 +44,9 @@ def test_throughput_benchmark_quick_mode_answers_every_request():
 def test_browser_benchmark_quick_mode_times_a_drop_to_overlay():
     out = _quick("benchmarks.browser")
     assert re.search(r"^32\^3\s+[0-9.]+ s\s+[0-9.]+ s\s+[0-9.]+ s, [0-9.]+ s$", out, re.M), out
+
+
+def test_replicas_benchmark_quick_mode_goes_through_ray():
+    pytest.importorskip("ray")
+    out = _quick("benchmarks.replicas")
+    assert "added by Ray" in out and "2 replicas / 1 replica" in out and "(0 errors" in out

@@ -56,6 +56,16 @@ def main():
 @click.option("--idle-timeout", type=float, default=None, help="Seconds a silent connection is kept (default 60).")
 @click.option("--receive-timeout", type=float, default=None, help="Seconds to receive one request (default 900).")
 @click.option("--shutdown-grace", type=float, default=None, help="Seconds SIGTERM waits for requests (default 30).")
+@click.option(
+    "--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+    help="Run the app's steps in Ray Serve replicas: a local Ray instance, or the cluster at ADDRESS (docs/scaling.md).",
+)  # fmt: skip
+@click.option("--replicas", type=int, default=None, help="Replicas with --ray (default 1).")
+@click.option("--min-replicas", type=int, default=None, help="Autoscale with --ray from this many replicas...")
+@click.option("--max-replicas", type=int, default=None, help="...to this many.")
+@click.option("--gpus-per-replica", type=float, default=None, help="GPUs each replica holds with --ray (default 0).")
+@click.option("--ray-node-ip", default=None, help="A local Ray instance's address (default 127.0.0.2).")
+@click.option("--ray-cpus", type=int, default=None, help="CPUs a local Ray instance may use (default: all).")
 def serve(target, port, interface, no_tls, cert, key, threads, device, state_dir, delayed, response_ttl, **announcing):
     """Serve the app defined in FILE_OR_MODULE (a TomaatApp, a subclass, or a TomaatService)."""
     if bool(cert) != bool(key):
@@ -87,7 +97,40 @@ def serve(target, port, interface, no_tls, cert, key, threads, device, state_dir
         options["tls"] = False
     if delayed:
         options["delayed_responses"] = True
-    _service(target, options).run()
+    ray = {name: announcing.pop(name) for name in RAY_OPTIONS}
+    service = _service(target, options)
+    if ray["ray_address"] is not None:
+        _on_ray(service, target, ray)
+    elif any(value is not None for value in ray.values()):
+        raise click.UsageError("--replicas, --min/--max-replicas, --gpus-per-replica and --ray-* need --ray")
+    service.run()
+
+
+RAY_OPTIONS = ("ray_address", "replicas", "min_replicas", "max_replicas", "gpus_per_replica", "ray_node_ip", "ray_cpus")
+
+
+def _on_ray(service: TomaatService, target: str, ray: dict) -> None:
+    """The service's steps in Ray Serve replicas, each of which loads TARGET itself (so it must exist there too)."""
+    import os
+
+    from .server.ray_steps import RayOptions, RaySteps
+
+    path, colon, name = target.partition(":") if not os.path.exists(target) else (target, "", "")
+    where = os.path.abspath(path) if os.path.exists(path) else path
+    given = {
+        "address": None if ray["ray_address"] == "local" else ray["ray_address"],
+        "replicas": ray["replicas"],
+        "min_replicas": ray["min_replicas"],
+        "max_replicas": ray["max_replicas"],
+        "gpus_per_replica": ray["gpus_per_replica"],
+        "node_ip": ray["ray_node_ip"],
+        "num_cpus": ray["ray_cpus"],
+    }
+    try:
+        options = RayOptions(**{k: v for k, v in given.items() if v is not None}).check()
+        service.run_steps_on(RaySteps(where + colon + name, options, timeout=service.config.app_timeout))
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
 
 
 def _service(target: str, options: dict) -> TomaatService:

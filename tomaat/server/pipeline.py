@@ -25,7 +25,18 @@ from .steps import local_steps
 
 log = logging.getLogger("tomaat.server")
 
-STAGES = ("receive", "parse", "decode", "preprocess", "lock_wait", "inference", "postprocess", "encode")
+STAGES = (
+    "receive",
+    "parse",
+    "decode",
+    "ray_put",
+    "preprocess",
+    "lock_wait",
+    "inference",
+    "postprocess",
+    "ray",
+    "encode",
+)
 
 
 class Timings(dict):

@@ -146,6 +146,7 @@ class TomaatService(Daemon):
             max_points=config.max_points,
             max_transform_parameters=config.max_transform_parameters,
             tls_fingerprint=self.fingerprint,
+            steps=self.pipeline.steps.describe(),
         )
         return info
 
@@ -156,6 +157,7 @@ class TomaatService(Daemon):
             "in_flight": self.worker.in_flight,
             "delayed_results": len(self.delayed),
             "version": str(self.description.get("version", "")),
+            "steps": self.pipeline.steps.describe(),
         }
 
     @property
@@ -221,11 +223,24 @@ class TomaatService(Daemon):
             self._start_announcing()
         return self.port
 
+    def run_steps_on(self, steps) -> None:
+        """Run the app's steps elsewhere (ray_steps.RaySteps): set before the service listens."""
+        if self.port is not None:
+            raise RuntimeError("where a service's steps run is fixed once it listens")
+        if self.app.data_contract == UPSTREAM and any(
+            e.wire_type in ("volume", "transform") for e in self.input_interface
+        ):
+            raise ValueError(
+                "an app with upstream TOMAAT's data contract reads its volumes from files on this machine, which "
+                "replicas elsewhere cannot open: give it our contract (contract='rich') to run it on Ray"
+            )
+        self.pipeline.steps = steps
+
     async def _setup_app(self) -> None:
-        """The app's setup() once, before the port opens, on a worker thread (never on the reactor's)."""
+        """The app's setup() once (or the replicas' start), before the port opens, on a worker thread."""
         device = self.config.device
         try:
-            await deferToThreadPool(self.reactor, self.pool, self.app.setup, device)
+            await deferToThreadPool(self.reactor, self.pool, self.pipeline.steps.setup, device)
         except Exception as error:
             log.exception("the app's setup(%r) failed", device)
             raise RuntimeError(f"the app's setup failed ({type(error).__name__}: {error})") from None
@@ -245,6 +260,7 @@ class TomaatService(Daemon):
                 self.worker.in_flight + self.worker.queued,
             )
         self.delayed.clear()
+        self.pipeline.steps.close()
 
     async def _drain(self, grace: float) -> bool:
         """Wait until every accepted request is answered and written, or grace runs out; whether it was."""

@@ -84,9 +84,16 @@ class LocalSteps:
         watch.check("postprocess")
         return data
 
+    def setup(self, device: str) -> None:
+        """The app's setup() (weights onto the device), once, before the port opens."""
+        self.app.setup(device)
+
     def describe(self) -> dict:
         """What /health and /info say about where the steps run."""
         return {"engine": "local"}
+
+    def close(self) -> None:
+        pass
 
 
 def local_steps(app, gpu_lock=None) -> LocalSteps:
