@@ -40,6 +40,13 @@ def test_throughput_benchmark_quick_mode_answers_every_request():
     assert " 0 errors" in out and "GPU-bound maximum" in out
 
 
+def test_batching_benchmark_quick_mode_answers_every_request_in_batches():
+    out = _quick("benchmarks.batching")
+    assert " 0 errors" in out
+    [mean_batch] = re.findall(r"^mean batch size\s+1\.00\s+([0-9.]+)$", out, re.M)
+    assert float(mean_batch) > 1.5, out  # 8 clients on a 200 ms pass: batches do form
+
+
 @pytest.mark.skipif(not os.environ.get("TOMAAT_TEST_CHROMEDRIVER"), reason="TOMAAT_TEST_CHROMEDRIVER is unset")
 def test_browser_benchmark_quick_mode_times_a_drop_to_overlay():
     out = _quick("benchmarks.browser")
