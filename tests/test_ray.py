@@ -234,3 +234,29 @@ def test_an_upstream_style_app_that_reads_files_is_refused_for_ray(tmp_path):
                             output_interface=[LabelVolume("labels")], tls=False)  # fmt: skip
     with pytest.raises(ValueError, match="replicas elsewhere cannot open"):
         service.run_steps_on(RaySteps("x.py", RayOptions()))
+
+
+def test_a_front_end_uses_the_steps_a_cluster_deployed_itself_as_a_rayservice_would(cluster, tmp_path):
+    (tmp_path / "where.py").write_text(textwrap.dedent(APP))
+    deploy = (
+        "import ray; from ray import serve; from tomaat.server.ray_steps import build_app; "
+        f"ray.init(address='{cluster.address}', log_to_driver=False); "
+        f"serve.start(proxy_location='Disabled'); serve.run(build_app({{'app': '{tmp_path / 'where.py'}'}}), "
+        "name='tomaat', route_prefix=None)"
+    )  # what a KubeRay RayService's serveConfigV2 names (deploy/kubernetes)
+    done = subprocess.run([sys.executable, "-c", deploy], env=cluster.env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    front = FrontEnd(tmp_path, ["--ray", cluster.address, "--replicas", "3"], cluster.env)
+    try:
+        labels = labels_of(front.predict(threshold=700))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(phantom()) >= 700)
+        assert requests.get(front.url + "/health").json()["steps"]["replicas"]["running"] == 1  # the cluster's count
+    finally:
+        log = front.stop()
+    assert "using the application 'tomaat' the cluster runs" in log
+    still = f"import ray; from ray import serve; ray.init(address='{cluster.address}'); print(sorted(serve.status().applications))"
+    listed = subprocess.run([sys.executable, "-c", still], env=cluster.env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert "'tomaat'" in listed.stdout  # the front end left the cluster's application running
+    remove = f"import ray; from ray import serve; ray.init(address='{cluster.address}'); serve.delete('tomaat')"
+    subprocess.run([sys.executable, "-c", remove], env=cluster.env, capture_output=True, timeout=120)

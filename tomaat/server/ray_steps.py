@@ -164,6 +164,7 @@ class RaySteps:
         self._status: dict = {"running": 0, "state": "starting"}
         self._stop = threading.Event()
         self._local = options.address is None
+        self._attached = False  # steps deployed by the cluster, not by this front end: left running at exit
 
     def setup(self, device: str) -> None:
         """Start or join Ray and deploy the replicas: seconds, on a worker thread, before the port opens."""
@@ -172,10 +173,16 @@ class RaySteps:
         self.device = device or self.device
         started = time.monotonic()
         start_ray(self.options)
-        serve.start(proxy_location="Disabled")  # the front end is the only way in: Serve's own HTTP stays off
-        deployment = serve.deployment(Replica, name="steps", **self.options.deployment())
-        bound = deployment.bind(self.target, self.device, self.options.gpus_per_replica)
-        self.handle = serve.run(bound, name=APPLICATION, route_prefix=None, blocking=False)
+        if self.options.address is not None and APPLICATION in serve.status().applications:
+            # the cluster runs the steps already (a KubeRay RayService's serveConfigV2, build_app below): use them
+            self.handle = serve.get_app_handle(APPLICATION)
+            self._attached = True
+            log.info("Ray Serve: using the application %r the cluster runs; --replicas is the cluster's", APPLICATION)
+        else:
+            serve.start(proxy_location="Disabled")  # the front end is the only way in: Serve's own HTTP stays off
+            deployment = serve.deployment(Replica, name="steps", **self.options.deployment())
+            bound = deployment.bind(self.target, self.device, self.options.gpus_per_replica)
+            self.handle = serve.run(bound, name=APPLICATION, route_prefix=None, blocking=False)
         self._refresh()
         log.info(
             "Ray Serve: %s replica(s) running on %s, in %.1f s",
@@ -250,13 +257,27 @@ class RaySteps:
             import ray
             from ray import serve
 
-            if ray.is_initialized():
+            if ray.is_initialized() and not self._attached:
                 serve.delete(APPLICATION)
                 if self._local:
                     serve.shutdown()
                 ray.shutdown()
         except Exception:  # noqa: BLE001 - stopping: a cluster gone already is fine
             log.debug("Ray shutdown", exc_info=True)
+
+
+def build_app(args: dict):
+    """The steps as a Serve application, for a cluster that runs them itself: a KubeRay RayService names
+    `tomaat.server.ray_steps:build_app` in its serveConfigV2, with args {"app": "/app/my_app.py"} (the file or
+    module, as `tomaat serve` takes it), optionally "device" and "gpus"; replicas and GPUs per replica come
+    from its deployments section. Front ends started with `--ray ADDRESS` find it and use it."""
+    from ray import serve
+
+    target = str(args["app"])
+    gpus = float(args.get("gpus", 0))
+    options = RayOptions(gpus_per_replica=gpus).deployment()
+    options.pop("num_replicas", None)
+    return serve.deployment(Replica, name="steps", **options).bind(target, str(args.get("device", "auto")), gpus)
 
 
 def _lost(error: Exception) -> bool:
