@@ -452,6 +452,7 @@ async def test_concurrent_requests_over_http_are_batched_and_each_gets_its_own_l
         np.testing.assert_array_equal(sitk.GetArrayFromImage(labels), expected)
         assert result["summary"] == f"{int(expected.sum())} voxels at or above {threshold}"
     assert "batch=" in caplog.text
+    assert service.info()["steps"] == {"engine": "local", "max_batch": 4, "max_delay_ms": 0.0}
     metrics = service.metrics.render().decode()
     assert f"tomaat_batch_size_count {float(len(app.sizes))}" in metrics
     assert "tomaat_batch_size_sum 5.0" in metrics
