@@ -69,11 +69,12 @@ def cluster(tmp_path_factory):
 
 
 class FrontEnd:
-    def __init__(self, folder, arguments: list[str], env: dict):
-        (folder / "where.py").write_text(textwrap.dedent(APP))
+    def __init__(self, folder, arguments: list[str], env: dict, app: str = "where.py"):
+        if app == "where.py":
+            (folder / app).write_text(textwrap.dedent(APP))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "tomaat", "serve", str(folder / "where.py"), "--port", str(self.port)]
+        command = [sys.executable, "-m", "tomaat", "serve", str(folder / app), "--port", str(self.port)]
         self.log = open(folder / f"front-{self.port}.log", "w")  # noqa: SIM115 - kept for the process's life
         self.process = subprocess.Popen(
             [*command, "--host", "127.0.0.1", "--no-tls", *arguments],
@@ -260,3 +261,46 @@ def test_a_front_end_uses_the_steps_a_cluster_deployed_itself_as_a_rayservice_wo
     assert "'tomaat'" in listed.stdout  # the front end left the cluster's application running
     remove = f"import ray; from ray import serve; ray.init(address='{cluster.address}'); serve.delete('tomaat')"
     subprocess.run([sys.executable, "-c", remove], env=cluster.env, capture_output=True, timeout=120)
+
+
+BATCHING = """
+import time
+
+import numpy as np
+from tomaat import PlainText, TomaatApp, Volume
+
+
+class Batches(TomaatApp):
+    name = "Batches"
+    input_interface = [Volume("images")]
+    output_interface = [PlainText("batch")]
+    max_batch = 4
+    max_delay_ms = 200
+
+    def inference_batch(self, items):
+        time.sleep(0.5)  # one pass of the model for the whole batch
+        for item in items:
+            item["batch"] = str(len(items))
+        return items
+"""
+
+
+def test_a_replica_batches_concurrent_requests_itself(cluster, tmp_path):
+    (tmp_path / "batches.py").write_text(textwrap.dedent(BATCHING))
+    front = FrontEnd(tmp_path, ["--ray", cluster.address, "--replicas", "1"], cluster.env, app="batches.py")
+    try:
+        sizes = []
+
+        def one():
+            files = {"images": ("images.mha", _mha(phantom()))}
+            answer = requests.post(front.url + "/predict", files=files, timeout=120)
+            sizes.append(int(answer.json()[0]["content"]))
+
+        threads = [threading.Thread(target=one) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert len(sizes) == 4 and max(sizes) > 1, sizes  # requests shared passes in the one replica
+    finally:
+        front.stop()
