@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -140,6 +141,7 @@ def main(argv=None) -> int:
         )
         if errors:
             return 1
+    shutil.rmtree(folder, ignore_errors=True)
     print(f"   2 replicas / 1 replica: {rates[2] / rates[1]:.2f}x (goal: at least 1.8x)")
     print("(2 cores, CPU only; a local Ray instance started by each front end)")
     print("OK")

@@ -131,6 +131,46 @@ def start_ray(options: RayOptions) -> None:
         ray.init(address=options.address, log_to_driver=False, configure_logging=False)
 
 
+@dataclass(frozen=True)
+class _Image:
+    """A SimpleITK image as Ray carries it best: its voxels as a NumPy view (one copy, into the object store,
+    where replicas on the node read it without another) and its geometry. SimpleITK's own pickling copies
+    the voxels once more on each side."""
+
+    voxels: object
+    vector: bool
+    spacing: tuple
+    origin: tuple
+    direction: tuple
+
+    @classmethod
+    def of(cls, image):
+        import SimpleITK as sitk
+
+        vector = image.GetNumberOfComponentsPerPixel() > 1
+        geometry = (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+        return cls(sitk.GetArrayViewFromImage(image), vector, *geometry)
+
+    def image(self):
+        import SimpleITK as sitk
+
+        made = sitk.GetImageFromArray(self.voxels, isVector=self.vector)
+        made.SetSpacing(self.spacing)
+        made.SetOrigin(self.origin)
+        made.SetDirection(self.direction)
+        return made
+
+
+def _packed(data: dict) -> dict:
+    import SimpleITK as sitk
+
+    return {key: _Image.of(value) if isinstance(value, sitk.Image) else value for key, value in data.items()}
+
+
+def _unpacked(data: dict) -> dict:
+    return {key: value.image() if isinstance(value, _Image) else value for key, value in data.items()}
+
+
 class Replica:
     """One Serve replica: the app loaded once from its file or module, its steps run as this process would."""
 
@@ -140,18 +180,24 @@ class Replica:
         from .steps import local_steps
 
         found = load(target)
-        self.app = found.app if isinstance(found, TomaatService) else found
+        service = found if isinstance(found, TomaatService) else None
+        self.app = service.app if service else found
+        outputs = service.output_interface if service else self.app.output_interface
+        self.fields = tuple(element.field for element in outputs)  # what goes back: the outputs, not all of data
         self.app.setup("cuda" if gpus and device == "auto" else device)
         self.steps = local_steps(self.app)
         self.pid = os.getpid()
 
     async def run(self, data: dict) -> tuple[dict, dict, int]:
-        """(data after the three steps, seconds per stage, this replica's pid), off Serve's event loop."""
+        """(the outputs' values, seconds per stage, this replica's pid), off Serve's event loop.
+
+        Only the output fields travel back: `data` also holds the input volume and whatever the
+        steps left in it, often several times the outputs' size."""
         from .pipeline import Timings, Watch
 
         timings = Timings()
-        done = await asyncio.to_thread(self.steps, data, timings, Watch())
-        return done, dict(timings), self.pid
+        done = await asyncio.to_thread(self.steps, _unpacked(data), timings, Watch())
+        return _packed({key: done[key] for key in self.fields if key in done}), dict(timings), self.pid
 
 
 class RaySteps:
@@ -219,7 +265,7 @@ class RaySteps:
 
         watch.app_started()
         with timings.stage("ray_put"):
-            reference = ray.put(data)  # once: a retry sends the same object
+            reference = ray.put(_packed(data))  # once: a retry sends the same object
         del data
         for attempt in (1, 2):
             began = time.perf_counter()
@@ -243,6 +289,7 @@ class RaySteps:
                     raise cause from None  # the app's failure, as the local steps report it (AppFailure, 500)
                 log.error("the replica failed: %s", error)
                 raise ReplicaLost("the service's replicas could not run this request; try again shortly") from None
+            done = _unpacked(done)
             for stage, seconds in stages.items():
                 timings[stage] = timings.get(stage, 0.0) + float(seconds)
             timings["ray"] = timings.get("ray", 0.0) + time.perf_counter() - began - sum(stages.values())
