@@ -310,6 +310,11 @@ class OutputElement:
         """The item's `content` for the app's value; TypeError for a value of the wrong kind (the app's fault)."""
         raise NotImplementedError(self.output_type)
 
+    def write_raw(self, value, reference=None) -> bytes | str:
+        """The item's content before base64, for binary answers (binary_answers.py): a file's bytes for the
+        types whose JSON content is base64, the text itself for the others."""
+        return self.write_item(value, reference)
+
     @classmethod
     def read_item(cls, content: str, allowance=None):
         """The Python value of an item's content: the inverse of encode, for clients and tests."""
@@ -457,9 +462,12 @@ class LabelVolume(OutputElement):
         return out
 
     def write_item(self, value, reference=None) -> str:
+        return _b64(self.write_raw(value, reference))
+
+    def write_raw(self, value, reference=None) -> bytes:
         from .volumes import write_image
 
-        return _b64(write_image(label_image(value, reference), "mha"))
+        return write_image(label_image(value, reference), "mha")
 
     @classmethod
     def read_item(cls, content: str, allowance=None):
@@ -497,6 +505,9 @@ class VTKMesh(OutputElement):
     suffix: ClassVar[str] = "vtk"
 
     def write_item(self, value, reference=None) -> str:
+        return _b64(self.write_raw(value, reference))
+
+    def write_raw(self, value, reference=None) -> bytes:
         if _is_polydata(value):
             value = polydata_text(value)
         if isinstance(value, str):
@@ -505,7 +516,7 @@ class VTKMesh(OutputElement):
             raise TypeError(f"a VTKMesh needs a vtkPolyData, or legacy VTK text or bytes, got {type(value).__name__}")
         if not bytes(value[:64]).lstrip().startswith(b"# vtk DataFile"):
             raise TypeError("a VTKMesh needs a legacy VTK file (starting with '# vtk DataFile Version')")
-        return _b64(bytes(value))
+        return bytes(value)
 
     @classmethod
     def read_item(cls, content: str, allowance=None):
@@ -534,10 +545,13 @@ class TransformGrid(OutputElement):
     suffix: ClassVar[str] = "nii.gz"
 
     def write_item(self, value, reference=None) -> str:
+        return _b64(self.write_raw(value, reference))
+
+    def write_raw(self, value, reference=None) -> bytes:
         from . import transforms
         from .volumes import write_image
 
-        return _b64(write_image(transforms.displacement_field(value), "nii.gz"))
+        return write_image(transforms.displacement_field(value), "nii.gz")
 
     @classmethod
     def read_item(cls, content: str, allowance=None):
@@ -551,9 +565,12 @@ class _TransformFile(OutputElement):
     """A transform sent as an ITK transform file of the suffix's kind."""
 
     def write_item(self, value, reference=None) -> str:
+        return _b64(self.write_raw(value, reference))
+
+    def write_raw(self, value, reference=None) -> bytes:
         from . import transforms
 
-        return _b64(transforms.transform_file(value, self.suffix))
+        return transforms.transform_file(value, self.suffix)
 
     @classmethod
     def read_item(cls, content: str, allowance=None):
@@ -641,6 +658,8 @@ class Fiducials:
             return fiducials.format_points(value)
         except ValueError as error:
             raise TypeError(str(error)) from None
+
+    write_raw = write_item
 
     @classmethod
     def read_item(cls, content: str, allowance=None):

@@ -14,15 +14,22 @@ def decode_field(element, raw: bytes, allowance: Allowance | None = None):
     return element.read_field(raw, element.where(), allowance or Allowance())
 
 
-def decode_fields(interface, fields: dict[str, bytes], allowance: Allowance | None = None) -> dict:
+def decode_fields(
+    interface, fields: dict[str, bytes], allowance: Allowance | None = None, given: dict | None = None
+) -> dict:
     """All declared inputs, cheap ones first so a bad slider is reported before a large volume is decoded.
 
     Each decoded input is charged to the allowance, which the caller releases when the request ends.
+    `given` holds values already at hand for some fields (a stored volume a field names), used as they are.
     """
+    given = given or {}
     allowance = allowance or Allowance()
     missing = [e.destination for e in interface if e.destination not in fields]
     if missing:
         expected = ", ".join(f"'{e.destination}' ({e.wire_type})" for e in interface)
         raise RequestError(f"missing field(s) {', '.join(repr(m) for m in missing)}; this service expects {expected}")
     order = sorted(interface, key=lambda e: e.heavy)
-    return {e.destination: decode_field(e, fields[e.destination], allowance) for e in order}
+    return {
+        e.destination: given[e.destination] if e.destination in given else decode_field(e, fields[e.destination], allowance)
+        for e in order
+    }

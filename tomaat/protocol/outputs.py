@@ -11,8 +11,10 @@ from ..files.limits import Allowance
 from .elements import OUTPUT_TYPES
 
 
-def encode_item(element, value, reference=None) -> dict:
-    return {"type": element.output_type, "content": element.write_item(value, reference), "label": element.label}
+def encode_item(element, value, reference=None, raw: bool = False) -> dict:
+    """The answer item for an app's value; raw: its content before base64 (bytes), for binary answers."""
+    content = element.write_raw(value, reference) if raw else element.write_item(value, reference)
+    return {"type": element.output_type, "content": content, "label": element.label}
 
 
 def decode_item(item: dict, allowance: Allowance | None = None):
