@@ -31,6 +31,14 @@ def main():
     "--delayed", is_flag=True, help="Answer every prediction with a DelayedResponse (collect via /responses)."
 )
 @click.option("--response-ttl", type=float, default=None, help="Seconds an uncollected delayed result is kept.")
+@click.option(
+    "--volume-ttl", type=float, default=None,
+    help=f"Seconds a stored volume (POST /volumes) is kept after its last use; 0: no store (default {DEFAULTS.volume_ttl:g}).",
+)  # fmt: skip
+@click.option(
+    "--max-stored-bytes", type=int, default=None, help="Most decoded bytes of stored volumes, then 507 (2 GiB)."
+)
+@click.option("--max-stored-volumes", type=int, default=None, help="Most stored volumes at once, then 507 (256).")
 @click.option("--announce", "registry", metavar="REGISTRY_URL", help="Announce this service to a registry.")
 @click.option(
     "--api-key-file", type=click.File("r"), help="File holding the registry API key (needed with --announce)."
@@ -91,6 +99,7 @@ def serve(target, port, interface, no_tls, cert, key, threads, device, state_dir
     limits += ("max_connections", "max_connections_per_address")
     limits += ("max_decoded_bytes", "max_decoded_total", "max_points", "max_transform_parameters")
     limits += ("app_timeout", "idle_timeout", "receive_timeout", "shutdown_grace")
+    limits += ("volume_ttl", "max_stored_bytes", "max_stored_volumes")
     options.update({name: announcing[name] for name in limits})
     options = {k: v for k, v in options.items() if v is not None}
     if no_tls:

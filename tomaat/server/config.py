@@ -35,6 +35,9 @@ class ServiceConfig(ListenConfig):
     response_ttl: float = 3600.0
     max_delayed_results: int = 256  # uncollected delayed results held at once; then 503 (0: no limit)
     max_delayed_bytes: int = 2 * GiB  # their answers' bytes; a result past it is kept as a 507 error (0: none)
+    volume_ttl: float = 600.0  # seconds a stored volume (POST /volumes) is kept after its last use (0: no store)
+    max_stored_bytes: int = 2 * GiB  # decoded bytes of stored volumes at once; then 507 (0: no limit)
+    max_stored_volumes: int = 256  # stored volumes at once; then 507 (0: no limit)
     # Limits against heavy and hostile traffic (docs/security.md); 0 turns a limit off where noted.
     max_voxels: int = DEFAULT_MAX_VOXELS  # per image, read from its header before anything is allocated
     max_decoded_bytes: int = 4 * GiB  # one request's inputs once decoded, charged from their headers; then 413
@@ -60,7 +63,8 @@ class ServiceConfig(ListenConfig):
         **{
             name: (0, None)
             for name in (
-                "max_delayed_results", "max_delayed_bytes", "max_voxels", "max_decoded_bytes", "max_decoded_total",
+                "max_delayed_results", "max_delayed_bytes", "volume_ttl", "max_stored_bytes", "max_stored_volumes",
+                "max_voxels", "max_decoded_bytes", "max_decoded_total",
                 "max_points", "max_transform_parameters", "decoder_memory", "decode_timeout", "max_fields",
                 "max_queue", "max_pending_bytes", "app_timeout", "shutdown_grace",
             )

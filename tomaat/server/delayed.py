@@ -22,7 +22,7 @@ class _Entry:
 
 
 def _size(body) -> int:
-    """The bytes an answer holds: JSON bytes, or output items whose contents are the bulk."""
+    """The bytes an answer holds: JSON bytes, or output items whose contents (raw bytes or text) are the bulk."""
     if isinstance(body, bytes | bytearray):
         return len(body)
     return sum(len(item.get("content") or "") for item in body if isinstance(item, dict))
@@ -52,12 +52,13 @@ class DelayedResults:
         return bool(self.max_count) and len(self._entries) >= self.max_count
 
     def track(self, deferred) -> str:
-        """Start keeping the outcome of deferred, which fires with (status, body)."""
+        """Start keeping the outcome of deferred, which fires with an Answer (worker.py) whose body is
+        the unencoded payload: output items, encoded when collected as the collector asks (JSON or binary)."""
         request_id = secrets.token_hex(16)
         entry = self._entries[request_id] = _Entry()
 
         def finished(outcome):
-            entry.status, entry.body = outcome
+            entry.status, entry.body = outcome.status, outcome.body
             size = _size(entry.body)
             if self.max_bytes and self.held_bytes + size > self.max_bytes:
                 entry.status, size = 507, 0
@@ -79,7 +80,9 @@ class DelayedResults:
             self.held_bytes -= entry.size
 
     def collect(self, request_id: str):
-        """(status, body) once done, None while running; KeyError for unknown, expired or collected ids."""
+        """(status, body) once done, None while running; KeyError for unknown, expired or collected ids.
+
+        body is output items (or an error's) to encode, or JSON bytes already encoded (a 504)."""
         entry = self._entries[request_id]
         if not entry.done:
             return None

@@ -12,7 +12,7 @@ BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, worker, budget=None, batcher=None):
+    def __init__(self, worker, budget=None, batcher=None, volumes=None):
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "tomaat_predictions", "Prediction requests by HTTP status", ["status"], registry=self.registry
@@ -27,6 +27,13 @@ class Metrics:
         if budget is not None:
             held = Gauge("tomaat_pending_body_bytes", "Bytes of request bodies held at once", registry=self.registry)
             held.set_function(lambda: budget.used)
+        if volumes is not None and volumes.enabled:  # POST /volumes: what the stored volumes hold
+            stored = Gauge(
+                "tomaat_stored_volume_bytes", "Decoded bytes of stored volumes held", registry=self.registry
+            )
+            stored.set_function(lambda: volumes.held_bytes)
+            count = Gauge("tomaat_stored_volumes", "Stored volumes held", registry=self.registry)
+            count.set_function(lambda: len(volumes))
         if batcher is not None:  # a batched app: count and sum say how full its batches are
             sizes = Histogram(
                 "tomaat_batch_size", "Requests per batch of inference", buckets=BATCH_BUCKETS, registry=self.registry

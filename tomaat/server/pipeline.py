@@ -22,6 +22,7 @@ from . import slicer, upstream
 from .app import UPSTREAM
 from .form import read_fields
 from .steps import local_steps
+from .volume_store import take_fields
 
 log = logging.getLogger("tomaat.server")
 
@@ -87,7 +88,7 @@ def grid_of(element, volumes: dict):
 
 
 class Pipeline:
-    def __init__(self, app, inputs, outputs, steps=None, max_fields=256, limits=None, decoded=None):
+    def __init__(self, app, inputs, outputs, steps=None, max_fields=256, limits=None, decoded=None, stored=None):
         self.app = app
         self.inputs = inputs
         self.outputs = outputs
@@ -95,6 +96,7 @@ class Pipeline:
         self.max_fields = int(max_fields)
         self.limits = limits or Limits()
         self.decoded = decoded or Budget(0)
+        self.stored = stored  # the service's stored volumes (volume_store.py), which a volume field may name
         self.upstream = app.data_contract == UPSTREAM
 
     def _output(self, element, value, from_slicer: bool):
@@ -104,7 +106,7 @@ class Pipeline:
             return fiducials.ras_lps(value)
         return value
 
-    def _encode(self, data: dict, volumes: dict, from_slicer: bool) -> list[dict]:
+    def _encode(self, data: dict, volumes: dict, from_slicer: bool, raw: bool = False) -> list[dict]:
         items = []
         for element in self.outputs:
             if element.field not in data:
@@ -112,7 +114,7 @@ class Pipeline:
                 raise AppFailure(f"the service produced no '{element.field}' output")
             try:
                 reference = grid_of(element, volumes)
-                item = encode_item(element, self._output(element, data[element.field], from_slicer), reference)
+                item = encode_item(element, self._output(element, data[element.field], from_slicer), reference, raw)
                 items.append(slicer.safe_item(item) if from_slicer else item)
             except (TypeError, ValueError, RuntimeError) as error:
                 log.error("output %r (%s) could not be encoded: %s", element.field, element.output_type, error)
@@ -121,17 +123,20 @@ class Pipeline:
                 ) from None
         return items
 
-    def run(self, body, content_type: str | None, timings: Timings, watch: Watch | None = None) -> list[dict]:
+    def run(
+        self, body, content_type: str | None, timings: Timings, watch: Watch | None = None, raw: bool = False
+    ) -> list[dict]:
+        """The output items for a request body; raw: contents before base64 (bytes), for a binary answer."""
         allowance = Allowance(self.limits, self.decoded)
         try:
-            return self._run(body, content_type, timings, watch or Watch(), allowance)
+            return self._run(body, content_type, timings, watch or Watch(), allowance, raw)
         finally:
             allowance.release()
 
     def _app_data(self, fields: dict, timings: Timings, allowance: Allowance, folder: str | None) -> tuple[dict, dict]:
         """The inputs as the app's contract has them: ours (LPS points), or upstream's lists and files."""
         with timings.stage("decode"):
-            data = decode_fields(self.inputs, fields, allowance)
+            data = decode_fields(self.inputs, fields, allowance, take_fields(self.stored, self.inputs, fields))
             if self.upstream:
                 return data, upstream.to_app(self.inputs, data, fields, folder)
             if slicer.sent_by_slicer(fields):
@@ -139,12 +144,14 @@ class Pipeline:
                 return data, {key: fiducials.ras_lps(v) if key in points else v for key, v in data.items()}
             return data, data
 
-    def _run(self, body, content_type, timings: Timings, watch: Watch, allowance: Allowance) -> list[dict]:
+    def _run(self, body, content_type, timings: Timings, watch: Watch, allowance: Allowance, raw: bool) -> list[dict]:
         with timings.stage("parse"):
             fields = read_fields(body, content_type, self.max_fields)
-        return self.run_fields(fields, timings, watch, allowance)
+        return self.run_fields(fields, timings, watch, allowance, raw)
 
-    def run_fields(self, fields: dict, timings: Timings, watch: Watch, allowance: Allowance) -> list[dict]:
+    def run_fields(
+        self, fields: dict, timings: Timings, watch: Watch, allowance: Allowance, raw: bool = False
+    ) -> list[dict]:
         """From the request's form fields on: what `tomaat check` runs without a server."""
         from_slicer = slicer.sent_by_slicer(fields)
         files = self.upstream and upstream.needs_files(self.inputs)
@@ -153,9 +160,11 @@ class Pipeline:
             del fields
             volumes = {e.destination: decoded[e.destination] for e in self.inputs if e.wire_type == "volume"}
             del decoded
-            return self._steps(data, volumes, from_slicer, timings, watch)
+            return self._steps(data, volumes, from_slicer, timings, watch, raw)
 
-    def _steps(self, data: dict, volumes: dict, from_slicer: bool, timings: Timings, watch: Watch) -> list[dict]:
+    def _steps(
+        self, data: dict, volumes: dict, from_slicer: bool, timings: Timings, watch: Watch, raw: bool = False
+    ) -> list[dict]:
         data = self.steps(data, timings, watch)
         with timings.stage("encode"):
-            return self._encode(data, volumes, from_slicer)
+            return self._encode(data, volumes, from_slicer, raw)

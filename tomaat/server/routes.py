@@ -13,11 +13,15 @@ from twisted.internet.threads import deferToThreadPool
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..errors import RequestError
+from ..protocol import stored_volumes
 from ..protocol.answers import delayed_items, error_items
+from ..protocol.binary_answers import wants_binary
 from . import page
 from .form import read_fields
 from .pipeline import Timings
 from .sending import send
+from .volume_store import short
+from .worker import BINARY, JSON, JSON_TYPE, KEEP, Answer, encode_answer, to_json
 
 RESPONSES_BODY = 4096  # a request_id form is a few hundred bytes: a larger one is never parsed
 
@@ -31,6 +35,14 @@ def _json(request, value, status: int = 200) -> bytes:
 def _wants_async(request) -> bool:
     prefer = request.getHeader(b"Prefer") or b""
     return b"respond-async" in prefer.lower()
+
+
+def _form(request) -> str:
+    """How a successful answer is encoded for this request: binary when its Accept asks for multipart/mixed."""
+    return BINARY if wants_binary(request.getHeader(b"Accept")) else JSON
+
+
+NO_STORE = "this server keeps no volumes (its volume_ttl is 0); send the volume with each prediction"
 
 
 class PredictionRoutes:
@@ -99,21 +111,72 @@ class PredictionRoutes:
         body, request.content = request.content, None
         timings = Timings(receive=(request.received_at or request.headers_at) - request.headers_at)
         content_type = (request.getHeader(b"Content-Type") or b"").decode("latin-1")
-        outcome = self.service.worker.submit(body, content_type, timings, "POST /predict")
-        if prefer_async or self.service.delayed_responses:
+        delayed = prefer_async or self.service.delayed_responses
+        # a delayed result is kept unencoded: whoever collects it says how it is encoded
+        form = KEEP if delayed else _form(request)
+        outcome = self.service.worker.submit(body, content_type, timings, "POST /predict", form)
+        if delayed:
             request_id = self.service.delayed.track(outcome)
             if prefer_async:
                 request.setHeader(b"Preference-Applied", b"respond-async")
             return _json(request, delayed_items(request_id), 202 if prefer_async else 200)
         return outcome.addCallback(self._answer, request)
 
-    def _answer(self, result: tuple[int, bytes], request):
-        """Send a prediction's (status, JSON bytes), timing the `send` stage; Klein then finishes the request."""
-        status, body = result
-        sent = send(request, _json(request, body, status))
+    def _answer(self, answer: Answer, request):
+        """Send an encoded answer, timing the `send` stage; Klein then finishes the request."""
+        request.setResponseCode(answer.status)
+        request.setHeader(b"Content-Type", answer.content_type.encode("latin-1"))
+        if answer.content_type != JSON_TYPE:
+            request.setHeader(b"Vary", b"Accept")
+        sent = send(request, answer.body)
         return sent.addCallback(lambda seconds: self.service.metrics.observe_stage("send", seconds)).addCallback(
             lambda _: b""
         )
+
+    # ---- stored volumes ----------------------------------------------------------------------------
+
+    @app.route("/volumes", methods=["POST"])
+    def store_volume(self, request):
+        if not self.service.volumes.enabled:
+            request.content.close()
+            return _json(request, error_items(NO_STORE), 404)
+        if self.service.worker.full:
+            request.content.close()
+            request.setHeader(b"Retry-After", b"5")
+            message = f"the server is busy ({self.service.worker.queued} requests are waiting); try again shortly"
+            return _json(request, error_items(message), 503)
+        body, request.content = request.content, None
+        timings = Timings(receive=(request.received_at or request.headers_at) - request.headers_at)
+        content_type = (request.getHeader(b"Content-Type") or b"").decode("latin-1")
+        volumes = self.service.volumes
+        outcome = self.service.worker.submit(
+            body, content_type, timings, "POST /volumes", KEEP, run=volumes.receive, success=201, then=self._stored,
+            count=False,
+        )  # fmt: skip
+        return outcome.addCallback(self._answer, request)
+
+    def _stored(self, answer: Answer) -> Answer:
+        """On the reactor, whether or not the client is still there: a decoded upload kept, or an error encoded."""
+        if answer.status != 201:
+            return Answer(answer.status, to_json(answer.body))
+        try:
+            volume_id, size = self.service.volumes.put(answer.body)
+        except RequestError as error:
+            return Answer(error.status, to_json(error_items(error.message)))
+        ttl = self.service.volumes.describe()["ttl"]
+        return Answer(201, to_json({"volume_id": volume_id, "expires_in": ttl, "bytes": size}))
+
+    @app.route("/volumes/<string:volume_id>", methods=["DELETE"])
+    def delete_volume(self, request, volume_id):
+        request.content.close()
+        if not self.service.volumes.enabled:
+            return _json(request, error_items(NO_STORE), 404)
+        if not stored_volumes.is_volume_id(volume_id) or not self.service.volumes.delete(volume_id):
+            if stored_volumes.is_volume_id(volume_id):
+                self.service.log.info("DELETE /volumes/%s 404", short(volume_id))
+            return _json(request, error_items(stored_volumes.unknown(volume_id)), 404)
+        request.setResponseCode(204)
+        return b""
 
     @app.route("/responses", methods=["POST"])
     def responses(self, request):
@@ -137,7 +200,14 @@ class PredictionRoutes:
             return _json(request, error_items(message), 404)
         if result is None:
             return _json(request, delayed_items(request_id))
-        return self._answer(result, request)
+        status, payload = result
+        if isinstance(payload, (bytes, bytearray)):  # encoded already: a 504
+            return self._answer(Answer(status, payload), request)
+        # encoded now, as this request asks, on a worker thread: the items may be hundreds of megabytes
+        encoded = deferToThreadPool(
+            self.service.reactor, self.service.pool, encode_answer, status, payload, _form(request)
+        )
+        return encoded.addCallback(self._answer, request)
 
     def _form_error(self, failure, request):
         failure.trap(RequestError)

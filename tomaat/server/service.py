@@ -34,6 +34,7 @@ from .delayed import DelayedResults
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .routes import PredictionRoutes
+from .volume_store import StoredVolumes
 from .worker import Worker
 
 log = logging.getLogger("tomaat.server")
@@ -92,14 +93,27 @@ class TomaatService(Daemon):
         self.pool = WorkerPool(minthreads=0, maxthreads=config.threads, name="tomaat-worker")
         self.worker = Worker(self.reactor, self.pool, self.pipeline, config.app_timeout, config.max_queue)
         self.budget = Budget(config.max_pending_bytes)
-        self.metrics = Metrics(self.worker, self.budget, getattr(self.pipeline.steps, "batcher", None))
-        self.worker.observers.append(self.metrics.observe)
         self.delayed = DelayedResults(
             self.reactor, config.response_ttl, config.max_delayed_results, config.max_delayed_bytes
         )
         self.pipeline.max_fields = config.max_fields
         self.pipeline.limits = self.limits
         self.pipeline.decoded = Budget(config.max_decoded_total)
+        # stored volumes are decoded inputs kept for longer: charged to the same budget while held
+        self.volumes = StoredVolumes(
+            self.reactor,
+            config.volume_ttl,
+            config.max_stored_bytes,
+            config.max_stored_volumes,
+            self.limits,
+            self.pipeline.decoded,
+            config.max_fields,
+        )
+        self.pipeline.stored = self.volumes
+        self.metrics = Metrics(
+            self.worker, self.budget, getattr(self.pipeline.steps, "batcher", None), volumes=self.volumes
+        )
+        self.worker.observers.append(self.metrics.observe)
 
     def configure(self, **changes) -> None:
         """New settings over the current ones (what `tomaat serve`'s options do to a service a file built)."""
@@ -147,6 +161,8 @@ class TomaatService(Daemon):
             max_transform_parameters=config.max_transform_parameters,
             tls_fingerprint=self.fingerprint,
             steps=self.pipeline.steps.describe(),
+            volume_store=self.volumes.describe(),
+            binary_answers=True,
         )
         return info
 
@@ -156,6 +172,7 @@ class TomaatService(Daemon):
             "queue": self.worker.queued,
             "in_flight": self.worker.in_flight,
             "delayed_results": len(self.delayed),
+            "stored_volumes": len(self.volumes),
             "version": str(self.description.get("version", "")),
             "steps": self.pipeline.steps.describe(),
         }
@@ -260,6 +277,7 @@ class TomaatService(Daemon):
                 self.worker.in_flight + self.worker.queued,
             )
         self.delayed.clear()
+        self.volumes.clear()
         self.pipeline.steps.close()
 
     async def _drain(self, grace: float) -> bool:

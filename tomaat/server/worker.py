@@ -1,10 +1,10 @@
-"""Hands each prediction to the thread pool and turns its outcome into (status, JSON bytes).
+"""Hands each prediction to the thread pool and turns its outcome into an Answer: status, body, Content-Type.
 
-JSON encoding happens on the worker too: a result list can hold hundreds of
-megabytes of base64, which the reactor thread must not spend time on. The
-time limit is kept here, on the reactor, because the worker thread running
-the app cannot be interrupted: past the limit the client is answered 504 and
-the thread's late result is dropped.
+Encoding happens on the worker too, as JSON or, for a client that asked for it, as a binary
+answer (protocol/binary_answers.py): a result list can hold hundreds of megabytes, which the
+reactor thread must not spend time on. The time limit is kept here, on the reactor, because the
+worker thread running the app cannot be interrupted: past the limit the client is answered 504
+and the thread's late result is dropped.
 """
 
 from __future__ import annotations
@@ -13,19 +13,54 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from ..errors import RequestError
+from ..protocol import b64, binary_answers
 from ..protocol.answers import error_items
 from .pipeline import Timings, Watch
 
 log = logging.getLogger("tomaat.server")
 
+JSON_TYPE = "application/json"
+# How a worker hands back a successful payload: JSON bytes (v1, and every error), a binary answer's pieces,
+# or the payload itself, unencoded, for the reactor to keep (delayed results) or to finish (stored volumes).
+JSON, BINARY, KEEP = "json", "binary", "keep"
+
+
+@dataclass
+class Answer:
+    status: int
+    body: Any  # bytes, or a binary answer's pieces (list of bytes); the payload itself when kept (KEEP)
+    content_type: str = JSON_TYPE
+
 
 def to_json(value) -> bytes:
     return json.dumps(value).encode("utf-8")
+
+
+def json_items(items):
+    """Items as JSON carries them: raw contents (bytes, from a pipeline run for a binary answer) as base64 text."""
+    if not isinstance(items, list) or not any(isinstance(item, dict) and _raw(item) for item in items):
+        return items
+    return [{**item, "content": b64.encode(item["content"])} if _raw(item) else item for item in items]
+
+
+def _raw(item: dict) -> bool:
+    return isinstance(item.get("content"), (bytes, bytearray, memoryview))
+
+
+def encode_answer(status: int, payload, form: str = JSON) -> Answer:
+    """The answer for a payload: a binary answer when asked for and the request succeeded; JSON otherwise,
+    errors always. On a worker thread: the payload may be hundreds of megabytes."""
+    if form == BINARY and status == 200:
+        pieces, content_type = binary_answers.encode(payload)
+        return Answer(status, pieces, content_type)
+    return Answer(status, to_json(json_items(payload)))
 
 
 class Worker:
@@ -54,11 +89,16 @@ class Worker:
     def busy(self) -> bool:
         return bool(self.unanswered or self.in_flight or self.queued)
 
-    def _work(self, body, content_type, timings: Timings, label: str, watch: Watch) -> tuple[int, bytes]:
+    def _work(self, body, content_type, timings: Timings, label: str, watch: Watch, job) -> Answer:
         self._count(-1, +1)
         start = time.perf_counter()
+        run, form, success, count = job
         try:
-            status, payload = 200, self.pipeline.run(body, content_type, timings, watch)
+            status = success
+            if run is None:
+                payload = self.pipeline.run(body, content_type, timings, watch, raw=form != JSON)
+            else:
+                payload = run(body, content_type, timings, watch)
         except RequestError as error:
             status, payload = error.status, error_items(error.message)
         except Exception:
@@ -67,15 +107,19 @@ class Worker:
         finally:
             body.close()
             self._count(0, -1)
-        with timings.stage("encode"):
-            encoded = to_json(payload)
+        if form == KEEP:
+            answer = Answer(status, payload)
+        else:
+            with timings.stage("encode"):
+                answer = encode_answer(status, payload, form)
         total = timings.get("receive", 0.0) + time.perf_counter() - start
         log.info("%s %d %.1fms %s", label, status, total * 1000, timings.summary())
-        for observe in self.observers:
-            observe(status, timings)
-        return status, encoded
+        if count:
+            for observe in self.observers:
+                observe(status, timings)
+        return answer
 
-    def _timeout_answer(self, label: str) -> tuple[int, bytes]:
+    def _timeout_answer(self, label: str) -> Answer:
         log.error(
             "%s: the app ran past app_timeout (%g s); answered 504, its thread runs on until the current step ends",
             label,
@@ -85,10 +129,30 @@ class Worker:
             f"the service did not finish within its time limit of {self.app_timeout:g} s; "
             "try a smaller input or ask the service's operator"
         )
-        return 504, to_json(error_items(message))
+        return Answer(504, to_json(error_items(message)))
 
-    def submit(self, body, content_type: str | None, timings: Timings, label: str):
-        """A Deferred firing with (status, body bytes); body is closed when the work ends."""
+    def submit(
+        self,
+        body,
+        content_type: str | None,
+        timings: Timings,
+        label: str,
+        form: str = JSON,
+        *,
+        run=None,
+        success: int = 200,
+        then=None,
+        count: bool = True,
+    ):
+        """A Deferred firing with an Answer; body is closed when the work ends.
+
+        By default the work is a prediction (the pipeline), its payload encoded as `form` says. `run`,
+        called as run(body, content_type, timings, watch) on the worker, does other work instead, answered
+        `success` when it raises no RequestError. `then(answer)`, on the reactor, sees every answer the
+        work gives, even one that comes after the client was answered 504 or went away, and returns the
+        answer to send: what the reactor must do with a finished payload (storing a volume) is never
+        skipped. count=False keeps the work out of the observers' counts (uploads are not predictions).
+        """
         self._count(+1, 0)
         self.unanswered += 1
         answer, timer = Deferred(), []
@@ -113,6 +177,9 @@ class Worker:
 
         watch = Watch(lambda: self.reactor.callFromThread(arm))
         answer.addBoth(answered)
-        work = deferToThreadPool(self.reactor, self.pool, self._work, body, content_type, timings, label, watch)
+        job = (run, form, success, count)
+        work = deferToThreadPool(self.reactor, self.pool, self._work, body, content_type, timings, label, watch, job)
+        if then is not None:
+            work.addCallback(then)
         work.addCallbacks(finished, lambda failure: None if answer.called else answer.errback(failure))
         return answer
