@@ -204,6 +204,7 @@ async def test_delete_removes_a_stored_volume(serve, phantom):
     assert (await predict(service.url, other)).status_code == 200  # the other one is still there
     assert service.volumes.held_bytes == PHANTOM_BYTES == service.pipeline.decoded.used
     assert (await call("GET", service.url + "/volumes")).status_code == 405  # never listed
+    assert (await call("GET", f"{service.url}/volumes/{other}")).status_code == 405  # never read back
 
 
 @pytest_twisted.ensureDeferred

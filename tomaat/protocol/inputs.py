@@ -29,7 +29,9 @@ def decode_fields(
         expected = ", ".join(f"'{e.destination}' ({e.wire_type})" for e in interface)
         raise RequestError(f"missing field(s) {', '.join(repr(m) for m in missing)}; this service expects {expected}")
     order = sorted(interface, key=lambda e: e.heavy)
-    return {
-        e.destination: given[e.destination] if e.destination in given else decode_field(e, fields[e.destination], allowance)
-        for e in order
-    }
+    decoded = {}
+    for e in order:
+        decoded[e.destination] = given[e.destination] if e.destination in given else decode_field(
+            e, fields[e.destination], allowance
+        )
+    return decoded
