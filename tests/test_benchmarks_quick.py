@@ -57,3 +57,10 @@ def test_replicas_benchmark_quick_mode_goes_through_ray():
     pytest.importorskip("ray")
     out = _quick("benchmarks.replicas")
     assert "added by Ray" in out and "2 replicas / 1 replica" in out and "(0 errors" in out
+
+
+def test_links_benchmark_quick_mode_times_all_three_requests_through_the_link():
+    out = _quick("benchmarks.links")
+    for row in ("(a) v1, base64 MHA multipart", "(b) our client, first request", "(c) same client, new threshold"):
+        assert re.search(rf"^dsl\s+{re.escape(row)}\s+[0-9.]+\s+[0-9,]+\s+[0-9,]+\s+[0-9.]+x$", out, re.M), out
+    assert "goals: (b) >= 3x faster than (a) on dsl" in out
