@@ -50,7 +50,8 @@ class Client:
     """`Client(url).info()`, `.interface()`, `.predict(**inputs)`: the AsyncClient's calls, waited for.
 
     Keyword arguments are those of AsyncClient (fingerprint, insecure,
-    known_hosts, timeout, result_timeout).
+    known_hosts, timeout, result_timeout, compress, reuse). Volumes it stored on the
+    server are left to expire there unless `forget()` or `close()` (or a `with` block).
     """
 
     def __init__(self, url: str, **options):
@@ -74,6 +75,25 @@ class Client:
         )
         self._calls.filled = list(result.request.filled)
         return result
+
+    def forget(self) -> int:
+        """Delete the volumes this client stored on the server; returns how many it still held."""
+        return _wait(self._async.forget, None)
+
+    def close(self) -> None:
+        """forget(), then close the connections."""
+        _wait(self._async.close, None)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def uploads(self) -> int:
+        """How many volumes this client has sent (inline or to the store): reuse sends fewer."""
+        return self._async.uploads
 
     @property
     def filled(self) -> list:

@@ -7,7 +7,10 @@ stderr and a non-zero status, never a traceback.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import re
 import sys
 from collections import defaultdict
 
@@ -157,6 +160,39 @@ def _pairs(values, option: str) -> dict:
     return pairs
 
 
+def _variations(values, option: str) -> list[dict]:
+    """One {name: value} per combination: a name given several times takes each of its values in turn.
+
+    `--set threshold=300 --set threshold=500 --set mode=fast` is two predictions; a value repeated counts
+    once. Values are never split at commas: a radio button's option may hold one.
+    """
+    given: dict[str, list[str]] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name:
+            raise click.UsageError(f"{option} {value!r}: expected NAME=VALUE")
+        chosen = given.setdefault(name.strip(), [])
+        if rest not in chosen:
+            chosen.append(rest)
+    names = list(given)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*given.values())]
+
+
+def _folder_names(variations: list[dict]) -> list[str]:
+    """Each variation's subfolder of --out, named by the settings that vary (`threshold=300`, `a=1,b=x`)."""
+    varied = [name for name in variations[0] if len({v[name] for v in variations}) > 1]
+    names, used = [], set()
+    for variation in variations:
+        base = ",".join(f"{name}={variation[name]}" for name in varied)
+        base = re.sub(r"[^A-Za-z0-9_.,=+-]+", "_", base).strip(".") or "variation"
+        name, number = base, 2
+        while name in used:
+            name, number = f"{base}_{number}", number + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
 class _Progress:
     """An upload bar, then a spinner while the server works (rich, on stderr; quiet when not a terminal)."""
 
@@ -182,7 +218,7 @@ class _Progress:
         if self.task is None:
             self.bar.start()
             self.task = self.bar.add_task("uploading", total=total)
-        self.bar.update(self.task, completed=sent)
+        self.bar.update(self.task, completed=sent, total=total)  # a volume to the store, then the request
 
     def sent(self, prepared) -> None:
         if self.task is not None:
@@ -203,40 +239,78 @@ class _Progress:
 @click.command()
 @click.argument("url")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=PATH", help="A volume, fiducials or transform file.")
-@click.option("--set", "settings", multiple=True, metavar="NAME=VALUE", help="A slider, checkbox or option value.")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A slider, checkbox or option value. A name given several times makes one prediction per value "
+    "(per combination), each written to its own folder of --out; the volume is uploaded once.",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the outputs into.")
 @click.option("--async", "prefer_async", is_flag=True, help="Ask for a delayed response and poll /responses.")
 @click.option(
     "--format", "volume_format", type=click.Choice(["nii.gz", "mha", "nrrd"]), default="nii.gz", show_default=True
 )
 @click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds to wait for the result.")
+@click.option(
+    "--compress/--no-compress",
+    default=None,
+    help="Compress volumes for the upload, or not [default: when it pays: a server not on this machine, "
+    "a volume of 256 KiB or more that shrinks to 60% or less].",
+)
 @_trust_options
-def predict(url, inputs, settings, out, prefer_async, volume_format, timeout, fingerprint, insecure):
+def predict(url, inputs, settings, out, prefer_async, volume_format, timeout, compress, fingerprint, insecure):
     """Send inputs to the server at URL and write each output into --out."""
     from .blocking import Client
 
-    given = {**_pairs(inputs, "--input"), **_pairs(settings, "--set")}
-    progress = _Progress()
+    files = _pairs(inputs, "--input")
+    variations = _variations(settings, "--set")
+    folders = [out] if len(variations) == 1 else [os.path.join(out, name) for name in _folder_names(variations)]
+    done = []
     try:
-        series = _dicom_folders(given)
-        client = Client(url, fingerprint=fingerprint, insecure=insecure, result_timeout=timeout)
+        series = _dicom_folders(files)
+        several = len(variations) > 1
+        options = {"fingerprint": fingerprint, "insecure": insecure, "result_timeout": timeout, "compress": compress}
+        client = Client(url, reuse=True if several else None, **options)
         try:
-            result = client.predict(prefer_async=prefer_async, progress=progress.upload, on_sent=progress.sent, **given)
-        finally:
-            progress.close()
-        written = result.save(out, volume_format)
-        if series:
-            from ..dicom.loop import write_seg_files
+            for variation, folder in zip(variations, folders, strict=True):
+                progress = _Progress()
+                try:
+                    given = {**files, **variation}
+                    result = client.predict(
+                        prefer_async=prefer_async, progress=progress.upload, on_sent=progress.sent, **given
+                    )
+                finally:
+                    progress.close()
+                written = result.save(folder, volume_format)
+                if series:
+                    from ..dicom.loop import write_seg_files
 
-            written += write_seg_files(result, client.info(), series, out, lambda text: _say(text, err=True))
+                    written += write_seg_files(result, client.info(), series, folder, lambda text: _say(text, err=True))
+                done.append((variation, folder, result, written))
+                if several:
+                    _report(result, written, folder, ", ".join(f"{k}={v}" for k, v in variation.items()))
+            volumes = len(result.request.volumes())
+        finally:
+            client.close()  # the volumes it stored on the server are deleted there
     except ClientError as error:
         _fail(error)
+    if several:
+        _say(f"{len(done)} predictions; {client.uploads} volume upload(s) for {volumes} volume input(s)")
+        return
+    _report(*done[0][2:4], out)
+
+
+def _report(result, written, folder: str, heading: str = "") -> None:
+    if heading:
+        _say(f"[{heading}]")
     for name, value in result.request.filled:
         shown = f"{value:g}" if isinstance(value, float) else value
         _say(f"default used for '{name}': {shown}")
     for output in result.texts:
         _say(f"{output.label or output.name}: {output.value}")
-    _say(f"wrote {len(written)} file(s) to {out}:")
+    _say(f"wrote {len(written)} file(s) to {folder}:")
     for path, what in written:
         _say(f"  {path}  ({what})")
 

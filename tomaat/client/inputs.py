@@ -7,8 +7,10 @@ checked and encoded completely before the first byte is uploaded.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,10 +18,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import RequestError
+from ..files import image_headers, mha
 from ..files.scratch import write_then_bytes
 from ..protocol import b64
 from ..protocol import fiducials as wire_fiducials
 from ..protocol.volumes import read_image, sniff_format, unwrap, write_image
+from . import compression
 from .errors import InputFileError
 
 IMAGE_HELP = "an image file SimpleITK reads (NIfTI, MHA/MHD, NRRD, ...), a DICOM series folder, or a SimpleITK image"
@@ -57,23 +61,131 @@ def read_volume(value, where: str) -> sitk.Image:
         raise InputFileError(f"{where}: {path} could not be read as an image; expected {IMAGE_HELP}") from None
 
 
+HEAD = 65536 + 4096  # an MHA or NRRD header is at most 64 KiB (their readers' limit), then a little data
+READ_BATCH = 4  # chunks of upload.CHUNK read from disk per trip to the thread pool while a file uploads
+
+
+class FileData:
+    """A file's bytes, read from disk while they are sent rather than held in memory.
+
+    The file was checked when the request was prepared (its head sniffed, its header parsed); it
+    must not change until it is sent: a different size, inode or modification time, or a short
+    read, ends the upload with an InputFileError instead of sending a mix of two files.
+    """
+
+    def __init__(self, path: str, stat: os.stat_result, where: str):
+        self.path, self.stat, self.where = path, stat, where
+        self._handle = None
+        self._lock = threading.Lock()  # reads run in the thread pool; an abandoned upload closes from the reactor
+
+    def __len__(self) -> int:
+        return self.stat.st_size
+
+    def _changed(self) -> InputFileError:
+        return InputFileError(f"{self.where}: {self.path} changed while it was being sent; send it again")
+
+    def _same(self, stat: os.stat_result) -> bool:
+        old = self.stat
+        now = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        return now == (old.st_dev, old.st_ino, old.st_size, old.st_mtime_ns)
+
+    def _opened(self):
+        """The file, checked to be the one that was prepared."""
+        try:
+            handle = open(self.path, "rb")
+        except OSError as error:
+            raise InputFileError(f"{self.where}: {self.path} could not be read ({error.strerror})") from None
+        if not self._same(os.fstat(handle.fileno())):
+            handle.close()
+            raise self._changed()
+        return handle
+
+    def _open(self):
+        if self._handle is None:
+            self._handle = self._opened()
+        return self._handle
+
+    def _read(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            handle = self._open()
+            handle.seek(offset)
+            return handle.read(size) or b""
+
+    def read(self, offset: int, sizes: list[int]) -> list[bytes]:
+        """The pieces of the given sizes from offset on (in the thread pool, one batch at a time)."""
+        pieces = []
+        for size in sizes:
+            piece = self._read(offset, size)
+            if len(piece) != size:
+                raise self._changed()
+            pieces.append(piece)
+            offset += size
+        return pieces
+
+    def sample(self, offset: int, size: int) -> bytes:
+        with self._opened() as handle:
+            handle.seek(offset)
+            return handle.read(size) or b""
+
+    def whole(self) -> bytes:
+        with self._opened() as handle:
+            data = handle.read(len(self) + 1) or b""
+        if len(data) != len(self):
+            raise self._changed()
+        return data
+
+    def close(self, check: bool = True) -> None:
+        """After the last piece (check: the file must still be the one that was checked), or when abandoned."""
+        with self._lock:
+            handle, self._handle = self._handle, None
+            if handle is None:
+                return
+            try:
+                if check and not self._same(os.fstat(handle.fileno())):
+                    raise self._changed()
+            finally:
+                handle.close()
+
+
+def image_digest(image: sitk.Image) -> str:
+    """A SHA-256 of an image's voxels and geometry: the same volume however it was made."""
+    digest = hashlib.sha256()
+    described = (
+        image.GetPixelIDValue(),
+        image.GetNumberOfComponentsPerPixel(),
+        image.GetSize(),
+        image.GetSpacing(),
+        image.GetOrigin(),
+        image.GetDirection(),
+    )
+    digest.update(repr(described).encode("ascii"))
+    digest.update(memoryview(np.ascontiguousarray(sitk.GetArrayViewFromImage(image))).cast("B"))
+    return digest.hexdigest()
+
+
 class VolumeFile:
     """A volume ready to send: the file's own bytes where a server reads its format, else MHA.
 
-    Raw bytes are kept only when they are one self-contained file the server
-    recognises by content (a detached .mhd header is re-encoded), so a v2
-    upload skips both re-encoding and base64.
+    A file is kept as its own bytes only when it is one self-contained file the server
+    recognises by content and whose header parses here (a detached .mhd header, a NRRD
+    naming a data file, are read with SimpleITK and sent as MHA); it is then sent from disk
+    as it uploads, never read whole unless it is compressed. `upload()` says what a v2
+    server gets, compressed or not (compression.py); `key()` names the volume for reuse.
     """
 
     def __init__(self, value, where: str):
         self.where = where
-        self.raw: bytes | None = None
+        self.raw: bytes | None = None  # the file's bytes, in memory
+        self.file: FileData | None = None  # or on disk, sent from there
         self.format: str | None = None
         self.image: sitk.Image | None = None
+        self.data_start = 0  # where an MHA or NRRD file's data starts after its header
+        self.compressed = True  # as given: compressed already, or not ours to compress (sent as it is)
+        self._key: tuple | None = None
         if isinstance(value, sitk.Image):
             self.image = value
             return
-        if isinstance(value, (bytes, bytearray)):
+        if isinstance(value, (bytes, bytearray, memoryview)):
             self._adopt(bytes(value))
             if self.raw is None:
                 raise InputFileError(f"{where}: the bytes are not {IMAGE_HELP}")
@@ -82,10 +194,15 @@ class VolumeFile:
         if not os.path.exists(path):
             raise InputFileError(f"{where}: no such file or folder: {path}")
         if os.path.isfile(path):
+            stat = os.stat(path)
             with open(path, "rb") as handle:
-                self._adopt(handle.read())
-        if self.raw is None:
-            self.image = read_volume(path, where)
+                head = handle.read(HEAD)
+            fmt = sniff_format(head)
+            if fmt is not None and self._layout(head, fmt, stat.st_size):
+                self.file, self.format = FileData(path, stat, where), fmt
+                self._key = ("file", os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+                return
+        self.image = read_volume(path, where)
 
     def _adopt(self, raw: bytes) -> None:
         if sniff_format(raw) is None:
@@ -93,23 +210,80 @@ class VolumeFile:
         try:
             self.raw, self.format = unwrap(raw, self.where)
         except RequestError:
-            self.raw = None  # e.g. a detached .mhd header: read it here and send MHA instead
+            self.raw = None
+            return
+        if not self._layout(self.raw, self.format, len(self.raw)):
+            self.compressed = True  # sent as it is: the server's reader says what is wrong with it
+
+    def _layout(self, head: bytes, fmt: str, size: int) -> bool:
+        """Whether the file is one the server reads as it is, noting whether it is compressed already."""
+        try:
+            if fmt == "mha":
+                header = mha.parse_header(head, self.where)
+                self.compressed, self.data_start = header.compressed, header.start
+            elif fmt == "nrrd":
+                fields, self.data_start = image_headers.nrrd_header(head, self.where)
+                encoding = fields.get("encoding", "").lower()
+                if encoding not in ("raw", "gzip", "gz"):
+                    return False
+                self.compressed = encoding != "raw"
+            else:
+                self.compressed = fmt == "nii.gz"
+        except RequestError:
+            return False
+        return self.data_start <= size
 
     @property
     def size(self) -> int:
-        return len(self.raw) if self.raw is not None else 0
+        """The bytes of the file as given (0 for an image the client encodes)."""
+        return len(self.raw) if self.raw is not None else len(self.file) if self.file is not None else 0
+
+    def key(self) -> tuple:
+        """What names this volume for reuse: a file by its path, inode, size and modification time,
+        bytes and images by a SHA-256 of their content (computed here, in the thread pool)."""
+        if self._key is None:
+            if self.raw is not None:
+                self._key = ("bytes", hashlib.sha256(self.raw).hexdigest())
+            else:
+                self._key = ("image", image_digest(self.image))
+        return self._key
+
+    def _bytes(self) -> bytes:
+        if self.raw is None and self.file is not None:
+            return self.file.whole()
+        return self.raw
+
+    def upload(self, url: str, compress: bool | None = None):
+        """(bytes or FileData, format) of the binary part a v2 server at url gets, compressed when
+        compression.pays() says so; a file compressed already is sent as it is."""
+        if self.image is not None:
+            array = np.ascontiguousarray(sitk.GetArrayViewFromImage(self.image))
+            smaller = compression.pays(memoryview(array).cast("B"), url, compress)
+            written = mha.write(self.image, smaller, compression.LEVEL)
+            return (written if written is not None else write_image(self.image, "mha", smaller)), "mha"
+        whole = self.raw if self.raw is not None else self.file
+        if self.compressed or not compression.pays(whole, url, compress):
+            return whole, self.format
+        data = self._bytes()
+        view = memoryview(data)[self.data_start :]
+        if self.format == "mha":
+            packed = compression.deflate(view)
+            return compression.mha_header(data[: self.data_start], len(packed)) + packed, "mha"
+        if self.format == "nrrd":
+            return compression.nrrd_header(data[: self.data_start]) + compression.gzip(view), "nrrd"
+        return compression.gzip(data), "nii.gz"
 
     def native(self) -> tuple[bytes, str]:
-        """(bytes, format) for a binary v2 part."""
-        if self.raw is not None:
-            return self.raw, self.format
+        """(bytes, format) for a binary v2 part, as given (uncompressed when given so)."""
+        if self.image is None:
+            return self._bytes(), self.format
         return write_image(self.image, "mha"), "mha"
 
     def mha(self) -> bytes:
         """MHA bytes, what v1 servers read (after base64)."""
-        if self.raw is not None and self.format == "mha":
-            return self.raw
-        image = self.image if self.image is not None else read_image(self.raw, self.where)
+        if self.image is None and self.format == "mha":
+            return self._bytes()
+        image = self.image if self.image is not None else read_image(self._bytes(), self.where)
         return write_image(image, "mha")
 
 

@@ -48,9 +48,23 @@ class PreparedRequest:
     values: dict = field(default_factory=dict)
     filled: list = field(default_factory=list)
 
-    def fields(self, protocol: int) -> list[tuple[str, str | None, bytes]]:
-        """(name, file name or None for a text field, bytes) in interface order."""
-        return [(e.destination, *e.write_field(self.values[e.destination], protocol)) for e in self.interface]
+    def fields(self, protocol: int, parts: dict | None = None) -> list[tuple[str, str | None, object]]:
+        """(name, file name or None for a text field, bytes or inputs.FileData) in interface order.
+
+        `parts` holds what a field carries instead of its own encoding: a v2 volume's upload as
+        (file name, bytes or FileData), or a stored volume's reference as (None, b"volume_id:...").
+        """
+        parts = parts or {}
+        return [
+            (e.destination, *parts[e.destination])
+            if e.destination in parts
+            else (e.destination, *e.write_field(self.values[e.destination], protocol))
+            for e in self.interface
+        ]
+
+    def volumes(self) -> list[str]:
+        """The names of the volume inputs, in interface order."""
+        return [e.destination for e in self.interface if e.wire_type == "volume"]
 
 
 def prepare(interface, given: dict) -> PreparedRequest:

@@ -19,8 +19,7 @@ from ..errors import RequestError
 from ..files.limits import Allowance, Limits
 from ..protocol import b64
 from ..protocol.elements import OUTPUT_TYPES
-from ..protocol.outputs import decode_item
-from ..protocol.volumes import FORMATS
+from ..protocol.volumes import EXPECTED, FORMATS, decode_base64, read_image, sniff_format
 from .errors import ServerError
 
 
@@ -32,7 +31,7 @@ class Output:
     type: str
     label: str
     value: object
-    raw: str | None = None  # the base64 content as sent, so transforms are saved byte for byte
+    raw: str | None = None  # a transform file as base64 text, as sent in JSON, so it is saved byte for byte
 
 
 def _slug(text: str) -> str:
@@ -47,10 +46,12 @@ class Result:
 
     @classmethod
     def from_items(cls, items: list, output_interface=None, limits: Limits | None = None) -> Result:
-        """Decode the v1 item list; names come from the v2 output interface, else from each item's type.
+        """Decode the answer's items; names come from the v2 output interface, else from each item's type.
 
-        An answer is as untrusted as an upload: it is decoded by the server's own hardened
-        readers, confined, and all its items together are charged to one allowance.
+        An item's `content` is the JSON answer's text (base64 for files) or, from a binary
+        answer (from_parts), the raw bytes: both are decoded by decode_content, with the same
+        checks. An answer is as untrusted as an upload: it is decoded by the server's own
+        hardened readers, confined, and all its items together are charged to one allowance.
         """
         fields = [getattr(e, "field", None) for e in output_interface or ()]
         outputs, used = [], set()
@@ -59,10 +60,13 @@ class Result:
             kind = item.get("type")
             if kind not in OUTPUT_TYPES:
                 raise ServerError(f"the server answered an item of unknown type {str(kind)[:40]!r}")
-            if not isinstance(item.get("content"), str) or not isinstance(item.get("label", ""), str):
+            content, label = item.get("content"), item.get("label", "")
+            binary = isinstance(content, (bytes, bytearray, memoryview))
+            if not (binary or isinstance(content, str)) or not isinstance(label, str):
                 raise ServerError(f"the server's {kind} output is malformed: its content and label must be text")
             try:
-                value = decode_item(item, allowance)
+                data = content if binary else content_bytes(kind, content)
+                value = decode_content(kind, data, allowance)
             except RequestError as error:
                 raise ServerError(f"the server's {kind} output could not be read: {error.message}") from None
             except (TypeError, ValueError, RuntimeError, UnicodeError) as error:
@@ -77,9 +81,15 @@ class Result:
             while name in used:
                 name, number = f"{base}_{number}", number + 1
             used.add(name)
-            raw = item.get("content") if kind in _AS_SENT else None
-            outputs.append(Output(name, kind, item.get("label", "") or "", value, raw))
+            raw = (b64.encode(data) if binary else content) if kind in _AS_SENT else None
+            outputs.append(Output(name, kind, label or "", value, raw))
         return cls(outputs)
+
+    @classmethod
+    def from_parts(cls, parts: list, output_interface=None, limits: Limits | None = None) -> Result:
+        """Decode a binary answer's parts, (type, label, bytes) as binary_answers.decode gives them."""
+        items = [{"type": kind, "label": label, "content": data} for kind, label, data in parts]
+        return cls.from_items(items, output_interface, limits)
 
     def __iter__(self):
         return iter(self.outputs)
@@ -110,6 +120,36 @@ class Result:
             for path, what in _SAVERS[output.type](output, os.path.join(directory, output.name), volume_format):
                 written.append((path, what))
         return written
+
+
+TEXT_TYPES = ("PlainText", "Fiducials")  # items whose JSON content is text; the others' is a base64 file
+IMAGE_TYPES = ("LabelVolume", "TransformGrid")
+
+
+def content_bytes(kind: str, content: str) -> bytes:
+    """The bytes a JSON item's content stands for: its base64 decoded, or its text as UTF-8."""
+    if kind in TEXT_TYPES:
+        return content.encode("utf-8", "surrogatepass")  # a lone surrogate JSON allows comes back as it was
+    return decode_base64(content, kind)
+
+
+def decode_content(kind: str, data, allowance: Allowance):
+    """The value of one output of type kind from its bytes, whichever answer carried them (JSON or binary).
+
+    Images are read by the server's own readers (MHA by our parser, NIfTI and NRRD confined), each
+    exactly as long as its header says; transforms by the checked, confined transform reader;
+    points with the points limit; all of it charged to the answer's allowance.
+    """
+    if kind in IMAGE_TYPES:
+        if sniff_format(data) is None:
+            raise RequestError(f"{kind}: the data is not an image file; expected {EXPECTED}")
+        return read_image(bytes(data), kind, allowance)
+    if kind == "VTKMesh":
+        return bytes(data)
+    if kind in TEXT_TYPES:
+        text = bytes(data).decode("utf-8", "surrogatepass")
+        return text if kind == "PlainText" else OUTPUT_TYPES[kind].read_item(text, allowance)
+    return OUTPUT_TYPES[kind].read_item(b64.encode(data), allowance)  # the transform reader takes base64 text
 
 
 def _geometry(image: sitk.Image) -> str:
