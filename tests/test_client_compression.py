@@ -13,9 +13,10 @@ import pytest
 import pytest_twisted
 import SimpleITK as sitk
 from client_support import write_dicom_series
-from transfer_support import EchoApp, ct_phantom, non_loopback_address, same_image
+from transfer_support import FAR, EchoApp, ct_phantom, same_image
 from twisted.python.threadable import isInIOThread
 
+from benchmarks.link import Link
 from tomaat.client import AsyncClient, InputFileError, compression
 from tomaat.protocol.volumes import sniff_format
 
@@ -94,56 +95,47 @@ async def test_a_compressed_file_is_sent_as_it_is(serve, tmp_path, suffix):
 
 
 @pytest_twisted.ensureDeferred
-async def test_automatic_compression_not_on_loopback(serve, tmp_path):
+async def test_automatic_compression_not_to_a_near_server(serve, tmp_path):
     image = ct_phantom((96, 96, 64))  # 1.1 MiB: big enough, and it compresses well
     path = write(image, tmp_path / "scan.mha")
     service = await serve(EchoApp())
     client = AsyncClient(service.url, known_hosts=str(tmp_path / "kh.json"))
-    assert compression.is_loopback(client.url)
     _, sent = await predict(client, path)
+    assert client.distance < compression.NEAR and not await client.far()
     assert sent > os.path.getsize(path)  # loopback: the bytes are free, compressing would only cost time
 
 
 @pytest_twisted.ensureDeferred
-async def test_automatic_compression_to_another_host_when_it_pays(serve, tmp_path):
-    address = non_loopback_address()
-    if address is None:
-        pytest.skip("this machine has no network address besides loopback")
-    service = await serve(EchoApp(), interface=address)
-    url = f"http://{address}:{service.port.getHost().port}"
-    client = AsyncClient(url, known_hosts=str(tmp_path / "kh.json"), reuse=False)
-    assert not compression.is_loopback(client.url)
+async def test_automatic_compression_to_a_far_server_when_it_pays(serve, tmp_path):
+    service = await serve(EchoApp())
+    with Link(service.port.getHost().port, FAR) as link:  # 30 ms round trips, on loopback all the same
+        client = AsyncClient(f"http://127.0.0.1:{link.port}", known_hosts=str(tmp_path / "kh.json"), reuse=False)
+        scan = write(ct_phantom((96, 96, 64)), tmp_path / "scan.nrrd")  # 1.1 MiB of CT: compressed
+        result, sent = await predict(client, scan)
+        assert client.distance >= compression.NEAR and await client.far()
+        assert sent < os.path.getsize(scan) / 2
+        same_image(result["echo"], sitk.ReadImage(scan))
 
-    scan = write(ct_phantom((96, 96, 64)), tmp_path / "scan.nrrd")  # 1.1 MiB of CT: compressed
-    result, sent = await predict(client, scan)
-    assert sent < os.path.getsize(scan) / 2
-    same_image(result["echo"], sitk.ReadImage(scan))
+        small = write(ct_phantom((48, 40, 24)), tmp_path / "small.mha")  # 90 KiB: below MIN_BYTES, as it is
+        _, sent = await predict(client, small)
+        assert sent > os.path.getsize(small)
 
-    small = write(ct_phantom((48, 40, 24)), tmp_path / "small.mha")  # 90 KiB: below MIN_BYTES, as it is
-    _, sent = await predict(client, small)
-    assert sent > os.path.getsize(small)
-
-    rng = np.random.default_rng(3)  # noise deflates to about 0.9 of its size: not worth it on a LAN
-    noisy = sitk.GetImageFromArray(rng.normal(0, 100, (40, 80, 80)).astype(np.float32))
-    path = write(noisy, tmp_path / "noisy.mha")
-    result, sent = await predict(client, path)
-    assert sent > os.path.getsize(path)
-    same_image(result["echo"], noisy)
+        rng = np.random.default_rng(3)  # noise does not deflate: sent as it is
+        noisy = sitk.GetImageFromArray(rng.integers(0, 2**16, (40, 80, 80), dtype=np.uint16))
+        path = write(noisy, tmp_path / "noisy.mha")
+        result, sent = await predict(client, path)
+        assert sent > os.path.getsize(path)
+        same_image(result["echo"], noisy)
 
 
 def test_the_rule():
-    assert compression.is_loopback("http://127.0.0.1:9000") and compression.is_loopback("https://127.1.2.3")
-    assert compression.is_loopback("http://localhost:9000/predict") and compression.is_loopback("http://[::1]:9000")
-    assert compression.is_loopback("http://[::ffff:127.0.0.1]:9000") and compression.is_loopback("http://a.localhost")
-    assert not compression.is_loopback("https://gpu-box:9000") and not compression.is_loopback("http://10.0.0.2")
-    assert not compression.is_loopback("http://[fd00::2]:9000")
     ct = sitk.GetArrayFromImage(ct_phantom((96, 96, 64))).tobytes()
-    noise = np.random.default_rng(1).normal(0, 100, 2**19).astype(np.float32).tobytes()
-    remote = "https://gpu-box:9000"
-    assert compression.pays(ct, remote, None) and not compression.pays(ct, "http://127.0.0.1:9000", None)
-    assert not compression.pays(noise, remote, None) and compression.pays(noise, "http://127.0.0.1", True)
-    assert not compression.pays(ct[: compression.MIN_BYTES - 2], remote, None)
-    assert not compression.pays(ct, remote, False)
+    noise = np.random.default_rng(1).integers(0, 2**16, 2**19, dtype=np.uint16).tobytes()
+    assert compression.pays(ct, True, None) and not compression.pays(ct, False, None)
+    assert not compression.pays(noise, True, None) and compression.pays(noise, False, True)
+    assert not compression.pays(ct[: compression.MIN_BYTES - 2], True, None)
+    assert not compression.pays(ct, True, False)
+    assert compression.sample_ratio(ct) < 0.5 and compression.sample_ratio(noise) > compression.MAX_RATIO
 
 
 def test_an_mha_header_keeps_its_lines():

@@ -9,7 +9,6 @@ round trip shows exactly what the server decoded.
 from __future__ import annotations
 
 import json
-import socket
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,7 @@ from twisted.internet import defer, endpoints, reactor
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
+from benchmarks.link import Profile
 from tomaat import LabelVolume, PlainText, RadioButton, Slider, TomaatApp, Volume
 
 
@@ -67,15 +67,7 @@ def ct_phantom(size=(48, 40, 24)) -> sitk.Image:
     return image
 
 
-def non_loopback_address() -> str | None:
-    """This machine's address on a network (not 127.x), for a server the client must treat as remote."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("192.0.2.1", 9))  # no packet is sent: the kernel only picks the route's address
-            address = probe.getsockname()[0]
-    except OSError:
-        return None
-    return None if address.startswith("127.") or address == "0.0.0.0" else address
+FAR = Profile(None, None, 0.030)  # a link of 30 ms round trips and no bandwidth limit: far, and quick to test
 
 
 @dataclass

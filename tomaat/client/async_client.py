@@ -125,9 +125,9 @@ class AsyncClient:
     `fingerprint` pins the server's certificate ahead of the first connection;
     `insecure=True` accepts any certificate (an explicit choice, never a fallback).
     `compress`: None compresses volumes when it pays (compression.py), True and False force it.
-    `reuse`: None keeps volumes on a server that has a volume store when the server is not on
-    this machine and the volume holds at least 256 KiB; True whenever the server has a store;
-    False never. Stored volumes are left to expire on the server unless `forget()` or `close()`.
+    `reuse`: None keeps volumes on a server that has a volume store when the server is far (as
+    compression.py tells it) and the volume holds at least 256 KiB; True whenever the server has a
+    store; False never. Stored volumes are left to expire on the server unless `forget()` or `close()`.
     """
 
     def __init__(
@@ -155,6 +155,8 @@ class AsyncClient:
         self.reuse = reuse
         self.uploads = 0  # volumes this client has sent, inline or to the store: what reuse saves
         self._info: ServiceInfo | None = None
+        self.distance: float | None = None  # seconds of the quickest exchange timed (a new connection and a request)
+        self._far: bool | None = None
         self._stored: dict[tuple, StoredVolume] = {}  # a volume's key (VolumeFile.key) -> where the server keeps it
         self._storing: dict[tuple, defer.DeferredLock] = {}  # concurrent calls upload a volume once
 
@@ -212,9 +214,11 @@ class AsyncClient:
     async def info(self) -> ServiceInfo:
         """Metadata and interfaces: GET /info (v2), or GET /interface when /info is 404 (v1)."""
         if self._info is None:
+            began = time.monotonic()
             status, body = await self._request(
                 "GET", "/info", "asking for /info", timeout=self.timeout, limit=JSON_LIMIT
             )
+            self.distance = time.monotonic() - began
             try:
                 parsed = json.loads(body.decode("utf-8")) if status == 200 else None
             except (UnicodeDecodeError, ValueError):
@@ -230,6 +234,21 @@ class AsyncClient:
             except (elements.InterfaceError, TypeError, ValueError, AttributeError) as problem:
                 raise ServerError(f"the server's interface cannot be used: {str(problem)[:200]}") from None
         return self._info
+
+    async def far(self) -> bool:
+        """Whether the server is far, so that its bytes are dear (compression.py): its GET /info took NEAR
+        (15 ms) or more, and so did one more exchange (GET /health), timed only then."""
+        if self._far is None:
+            await self.info()
+            if self.distance is not None and self.distance >= compression.NEAR:
+                began = time.monotonic()
+                try:
+                    await self._request("GET", "/health", "asking for /health", timeout=self.timeout, limit=JSON_LIMIT)
+                    self.distance = min(self.distance, time.monotonic() - began)
+                except ClientError:
+                    pass
+            self._far = self.distance is not None and self.distance >= compression.NEAR
+        return self._far
 
     async def interface(self) -> tuple:
         """The input elements (tomaat.protocol.elements objects)."""
@@ -290,7 +309,8 @@ class AsyncClient:
     async def _predict_once(
         self, info, prepared: PreparedRequest, references: dict, compress, prefer_async, progress, on_sent, deadline
     ) -> Result:
-        body, content_type = await self._off_reactor(_body, info, prepared, references, self.url, compress)
+        far = await self.far() if info.protocol >= 2 else False  # v1 servers are sent today's request
+        body, content_type = await self._off_reactor(_body, info, prepared, references, far, compress)
         self.uploads += len(prepared.volumes()) - len(references)
         headers = {b"Content-Type": [content_type.encode("ascii")]}
         if prefer_async:
@@ -364,7 +384,7 @@ class AsyncClient:
         none (or ours expired); None where it is sent inline instead (too small to be worth it, the
         store full)."""
         size = volume.size or _image_bytes(volume)
-        if self.reuse is None and (compression.is_loopback(self.url) or size < compression.MIN_BYTES):
+        if self.reuse is None and (not await self.far() or size < compression.MIN_BYTES):
             return None
         key = await self._off_reactor(volume.key)
         lock = self._storing.setdefault(key, defer.DeferredLock())  # one upload of a volume at a time
@@ -384,7 +404,7 @@ class AsyncClient:
                 self._storing.pop(key, None)
 
     async def _upload_volume(self, name: str, volume, compress, progress) -> StoredVolume | None:
-        payload, fmt = await self._off_reactor(volume.upload, self.url, compress)
+        payload, fmt = await self._off_reactor(volume.upload, await self.far(), compress)
         body, content_type = multipart_body([("volume", f"volume.{fmt}", payload)])
         producer = ProgressProducer(body, progress, read=self._off_reactor)
         began = time.monotonic()
@@ -485,7 +505,7 @@ class AsyncClient:
         await self.http.close()
 
 
-def _body(info: ServiceInfo, prepared: PreparedRequest, references: dict, url: str, compress):
+def _body(info: ServiceInfo, prepared: PreparedRequest, references: dict, far: bool, compress):
     """(multipart body, content type) of a prediction request; reads, and compresses where it pays (in the
     thread pool). A v2 volume is its upload, or the reference to the stored volume named in references."""
     parts: dict[str, tuple] = {}
@@ -494,7 +514,7 @@ def _body(info: ServiceInfo, prepared: PreparedRequest, references: dict, url: s
             if name in references:
                 parts[name] = (None, stored_volumes.reference(references[name]).encode("ascii"))
             else:
-                payload, fmt = prepared.values[name].upload(url, compress)
+                payload, fmt = prepared.values[name].upload(far, compress)
                 parts[name] = (f"{name}.{fmt}", payload)
     return multipart_body(prepared.fields(info.protocol, parts))
 

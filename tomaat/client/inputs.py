@@ -253,16 +253,17 @@ class VolumeFile:
             return self.file.whole()
         return self.raw
 
-    def upload(self, url: str, compress: bool | None = None):
-        """(bytes or FileData, format) of the binary part a v2 server at url gets, compressed when
-        compression.pays() says so; a file compressed already is sent as it is."""
+    def upload(self, far: bool, compress: bool | None = None):
+        """(bytes or FileData, format) of the binary part a v2 server gets, compressed when
+        compression.pays() says so (far: the server is not near, see compression.py); a file
+        compressed already is sent as it is."""
         if self.image is not None:
             array = np.ascontiguousarray(sitk.GetArrayViewFromImage(self.image))
-            smaller = compression.pays(memoryview(array).cast("B"), url, compress)
+            smaller = compression.pays(memoryview(array).cast("B"), far, compress)
             written = mha.write(self.image, smaller, compression.LEVEL)
             return (written if written is not None else write_image(self.image, "mha", smaller)), "mha"
         whole = self.raw if self.raw is not None else self.file
-        if self.compressed or not compression.pays(whole, url, compress):
+        if self.compressed or not compression.pays(whole, far, compress):
             return whole, self.format
         data = self._bytes()
         view = memoryview(data)[self.data_start :]
