@@ -387,3 +387,12 @@ def test_a_json_item_without_content_cannot_be_encoded():
     with pytest.raises(ValueError):
         encode([{"type": "DelayedResponse", "request_id": "x"}])
     assert binary_answers.content_bytes({"type": "TransformLinear", "content": base64.b64encode(b"ab").decode()}) == b"ab"
+
+
+def test_an_answer_no_part_can_carry_is_a_json_500(caplog):
+    from tomaat.server.worker import BINARY, encode_answer
+
+    answer = encode_answer(200, [{"type": "Not A Type", "content": "x", "label": ""}], BINARY)
+    assert answer.status == 500 and answer.content_type == "application/json"
+    assert "binary answer" in json.loads(answer.body)[0]["content"]
+    assert "could not be encoded as multipart/mixed" in caplog.text

@@ -58,7 +58,12 @@ def encode_answer(status: int, payload, form: str = JSON) -> Answer:
     """The answer for a payload: a binary answer when asked for and the request succeeded; JSON otherwise,
     errors always. On a worker thread: the payload may be hundreds of megabytes."""
     if form == BINARY and status == 200:
-        pieces, content_type = binary_answers.encode(payload)
+        try:
+            pieces, content_type = binary_answers.encode(payload)
+        except (TypeError, ValueError):  # an output type no part header can name: the app's, not the client's
+            log.exception("the answer could not be encoded as multipart/mixed")
+            message = "the service's answer could not be sent as a binary answer; ask without Accept: multipart/mixed"
+            return Answer(500, to_json(error_items(message)))
         return Answer(status, pieces, content_type)
     return Answer(status, to_json(json_items(payload)))
 
