@@ -420,3 +420,104 @@ def test_a_server_that_answers_later_is_asked_again_until_the_labels_are_there(t
     finally:
         driver.quit()
         served.stop()
+
+
+# ---- stored volumes and compressed uploads ------------------------------------------------------------------
+
+
+def asked(driver, path: str) -> int:
+    """How many requests the page made to path, from the browser's own performance entries."""
+    names = driver.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
+    return sum(1 for name in names if name.split("?")[0].endswith(path))
+
+
+def rerun(driver, threshold: int) -> str:
+    """Run again on the same page with only the threshold changed."""
+    number = [
+        e
+        for e in driver.find_elements("css selector", '[data-testid="input-threshold"]')
+        if e.get_attribute("type") == "number"
+    ][0]
+    number.clear()
+    number.send_keys(str(threshold))
+    driver.execute_script("document.getElementById('status').textContent = ''")
+    hook(driver, "run").click()
+    return status_when(driver, finished)
+
+
+def labels_of(driver, tmp_path) -> np.ndarray:
+    saved = tmp_path / "labels.nii.gz"
+    saved.write_bytes(blob_bytes(driver, hook(driver, "download-labels").get_attribute("href")))
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(saved)))
+
+
+class SamePort(Served):
+    """A server started again on the port of one that stopped: a restart, which keeps no volumes."""
+
+    def __init__(self, target: str, folder, port: int):
+        import browser_support
+
+        chosen = browser_support.free_port
+        browser_support.free_port = lambda: port
+        try:
+            super().__init__(target, folder)
+        finally:
+            browser_support.free_port = chosen
+
+
+@needs_browser()
+def test_a_run_with_only_a_parameter_changed_names_the_stored_volume_instead_of_uploading_it(tmp_path):
+    image = phantom()
+    path = str(tmp_path / "phantom.nii.gz")
+    sitk.WriteImage(image, path)
+    served = Served("examples/threshold.py", tmp_path)
+    driver = chrome()
+    try:
+        assert run_threshold(driver, served.url, path).endswith("done")
+        assert asked(driver, "/volumes") == 1 and asked(driver, "/predict") == 1
+        for threshold in (500, 100):
+            assert rerun(driver, threshold).endswith("done"), hook(driver, "status").text
+            np.testing.assert_array_equal(labels_of(driver, tmp_path), sitk.GetArrayFromImage(image) >= threshold)
+        assert asked(driver, "/volumes") == 1 and asked(driver, "/predict") == 3  # uploaded once
+        assert requests.get(served.url + "/health", timeout=10).json()["stored_volumes"] == 1
+
+        served.stop()  # the server restarts and holds no volumes: 404 unknown volume_id, uploaded again once
+        served = SamePort("examples/threshold.py", tmp_path, served.port)
+        assert rerun(driver, 400).endswith("done"), hook(driver, "status").text
+        np.testing.assert_array_equal(labels_of(driver, tmp_path), sitk.GetArrayFromImage(image) >= 400)
+        assert asked(driver, "/volumes") == 2 and asked(driver, "/predict") == 5
+        severe = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert [message for message in severe if "404" not in message] == []
+    finally:
+        driver.quit()
+        served.stop()
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".mha"])
+@needs_browser()
+def test_an_uncompressed_scan_is_compressed_in_the_browser_for_a_far_server_only(threshold_page, tmp_path, suffix):
+    from benchmarks.link import Link, Profile
+
+    image = phantom()
+    path = str(tmp_path / f"phantom{suffix}")
+    sitk.WriteImage(image, path, False)
+    size = os.path.getsize(path)
+    expected = sitk.GetArrayFromImage(image) >= THRESHOLD
+    for profile, link_kind in ((Profile(None, None, 0.030), "far"), (Profile(None, None, 0.0), "near")):
+        with Link(threshold_page.port, profile) as link:
+            driver = chrome()
+            try:
+                url = f"http://127.0.0.1:{link.port}"
+                driver.get(url + "/app/")
+                status_when(driver, lambda text: "Run" in text)
+                assert driver.find_element("tag name", "body").get_attribute("data-link") == link_kind
+                before = link.counts()[0]
+                assert run_threshold(driver, url, path).endswith("done"), hook(driver, "status").text
+                np.testing.assert_array_equal(labels_of(driver, tmp_path), expected)
+                up = link.counts()[0] - before  # every byte the page sent: the scan and a few small requests
+                if link_kind == "far":
+                    assert up < size / 2, (up, size)
+                else:
+                    assert up > size, (up, size)
+            finally:
+                driver.quit()
