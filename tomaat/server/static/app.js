@@ -503,6 +503,7 @@ async function storedId(name, started) {
   const file = state.files[name];
   const held = state.stored[name];
   if (held && held.key === fileKey(file) && held.expires > performance.now()) return held.id;
+  if (held && held.key !== fileKey(file)) forget(name); // another scan now: the server need not keep the old one
   const [blob, filename] = await uploadable(file, name);
   const body = new FormData();
   body.append("volume", blob, filename);
@@ -514,6 +515,13 @@ async function storedId(name, started) {
   state.stored[name] = { key: fileKey(file), id: String(stored.volume_id), ttl: Number(stored.expires_in) };
   keep(name, performance.now());
   return state.stored[name].id;
+}
+
+// DELETE /volumes/<id>: the page is done with a volume (another scan was chosen, or the page is closing).
+function forget(name) {
+  const held = state.stored[name];
+  delete state.stored[name];
+  if (held) fetch(new URL(`volumes/${held.id}`, base), { method: "DELETE", keepalive: true }).catch(() => {});
 }
 
 // The server's time to live restarts with each prediction that takes the volume; ours ends a little earlier.
@@ -687,6 +695,7 @@ async function start() {
   buildForm(state.info);
   $("opacity").addEventListener("input", () => state.viewer.opacity(Number($("opacity").value)));
   $("run").addEventListener("click", run);
+  window.addEventListener("pagehide", () => Object.keys(state.stored).forEach(forget));
   $("run").disabled = false;
   setStatus("choose the inputs, then Run");
 }
