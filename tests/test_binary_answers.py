@@ -123,7 +123,8 @@ async def test_accept_is_read_as_a_media_type_list(serve, phantom, accept):
 
 
 @pytest.mark.parametrize(
-    "accept", [None, "*/*", "application/json", "multipart/*", "multipart/mixed;q=0", "multipart/mixed;q=0.2, application/json"]
+    "accept",
+    [None, "*/*", "application/json", "multipart/*", "multipart/mixed;q=0", "multipart/mixed;q=0.2, application/json"],
 )
 @pytest_twisted.ensureDeferred
 async def test_other_accept_headers_get_json(serve, phantom, accept):
@@ -230,7 +231,11 @@ async def test_a_large_binary_answer_arrives_whole(serve):
 
 
 ITEMS = [
-    {"type": "LabelVolume", "content": base64.b64encode(b"\r\n--not-a-boundary\r\n\x00\xff" * 100).decode(), "label": "L"},
+    {
+        "type": "LabelVolume",
+        "content": base64.b64encode(b"\r\n--not-a-boundary\r\n\x00\xff" * 100).decode(),
+        "label": "L",
+    },
     {"type": "PlainText", "content": "line one\r\n\r\nline two", "label": "A label / with 100% ✓"},
     {"type": "Fiducials", "content": "1.0,2.0,3.0;4.0,5.0,6.0", "label": ""},
     {"type": "VTKMesh", "content": b"# vtk DataFile Version 4.2\n", "label": "raw bytes content"},
@@ -386,7 +391,9 @@ def test_the_decoder_is_linear():
 def test_a_json_item_without_content_cannot_be_encoded():
     with pytest.raises(ValueError):
         encode([{"type": "DelayedResponse", "request_id": "x"}])
-    assert binary_answers.content_bytes({"type": "TransformLinear", "content": base64.b64encode(b"ab").decode()}) == b"ab"
+    assert (
+        binary_answers.content_bytes({"type": "TransformLinear", "content": base64.b64encode(b"ab").decode()}) == b"ab"
+    )
 
 
 def test_an_answer_no_part_can_carry_is_a_json_500(caplog):

@@ -31,7 +31,7 @@ def decode_fields(
     order = sorted(interface, key=lambda e: e.heavy)
     decoded = {}
     for e in order:
-        decoded[e.destination] = given[e.destination] if e.destination in given else decode_field(
-            e, fields[e.destination], allowance
+        decoded[e.destination] = (
+            given[e.destination] if e.destination in given else decode_field(e, fields[e.destination], allowance)
         )
     return decoded

@@ -28,9 +28,7 @@ class Metrics:
             held = Gauge("tomaat_pending_body_bytes", "Bytes of request bodies held at once", registry=self.registry)
             held.set_function(lambda: budget.used)
         if volumes is not None and volumes.enabled:  # POST /volumes: what the stored volumes hold
-            stored = Gauge(
-                "tomaat_stored_volume_bytes", "Decoded bytes of stored volumes held", registry=self.registry
-            )
+            stored = Gauge("tomaat_stored_volume_bytes", "Decoded bytes of stored volumes held", registry=self.registry)
             stored.set_function(lambda: volumes.held_bytes)
             count = Gauge("tomaat_stored_volumes", "Stored volumes held", registry=self.registry)
             count.set_function(lambda: len(volumes))

@@ -91,7 +91,9 @@ class _UploadAllowance(Allowance):
     def charge(self, size: int, where: str) -> None:
         limit = self.limits.max_decoded_bytes
         if limit and self.used + size > limit:
-            raise TooLarge(f"{where}: decoding it takes {size} bytes, more than the {limit} bytes one request may decode")
+            raise TooLarge(
+                f"{where}: decoding it takes {size} bytes, more than the {limit} bytes one request may decode"
+            )
         self.reservation.add(size)
         super().charge(size, where)  # a 503 here: the caller releases the reservation, this size included
 
