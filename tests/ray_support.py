@@ -12,16 +12,10 @@ import subprocess
 import sys
 import time
 
+from browser_support import free_port
+
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 HEAD_IP = "127.0.0.2"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Node:

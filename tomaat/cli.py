@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .protocol.elements import InterfaceError
-from .server.loader import LoadError, load
+from .server.loader import LoadError, load, split_spec
 from .server.service import DEFAULTS, TomaatService
 
 
@@ -124,8 +124,8 @@ def _on_ray(service: TomaatService, target: str, ray: dict) -> None:
 
     from .server.ray_steps import RayOptions, RaySteps
 
-    path, colon, name = target.partition(":") if not os.path.exists(target) else (target, "", "")
-    where = os.path.abspath(path) if os.path.exists(path) else path
+    path, name = split_spec(target)
+    where = (os.path.abspath(path) if os.path.exists(path) else path) + (f":{name}" if name else "")
     given = {
         "address": None if ray["ray_address"] == "local" else ray["ray_address"],
         "replicas": ray["replicas"],
@@ -137,7 +137,7 @@ def _on_ray(service: TomaatService, target: str, ray: dict) -> None:
     }
     try:
         options = RayOptions(**{k: v for k, v in given.items() if v is not None}).check()
-        service.run_steps_on(RaySteps(where + colon + name, options, timeout=service.config.app_timeout))
+        service.run_steps_on(RaySteps(where, options, timeout=service.config.app_timeout))
     except ValueError as error:
         raise click.UsageError(str(error)) from None
 

@@ -70,9 +70,15 @@ def _servable(value) -> bool:
     return inspect.isclass(value) and issubclass(value, TomaatApp) and value is not TomaatApp
 
 
+def split_spec(spec: str) -> tuple[str, str]:
+    """(file or module, name) of `FILE_OR_MODULE[:NAME]`; a file whose own name holds ':' is all target."""
+    target, _, name = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
+    return target, name
+
+
 def load(spec: str):
     """A TomaatService, TomaatApp instance, or TomaatApp subclass (instantiated) named by spec."""
-    target, _, name = spec.partition(":") if not os.path.exists(spec) else (spec, "", "")
+    target, name = split_spec(spec)
     module, ran = _import(target)
     if not name and len(ran) == 1:
         return ran[0]  # what the file serves when run as `python app.py`
