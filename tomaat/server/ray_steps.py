@@ -21,6 +21,7 @@ import os
 import secrets
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from ..errors import AppTimeout, RequestError
@@ -29,6 +30,7 @@ log = logging.getLogger("tomaat.server")
 
 APPLICATION = "tomaat"
 STATUS_PERIOD = 2.0  # seconds between looks at the replicas, for /health and /info
+SHUTDOWN_TIMEOUT = 60.0  # Serve drains its replicas (graceful_shutdown_timeout_s) before Ray stops
 LOST = ("ActorDiedError", "ActorUnavailableError", "RayActorError", "ObjectLostError", "OwnerDiedError")
 
 
@@ -131,17 +133,25 @@ def start_ray(options: RayOptions) -> None:
         ray.init(address=options.address, log_to_driver=False, configure_logging=False)
 
 
-@dataclass(frozen=True)
 class _Image:
     """A SimpleITK image as Ray carries it best: its voxels as a NumPy view (one copy, into the object store,
     where replicas on the node read it without another) and its geometry. SimpleITK's own pickling copies
-    the voxels once more on each side."""
+    the voxels once more on each side.
 
-    voxels: object
-    vector: bool
-    spacing: tuple
-    origin: tuple
-    direction: tuple
+    The view does not own its memory: SimpleITK frees the voxels with the image. So the image itself is
+    kept here until the view has been serialized. Without it, a replica's answer was pickled after
+    `run` had returned and dropped the label image, and the allocator's bookkeeping overwrote the label's
+    first voxels (issue 22). Only the view and the geometry are pickled."""
+
+    __slots__ = ("voxels", "vector", "spacing", "origin", "direction", "_owner")
+
+    def __init__(self, voxels, vector: bool, spacing: tuple, origin: tuple, direction: tuple, owner=None):
+        self.voxels, self.vector = voxels, vector
+        self.spacing, self.origin, self.direction = spacing, origin, direction
+        self._owner = owner  # the image whose buffer `voxels` views, kept alive as long as this is
+
+    def __reduce__(self):
+        return _Image, (self.voxels, self.vector, self.spacing, self.origin, self.direction)
 
     @classmethod
     def of(cls, image):
@@ -149,9 +159,10 @@ class _Image:
 
         vector = image.GetNumberOfComponentsPerPixel() > 1
         geometry = (image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-        return cls(sitk.GetArrayViewFromImage(image), vector, *geometry)
+        return cls(sitk.GetArrayViewFromImage(image), vector, *geometry, owner=image)
 
     def image(self):
+        """A SimpleITK image of its own (GetImageFromArray copies), so nothing refers to Ray's buffer after."""
         import SimpleITK as sitk
 
         made = sitk.GetImageFromArray(self.voxels, isVector=self.vector)
@@ -211,12 +222,36 @@ class RaySteps:
         self._stop = threading.Event()
         self._local = options.address is None
         self._attached = False  # steps deployed by the cluster, not by this front end: left running at exit
+        self._owner: threading.Thread | None = None  # started Ray, stops it (setup's docstring says why)
 
     def setup(self, device: str) -> None:
-        """Start or join Ray and deploy the replicas: seconds, on a worker thread, before the port opens."""
+        """Start or join Ray and deploy the replicas: seconds, before the port opens.
+
+        Ray is started from a thread of this object's own that lives until close(), never from the calling
+        worker: a local instance's GCS and raylet die with the *thread* that started them (Ray sets
+        PR_SET_PDEATHSIG, which Linux ties to the creating thread). Started from a pool thread, they were
+        killed when the pool stopped at shutdown, before close() could stop Serve: close() then hung until
+        Ray aborted the process, and the raylet's agents were left running (issue 22)."""
+        self.device = device or self.device
+        ready: Future = Future()
+        self._owner = threading.Thread(target=self._own, args=(ready,), name="tomaat-ray", daemon=True)
+        self._owner.start()
+        ready.result()
+        threading.Thread(target=self._watch, name="tomaat-ray-status", daemon=True).start()
+
+    def _own(self, ready: Future) -> None:
+        try:
+            self._start()
+        except BaseException as error:  # noqa: BLE001 - handed to setup()'s caller
+            ready.set_exception(error)
+            return
+        ready.set_result(None)
+        self._stop.wait()
+        self._shut_down()
+
+    def _start(self) -> None:
         from ray import serve
 
-        self.device = device or self.device
         started = time.monotonic()
         start_ray(self.options)
         if self.options.address is not None and APPLICATION in serve.status().applications:
@@ -235,7 +270,6 @@ class RaySteps:
             self._status["running"], self.options.address or f"a local instance at {self.options.node_ip}",
             time.monotonic() - started,
         )  # fmt: skip
-        threading.Thread(target=self._watch, name="tomaat-ray-status", daemon=True).start()
 
     def _refresh(self) -> None:
         from ray import serve
@@ -299,7 +333,14 @@ class RaySteps:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        """Stop Serve and Ray on the thread that started them, and wait (bounded) until they are gone."""
         self._stop.set()
+        if self._owner is not None:
+            self._owner.join(SHUTDOWN_TIMEOUT)
+            if self._owner.is_alive():
+                log.warning("Ray did not shut down within %g s", SHUTDOWN_TIMEOUT)
+
+    def _shut_down(self) -> None:
         try:
             import ray
             from ray import serve

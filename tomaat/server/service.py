@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import signal
 import socket
 import threading
 import time
@@ -261,6 +262,7 @@ class TomaatService(Daemon):
         except Exception as error:
             log.exception("the app's setup(%r) failed", device)
             raise RuntimeError(f"the app's setup failed ({type(error).__name__}: {error})") from None
+        _reclaim_sigterm()
 
     async def stop(self):
         if self.announcer is not None:
@@ -332,3 +334,17 @@ def deferred_runs():
         yield ran
     finally:
         _LOADING.reset(token)
+
+
+def _reclaim_sigterm() -> None:
+    """Put the process's own SIGTERM handler back in front, if a library's setup pushed in its own.
+
+    Ray's core worker can install a C-level failure handler for SIGTERM (absl's: it logs "*** SIGTERM
+    received" and ends the process seconds later, whatever the shutdown is doing); one `tomaat serve --ray`
+    was seen aborted that way mid-shutdown. Python still knows its own handler (Twisted's); setting it
+    again makes it the one the kernel calls. Only the main thread may.
+    """
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.getsignal(signal.SIGTERM)
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
