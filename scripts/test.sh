@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# strace, DCMTK and GDCM's tools: what other tools' files and the real readers' file opens are tested with.
+bash scripts/test-tools.sh
 # The registry's store tests run on SQLite and on a real PostgreSQL that this script installs and starts.
 TOMAAT_TEST_POSTGRES_URL=$(bash scripts/postgres.sh | tail -n 1)
 export TOMAAT_TEST_POSTGRES_URL

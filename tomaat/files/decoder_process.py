@@ -15,6 +15,7 @@ answers.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import resource
@@ -85,7 +86,57 @@ def _limit_memory(extra: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (size + extra, size + extra))
 
 
+# NIfTI-2 fields (offset in the 540-byte header, format) and where the same field sits in NIfTI-1's 348 bytes.
+_NIFTI2_TO_1 = (
+    (524, "c", 39, "c"),  # dim_info
+    (16, "8q", 40, "8h"),  # dim
+    (80, "3d", 56, "3f"),  # intent_p1..p3
+    (504, "i", 68, "h"),  # intent_code
+    (12, "2h", 70, "2h"),  # datatype, bitpix
+    (224, "q", 74, "h"),  # slice_start
+    (104, "8d", 76, "8f"),  # pixdim
+    (176, "2d", 112, "2f"),  # scl_slope, scl_inter
+    (232, "q", 120, "h"),  # slice_end
+    (496, "i", 122, "b"),  # slice_code
+    (500, "i", 123, "B"),  # xyzt_units
+    (192, "4d", 124, "4f"),  # cal_max, cal_min, slice_duration, toffset
+    (240, "104s", 148, "104s"),  # descrip, aux_file
+    (344, "2i", 252, "2h"),  # qform_code, sform_code
+    (352, "18d", 256, "18f"),  # quatern_b..d, qoffset_x..z, srow_x, srow_y, srow_z
+    (508, "16s", 328, "16s"),  # intent_name
+)
+
+
+def _nifti1(path: str) -> str:
+    """A NIfTI-2 file rewritten as the NIfTI-1 file ITK reads (ITK 5's NiftiImageIO knows only NIfTI-1 and
+    calls a NIfTI-2 header 'bad datatype'); other files as they are. Each field keeps its value, in the
+    file's byte order; extensions are dropped (metadata). The header's doubles become NIfTI-1's floats,
+    as ITK keeps a NIfTI-1 geometry; a size past NIfTI-1's 32767 is refused by struct."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        head = handle.read(540)
+        order = next((o for o in "<>" if len(head) == 540 and struct.unpack(o + "i", head[:4])[0] == 540), None)
+        if order is None or head[4:8] != b"n+2\x00":
+            return path
+        offset = struct.unpack(order + "q", head[168:176])[0]
+        handle.read(max(offset, 544) - 540)
+        header = bytearray(352)
+        struct.pack_into(order + "i", header, 0, 348)
+        for old, old_format, new, new_format in _NIFTI2_TO_1:
+            struct.pack_into(order + new_format, header, new, *struct.unpack_from(order + old_format, head, old))
+        struct.pack_into(order + "f", header, 108, 352.0)
+        header[344:348] = b"n+1\x00"
+        rewritten = path.removesuffix(".gz").removesuffix(".nii") + "-nifti1.nii"
+        with open(rewritten, "wb") as target:
+            target.write(header)
+            while piece := handle.read(1 << 24):
+                target.write(piece)
+    return rewritten
+
+
 def _image(path: str, io: str, out: str) -> dict:
+    if io == "NiftiImageIO":
+        path = _nifti1(path)
     reader = sitk.ImageFileReader()
     reader.SetImageIO(io)
     reader.SetFileName(path)

@@ -17,6 +17,7 @@ to a client) and a gzip bomb stops at the size its header accounts for.
 from __future__ import annotations
 
 import math
+import re
 import struct
 import zlib
 
@@ -38,12 +39,20 @@ def _positive(sizes, where: str) -> list[int]:
     return list(sizes)
 
 
-# NRRD: field names compare without case and spaces, as teem compares them.
-_NRRD_FIELDS = {
-    "dimension", "type", "encoding", "sizes", "endian", "content", "kinds", "labels", "units", "spacings",
-    "thicknesses", "axismins", "axismaxs", "centers", "centerings", "space", "spacedimension", "spaceunits",
-    "spaceorigin", "spacedirections", "measurementframe", "min", "max", "oldmin", "oldmax", "sampleunits",
+# NRRD: every field name teem knows (NrrdIO's nrrdField enum and its equivalents), compared without case as teem
+# does; the second set is those this server accepts. `data file` would open another file, `line skip` and
+# `byte skip` would move the data, `block size` goes with a block type we do not read.
+_NRRD_KNOWN = {
+    "content", "number", "type", "block size", "blocksize", "dimension", "space", "space dimension",
+    "spacedimension", "sizes", "spacings", "thicknesses", "axis mins", "axismins", "axis maxs", "axismaxs",
+    "space directions", "spacedirections", "centers", "centerings", "kinds", "labels", "units", "min", "max",
+    "old min", "oldmin", "old max", "oldmax", "endian", "encoding", "line skip", "lineskip", "byte skip", "byteskip",
+    "sample units", "sampleunits", "space units", "spaceunits", "space origin", "spaceorigin", "measurement frame",
+    "measurementframe", "data file", "datafile", "key/value",
 }  # fmt: skip
+_NRRD_REFUSED = {"blocksize", "datafile", "lineskip", "byteskip", "key/value"}
+_NRRD_MAGIC = re.compile(rb"NRRD000[1-5]")
+_NRRD_LINE_END = re.compile(rb"\r\n|\r|\n")  # teem's airOneLine ends a line at each of these
 _NRRD_TYPES = {}
 for _size, _names in {
     1: "signed char,int8,int8_t,uchar,unsigned char,uint8,uint8_t",
@@ -61,33 +70,57 @@ def _nrrd_refuse(where: str, problem: str) -> UnreadableVolume:
     return UnreadableVolume(f"{where}: {problem}; expected {_NRRD_EXPECTED}")
 
 
+def nrrd_lines(head: bytes):
+    """(start, end of text, end of line) of each line of a NRRD header, split as teem splits them."""
+    at = 0
+    for end in _NRRD_LINE_END.finditer(head):
+        yield at, end.start(), end.end()
+        at = end.end()
+
+
+def nrrd_field(text: bytes) -> tuple[str | None, bytes]:
+    """(the field a header line sets, in teem's name without spaces, or None for a comment or key:=value pair;
+    its value), as teem's _nrrdReadNrrdParseField decides: the text before the first ': ' names a field
+    if teem knows it, else the line is a key/value pair if it holds ':=' anywhere, else it is an error ('')."""
+    if text.startswith(b"#"):
+        return None, b""
+    colon = text.find(b": ")
+    name = text[:colon].decode("latin-1").lower() if colon >= 0 else ""
+    if name in _NRRD_KNOWN:
+        return name.replace(" ", ""), text[colon + 2 :].lstrip(b" \t")
+    if b":=" in text:
+        return None, b""
+    return "", text
+
+
 def nrrd_header(raw, where: str) -> tuple[dict[str, str], int]:
-    """Every field of a NRRD header, and where its data starts."""
+    """Every field of a NRRD header, and where its data starts, read as teem reads them."""
     head = bytes(raw[:HEADER_BYTES])
-    fields, at = {}, 0
-    for number, line in enumerate(head.split(b"\n")):
-        end = at + len(line) + 1
-        if end > len(head):
-            raise _nrrd_refuse(where, f"the NRRD header does not end with a blank line within {HEADER_BYTES} bytes")
-        text = line.rstrip(b"\r").decode("latin-1")
-        at = end
-        if number == 0 or text.startswith("#"):
+    fields = {}
+    for start, text_end, end in nrrd_lines(head):
+        text = head[start:text_end]
+        if b"\0" in text:
+            raise _nrrd_refuse(where, f"the NRRD header's line at byte {start} holds a NUL byte")
+        if start == 0:
+            if not _NRRD_MAGIC.fullmatch(text):
+                raise _nrrd_refuse(where, f"the NRRD file's first line {text[:20]!r} is not NRRD0001 to NRRD0005")
             continue
         if not text:
-            return fields, at
-        pair, field = text.find(":="), text.find(": ")
-        if pair >= 0 and (field < 0 or pair < field):
-            continue  # a key/value pair: metadata the decoder keeps, never a file name
-        name, sep, value = text.partition(":")
-        key = name.lower().replace(" ", "")
+            return fields, end
+        key, value = nrrd_field(text)
+        if key is None:
+            continue  # a comment or a key/value pair: metadata, never a file name
         if key == "datafile":
             raise _nrrd_refuse(where, "detached NRRD headers are not accepted (the header names a data file)")
-        if not sep or key not in _NRRD_FIELDS:
-            raise _nrrd_refuse(where, f"the NRRD header's field {name[:40]!r} is not one this server reads")
+        shown = text[: max(text.find(b":"), 0) or 40].decode("latin-1")[:40]
+        if key == "":
+            raise _nrrd_refuse(where, f"the NRRD header's line {shown!r} is neither 'field: value' nor 'key:=value'")
+        if key in _NRRD_REFUSED:
+            raise _nrrd_refuse(where, f"the NRRD header's field {shown!r} is not one this server reads")
         if key in fields:
-            raise _nrrd_refuse(where, f"the NRRD header gives {name.strip()!r} more than once")
-        fields[key] = value.strip()
-    raise _nrrd_refuse(where, "the NRRD header ends without a blank line before the data")
+            raise _nrrd_refuse(where, f"the NRRD header gives {shown!r} more than once")
+        fields[key] = value.decode("latin-1").strip()
+    raise _nrrd_refuse(where, f"the NRRD header does not end with a blank line within {HEADER_BYTES} bytes")
 
 
 def _nrrd_layout(raw, where: str) -> tuple[list[int], int, str, int]:
@@ -151,6 +184,11 @@ def _nifti_layout(head: bytes, where: str) -> tuple[int, int, int, int]:
         raise UnreadableVolume(f"{where}: the NIfTI header is truncated or corrupt (a single-file .nii is expected)")
     if not 1 <= dims[0] <= 7:
         raise UnreadableVolume(f"{where}: the NIfTI header gives {dims[0]} dimensions; expected 1 to 7")
+    if size == 540 and max(dims[1 : dims[0] + 1]) > 32767:
+        raise UnreadableVolume(
+            f"{where}: the NIfTI-2 header gives an axis of {max(dims[1 : dims[0] + 1])} voxels; "
+            "expected at most 32767 per axis (the NIfTI-1 limit of this server's reader)"
+        )
     if datatype not in _NIFTI_BYTES:
         raise UnreadableVolume(f"{where}: the NIfTI datatype code {datatype} is not one this server reads")
     if not math.isfinite(offset) or not 0 <= offset < 2**40:

@@ -3,12 +3,24 @@
 Volumes arrive as uncompressed MHA far more often than anything else (it is
 what TOMAAT-Slicer and our client send), and writing 1 GB to a scratch file
 only for SimpleITK to read it back doubled the decode time. Reading it here
-also means the header that sets the size limit is the header that is decoded:
-when a check and MetaIO read the same header two ways (a second DimSize, a
-lower-case key, a `HeaderSize` that skips bytes), the check can be fooled. So
-every line is parsed, keys are taken in MetaIO's spelling exactly once, and
-anything else is refused with the key named; the data must hold exactly the
-bytes the header announces, raw or once inflated.
+also means the header that sets the size limit is the header that is decoded.
+
+The header is read as MetaIO's MET_Read reads it (metaUtils.cxx, checked
+against SimpleITK's MetaImageIO in tests/test_header_differential.py), so a
+file means here what it means to every other tool: leading white space and
+blank lines are skipped; a key ends at the first '=' or ':' and is compared
+case-sensitively; the value runs to the next LF, a CR before it dropped; a key
+MetaIO does not know is metadata (ITK writes its dictionary that way:
+ITK_InputFilterName, ITK_original_direction, NIfTI's qform_code_name ...), kept
+by MetaIO and ignored here; the ElementDataFile line ends the header. Where
+MetaIO reads a header in a way a check could be walked around by, or that
+depends on its version, the file is refused with the key named: a field it
+knows given twice (MetaIO keeps the last), two synonyms at once (Origin beats
+Offset whatever their order), a number list shorter or longer than its field
+(MetaIO reads on into the next line), a bare CR or NUL (MetaIO reads on past
+the first and stops at the second), a field before the NDims it depends on, a
+HeaderSize that moves the data. The data must hold exactly the bytes the
+header announces, raw or once inflated.
 
 Compressed data goes through ISA-L (python-isal), which writes the same zlib
 streams: on a 256^3 label map it compresses in 9 ms to 0.89 MB where
@@ -40,44 +52,40 @@ DTYPES = {
     "MET_FLOAT": np.float32,
     "MET_DOUBLE": np.float64,
 }
-# Keys with a meaning here, each under its MetaIO synonyms; the first name is the one kept.
-_SYNONYMS = {"Position": "Offset", "Origin": "Offset", "Rotation": "TransformMatrix", "Orientation": "TransformMatrix"}
-_USED = {
-    "ObjectType",
-    "NDims",
-    "BinaryData",
-    "BinaryDataByteOrderMSB",
-    "ElementByteOrderMSB",
-    "CompressedData",
-    "CompressedDataSize",
-    "TransformMatrix",
-    "Offset",
-    "ElementSpacing",
-    "DimSize",
-    "ElementType",
-    "ElementNumberOfChannels",
-    "ElementDataFile",
+# Every field MetaIO's image reader knows (MetaObject's, then MetaImage's read fields), and what its value is:
+# text, or how many numbers: a count, "dims" (NDims of them) or "matrix" (NDims squared).
+_FIELDS = {
+    **dict.fromkeys(
+        ("ObjectType", "ObjectSubType", "Comment", "AcquisitionDate", "Name", "CompressedData", "BinaryData")
+        + ("ElementByteOrderMSB", "BinaryDataByteOrderMSB", "DistanceUnits", "AnatomicalOrientation", "Modality")
+        + ("ElementType", "ElementDataFile"),
+        "text",
+    ),
+    **dict.fromkeys(
+        ("FileFormatVersion", "NDims", "ID", "ParentID", "CompressedDataSize", "HeaderSize", "ElementMin")
+        + ("ElementMax", "ElementNumberOfChannels", "ElementNBits", "ElementToIntensityFunctionSlope")
+        + ("ElementToIntensityFunctionOffset",),
+        1,
+    ),
+    "Color": 4,
+    **dict.fromkeys(
+        ("Position", "Origin", "Offset", "CenterOfRotation", "ElementSpacing", "DimSize", "ImagePosition")
+        + ("SequenceID", "ElementSize"),
+        "dims",
+    ),
+    **dict.fromkeys(("TransformMatrix", "Rotation", "Orientation"), "matrix"),
 }
-# Keys that describe the image without changing how its bytes are read.
-_IGNORED = {
-    "Comment",
-    "Name",
-    "ID",
-    "ParentID",
-    "Color",
-    "Modality",
-    "AnatomicalOrientation",
-    "CenterOfRotation",
-    "ElementSize",
-    "ElementMin",
-    "ElementMax",
-    "ObjectSubType",
-    "TransformType",
-    "AcquisitionDate",
-}
-_LINE = re.compile(rb"[ \t]*([^\r\n=:]*?)[ \t]*[=:][ \t]*([^\r\n]*?)[ \t]*(?:\r\n|\n|\r)")
-_BLANK = re.compile(rb"[ \t]*(?:\r\n|\n|\r)")
+_WHOLE_NUMBERS = {"NDims", "DimSize", "CompressedDataSize", "HeaderSize", "ElementNumberOfChannels"}
+# MetaIO's synonyms, each group kept under its first name; MetaIO's precedence among them is not their order.
+_SYNONYMS = (("Offset", "Position", "Origin", "ImagePosition"), ("TransformMatrix", "Rotation", "Orientation"))
+_OLD_SPELLINGS = {"Position", "Origin", "Rotation", "Orientation"}  # ignored by some MetaIO once FileFormatVersion > 0
+_LOCAL = {"LOCAL", "Local", "local"}  # what MetaIO takes for "the data follows the header"
+_SPACE = re.compile(rb"[ \t\n\r\v\f]*")  # isspace(), skipped before a key
+_NAME = re.compile(rb"[^=:\r\n]*")
+_NUMBER = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_WHOLE = re.compile(rb"[+-]?\d+")
 MAX_HEADER = 65536
+MAX_NAME = 500  # MetaIO stops reading the header at a longer key
 MAX_DIMS = 5
 EXPECTED = "a single .mha file with 'ElementDataFile = LOCAL' as its last header line"
 
@@ -111,59 +119,97 @@ def _truncated(where: str, detail: str) -> UnreadableVolume:
     return UnreadableVolume(f"{where}: the mha file could not be read (truncated or corrupt): {detail}")
 
 
+def _field_numbers(name: str, value: bytes, keys: dict, where: str) -> str:
+    """A known numeric field's value, refused unless it is exactly the numbers MetaIO reads for it."""
+    kind = _FIELDS[name]
+    if kind in ("dims", "matrix"):
+        if "NDims" not in keys:
+            raise _refuse(where, f"the MHA header gives {name} before NDims, which MetaIO refuses")
+        dims = int(keys["NDims"])
+        count = dims if kind == "dims" else dims * dims
+    else:
+        count = kind
+    parts = value.split()
+    pattern = _WHOLE if name in _WHOLE_NUMBERS else _NUMBER
+    if len(parts) != count or not all(pattern.fullmatch(part) for part in parts):
+        what = "whole numbers" if name in _WHOLE_NUMBERS else "numbers"
+        raise _refuse(where, f"the MHA header's {name} is not {count} {what} (got {value[:60].decode('latin-1')!r})")
+    if not all(math.isfinite(float(part)) for part in parts):
+        raise _refuse(where, f"the MHA header's {name} is not {count} finite numbers")
+    if name == "NDims" and not 1 <= int(parts[0]) <= 10:
+        raise _refuse(where, f"the MHA header's NDims is {int(parts[0])}; 2 to {MAX_DIMS} are read")
+    return value.decode("ascii")
+
+
 def _lines(raw, where: str) -> tuple[dict[str, str], int]:
-    """Every header line up to ElementDataFile, each key once and in MetaIO's spelling."""
+    """The fields MetaIO would read, up to and with ElementDataFile, and where the data starts."""
     head = bytes(raw[:MAX_HEADER])
     keys, at = {}, 0
     while True:
-        blank = _BLANK.match(head, at)
-        if blank is not None:
-            at = blank.end()
-            continue
-        line = _LINE.match(head, at)
-        if line is None:
-            if len(head) == MAX_HEADER and b"ElementDataFile" not in head:
+        at = _SPACE.match(head, at).end()
+        name_end = _NAME.match(head, at).end()
+        line_end = head.find(b"\n", name_end)
+        if at == len(head) or line_end < 0:
+            if len(head) == MAX_HEADER:
                 raise _refuse(where, f"the MHA header is longer than {MAX_HEADER} bytes")
+            raise _refuse(where, "the MHA header ends before its ElementDataFile line")
+        if name_end - at >= MAX_NAME:
+            raise _refuse(where, f"the MHA header's line at byte {at} has a key longer than {MAX_NAME - 1} characters")
+        if head[name_end] in b"\r\n":
             raise _refuse(where, f"the MHA header's line at byte {at} is not 'Key = value'")
-        name = line.group(1).decode("latin-1")
-        key = _SYNONYMS.get(name, name)
-        if key not in _USED and key not in _IGNORED:
-            raise _refuse(where, f"the MHA header has the key {name[:40]!r}, which this server does not read")
-        if key in keys:
-            raise _refuse(where, f"the MHA header gives {key} more than once")
-        keys[key], at = line.group(2).decode("latin-1"), line.end()
-        if key == "ElementDataFile":
-            if keys[key] != "LOCAL":
+        line = head[at:line_end]
+        if b"\0" in line:
+            raise _refuse(where, f"the MHA header's line at byte {at} holds a NUL byte")
+        value = head[name_end:line_end].lstrip(b"=: \t")
+        value = value[:-1] if value.endswith(b"\r") else value
+        if b"\r" in value:
+            raise _refuse(
+                where, f"the MHA header's line at byte {at} holds a CR that does not end it (MetaIO reads on)"
+            )
+        value = value.rstrip(b" \t")
+        name = head[at:name_end].rstrip(b" \t").decode("latin-1")
+        at = line_end + 1
+        if name not in _FIELDS:
+            continue  # metadata: MetaIO keeps it in the image's dictionary, nothing reads it to decode
+        if name in keys:
+            raise _refuse(where, f"the MHA header gives {name} more than once")
+        keys[name] = value.decode("latin-1") if _FIELDS[name] == "text" else _field_numbers(name, value, keys, where)
+        if name == "ElementDataFile":
+            if keys[name] not in _LOCAL:
                 raise _refuse(where, "detached .mhd/.raw pairs are not accepted (ElementDataFile is not LOCAL)")
-            return keys, at
+            return _merged(keys, where), at
 
 
-def _flag(keys: dict, key: str, where: str) -> bool:
-    value = keys.get(key, "False")
-    if value not in ("True", "False"):
-        raise _refuse(where, f"the MHA header's {key} is {value[:20]!r}, not True or False")
-    return value == "True"
+def _merged(keys: dict, where: str) -> dict:
+    """Synonyms under one name, ElementSize standing for a missing ElementSpacing, as MetaIO decodes them."""
+    for group in _SYNONYMS:
+        given = [name for name in group if name in keys]
+        if len(given) > 1:
+            raise _refuse(where, f"the MHA header gives both {given[0]} and {given[1]}; expected one of them")
+        if given:
+            keys[group[0]] = keys.pop(given[0])
+            if given[0] in _OLD_SPELLINGS and float(keys.get("FileFormatVersion", "0")) != 0:
+                raise _refuse(where, f"the MHA header's {given[0]} is read or not depending on the MetaIO version")
+    if "ElementSpacing" not in keys and "ElementSize" in keys:
+        keys["ElementSpacing"] = keys["ElementSize"]
+    if "HeaderSize" in keys and int(keys["HeaderSize"]) != 0:
+        raise _refuse(
+            where,
+            f"the key 'HeaderSize' = {keys['HeaderSize'][:20]} makes MetaIO read data elsewhere than after the header",
+        )
+    return keys
 
 
-def _whole(keys: dict, key: str, where: str, count: int | None = None) -> list[int]:
-    try:
-        values = [int(part) for part in keys[key].split()]
-    except (KeyError, ValueError):
-        raise _refuse(where, f"the MHA header has no valid {key} (whole numbers)") from None
-    if not values or min(values) <= 0 or (count is not None and len(values) != count):
-        what = "size" if key == "DimSize" else key
-        raise _refuse(where, f"the MHA header gives no valid {what} ({key} must be {count} positive whole numbers)")
-    return values
+def _flag(keys: dict, key: str) -> bool:
+    """MetaIO's reading of a True/False field: true when its first character is T, t or 1."""
+    return keys.get(key, "")[:1] in ("T", "t", "1")
 
 
 def _reals(keys: dict, key: str, count: int, default: list[float], where: str) -> list[float]:
     if key not in keys:
         return default
-    try:
-        values = [float(part) for part in keys[key].split()]
-    except ValueError:
-        values = []
-    if len(values) != count or not all(math.isfinite(v) for v in values):
+    values = [float(part) for part in keys[key].split()]
+    if len(values) != count:  # NDims was checked against these lengths when the header was read
         raise _refuse(where, f"the MHA header's {key} is not {count} finite numbers")
     return values
 
@@ -173,23 +219,34 @@ def parse_header(raw, where: str = "volume") -> Header:
     keys, start = _lines(raw, where)
     if keys.get("ObjectType", "Image") != "Image":
         raise _refuse(where, f"the MHA object is a {keys['ObjectType'][:20]!r}, not an Image")
-    if not _flag(keys, "BinaryData", where) and "BinaryData" in keys:
+    if "BinaryData" in keys and not _flag(keys, "BinaryData"):
         raise _refuse(where, "text (BinaryData = False) MHA data is not accepted")
-    dims = _whole(keys, "NDims", where, 1)[0]
+    for key in ("NDims", "DimSize", "ElementType"):
+        if key not in keys:
+            raise _refuse(where, f"the MHA header has no {key}, which MetaIO requires")
+    dims = int(keys["NDims"])
     if not 2 <= dims <= MAX_DIMS:
         raise _refuse(where, f"the MHA header's NDims is {dims}; 2 to {MAX_DIMS} are read")
-    sizes = _whole(keys, "DimSize", where, dims)
-    channels = _whole(keys, "ElementNumberOfChannels", where, 1)[0] if "ElementNumberOfChannels" in keys else 1
-    if keys.get("ElementType") not in DTYPES:
+    sizes = [int(part) for part in keys["DimSize"].split()]
+    channels = int(keys.get("ElementNumberOfChannels", "1"))
+    if min(sizes) <= 0 or channels <= 0:
         raise _refuse(
-            where,
-            f"the MHA header's ElementType {keys.get('ElementType', '')[:20]!r} is not one of {', '.join(DTYPES)}",
+            where, "the MHA header gives no valid size (DimSize and ElementNumberOfChannels must be positive)"
+        )
+    if keys["ElementType"] not in DTYPES:
+        raise _refuse(
+            where, f"the MHA header's ElementType {keys['ElementType'][:20]!r} is not one of {', '.join(DTYPES)}"
         )
     dtype = np.dtype(DTYPES[keys["ElementType"]])
-    if _flag(keys, "BinaryDataByteOrderMSB", where) or _flag(keys, "ElementByteOrderMSB", where):
+    orders = {_flag(keys, key) for key in ("BinaryDataByteOrderMSB", "ElementByteOrderMSB") if key in keys}
+    if len(orders) > 1:
+        raise _refuse(where, "the MHA header's BinaryDataByteOrderMSB and ElementByteOrderMSB disagree")
+    if True in orders:
         dtype = dtype.newbyteorder(">")
-    compressed = _flag(keys, "CompressedData", where)
-    packed = _whole(keys, "CompressedDataSize", where, 1)[0] if compressed and "CompressedDataSize" in keys else None
+    compressed = _flag(keys, "CompressedData")
+    packed = int(keys["CompressedDataSize"]) if compressed and "CompressedDataSize" in keys else None
+    if packed is not None and packed <= 0:
+        raise _refuse(where, "the MHA header's CompressedDataSize must be positive")
     return Header(tuple(sizes), channels, dtype, compressed, start, packed, keys)
 
 
