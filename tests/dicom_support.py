@@ -116,3 +116,46 @@ def shuffled(datasets: list[Dataset], seed: int = 3) -> list[bytes]:
     order = list(range(len(datasets)))
     random.Random(seed).shuffle(order)
     return [encode(datasets[i]) for i in order]
+
+
+def ct_datasets_of(kind: str, columns: int = 24, rows: int = 20, slices: int = 12) -> list[Dataset]:
+    """ct_datasets stored another way, for the codecs that take only some: "s16" (as ct_datasets: signed
+    16 bits), "u16" and "u12" (unsigned, 16 or 12 bits stored, the intercept moved so the HU stay the same)
+    and "u8" (8 bits, what baseline JPEG holds)."""
+    datasets = ct_datasets(columns, rows, slices)
+    if kind == "s16":
+        return datasets
+    for ds in datasets:
+        values = ds.pixel_array.astype(np.int32) + 200  # 0 ... 2999: fits 12 bits
+        if kind == "u8":
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+            ds.PixelData = (values % 256).astype(np.uint8).tobytes()
+        else:
+            bits = {"u16": 16, "u12": 12}[kind]
+            ds.BitsStored, ds.HighBit = bits, bits - 1
+            ds.PixelData = values.astype("<u2").tobytes()
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = INTERCEPT - 200
+    return datasets
+
+
+def hu(datasets: list[Dataset]) -> np.ndarray:
+    """(z, y, x) rescaled values of datasets in slice order, by pydicom's reading of their native pixel data."""
+    return np.stack(
+        [ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in datasets]
+    )
+
+
+def without_uids(data: bytes) -> bytes:
+    """The instance as an anonymiser that removes Study, Series and SOP Instance UIDs leaves it, pixel data untouched."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        if key in ds:
+            delattr(ds, key)
+    if "MediaStorageSOPInstanceUID" in ds.file_meta:
+        del ds.file_meta.MediaStorageSOPInstanceUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer)  # not enforce_file_format: that needs the UIDs removed here
+    return buffer.getvalue()

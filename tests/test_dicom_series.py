@@ -29,6 +29,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import (
     BasicTextSRStorage,
     ExplicitVRBigEndian,
+    HTJ2KLossless,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
     RLELossless,
@@ -197,7 +198,12 @@ def _colour(datasets):
     ds.PixelData = bytes(ds.Rows * ds.Columns * 3)
 
 
-def _jpeg(datasets):
+def _htj2k(datasets):
+    datasets[8].file_meta.TransferSyntaxUID = HTJ2KLossless
+    datasets[8].PixelData = encapsulate([b"\xff\x4f\xff\x51"])
+
+
+def _jpeg_without_a_frame(datasets):
     datasets[8].file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     datasets[8].PixelData = encapsulate([b"\xff\xd8\xff\xd9"])
 
@@ -230,10 +236,14 @@ REFUSALS = {
     "two series": (_two_series, "the files hold 2 series ("),
     "sheared": (_sheared, "the slices are sheared (gantry tilt?)"),
     "colour": (_colour, "a colour image (RGB, 3 samples per pixel); expected a grayscale image"),
-    "compressed": (
-        _jpeg,
-        "transfer syntax JPEG Baseline (Process 1) (1.2.840.10008.1.2.4.50) is compressed or unknown; "
-        "expected uncompressed pixel data",
+    "not decoded": (
+        _htj2k,
+        "transfer syntax High-Throughput JPEG 2000 Image Compression (Lossless Only) (1.2.840.10008.1.2.4.201) is not one this reader decodes; expected "
+        "uncompressed, deflated, RLE, JPEG (baseline, extended, lossless), JPEG-LS or JPEG 2000 pixel data",
+    ),
+    "no JPEG frame": (
+        _jpeg_without_a_frame,
+        "file 9 of 12: its JPEG stream has no readable frame header; expected JPEG Baseline (Process 1) pixel data",
     ),
     "truncated pixels": (_truncated_pixels, "file 10 of 12: its pixel data cannot be decoded (ValueError: "),
     "one slice": (_one_slice, "file 1 of 1: one slice: expected a volume of at least 2 slices"),

@@ -24,10 +24,10 @@ import numpy as np
 import pydicom
 from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
-from pydicom.uid import JPEGBaseline8Bit, generate_uid
+from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit, generate_uid
 
 from ..files.decoder_process import _probe, serve
+from .pixels import NATIVE, PLUGINS
 from .segmentation import build
 from .slices import DECODABLE, Refused, read, stack, voxels
 
@@ -56,9 +56,11 @@ def _series(folder: str, message: dict, out: str) -> dict:
         "origin": list(volume.origin),
         "direction": list(volume.direction),
         "order": volume.order,
-        "instances": [{"uid": str(d.SOPInstanceUID), "class": str(d.get("SOPClassUID", ""))} for d in volume.datasets],
+        "instances": [
+            {"uid": str(d.get("SOPInstanceUID", "")), "class": str(d.get("SOPClassUID", ""))} for d in volume.datasets
+        ],
         "study_uid": str(first.get("StudyInstanceUID", "")),
-        "series_uid": str(first.SeriesInstanceUID),
+        "series_uid": str(first.get("SeriesInstanceUID", "")),
         "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
         "modality": str(first.get("Modality", "")),
         "description": str(first.get("SeriesDescription", "")),
@@ -90,33 +92,96 @@ def _handle(folder: str, message: dict) -> dict:
     raise ValueError(op)
 
 
-def _tiny_series(syntax: str, slope: float = 1.0) -> list[bytes]:
-    """Three 4 x 3 CT slices in `syntax`, written by pydicom: what the warm-up reads."""
+def _tiny_series(folder: str, syntax: str, slope: float = 1.0, uids: bool = True) -> list[bytes]:
+    """Three 4 x 3 CT slices in `syntax`, written by pydicom, or 32 x 32 compressed by GDCM (OpenJPEG's
+    smallest at its default resolution levels): what the warm-up reads."""
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    bits, signed = {JPEGBaseline8Bit: (8, 0), JPEGExtended12Bit: (12, 0)}.get(syntax, (16, 1))
     files = []
     for k in range(3):
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = syntax
-        ds.SOPClassUID, ds.SOPInstanceUID = pydicom.uid.CTImageStorage, generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.file_meta.TransferSyntaxUID = syntax if syntax in NATIVE else pydicom.uid.ExplicitVRLittleEndian
+        ds.SOPClassUID = pydicom.uid.CTImageStorage
+        if uids:
+            ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), study, series
+        ds.FrameOfReferenceUID = frame
         ds.SpecificCharacterSet, ds.Modality, ds.SeriesDescription = "ISO_IR 100", "CT", "warm-up"
-        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, 4, 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.Rows, ds.Columns = (3, 4) if syntax in NATIVE or syntax == pydicom.uid.RLELossless else (32, 32)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
+            (bits + 7) // 8 * 8,
+            bits,
+            bits - 1,
+            signed,
+        )
         ds.PixelSpacing, ds.ImageOrientationPatient = [0.5, 0.5], [1, 0, 0, 0, 0.8, 0.6]
         ds.ImagePositionPatient = [1.5, 2.0 - 1.5 * k, 2.5 + 2.0 * k]  # 2.5 mm steps along the normal
         ds.RescaleSlope, ds.RescaleIntercept = slope, -1024
-        pixels = np.arange(12, dtype="<i2").reshape(3, 4) + k
+        pixels = np.arange(ds.Rows * ds.Columns).reshape(ds.Rows, ds.Columns) % 200 + k
+        dtype = {8: "u1", 12: "<u2", 16: "<i2"}[bits]
+        if syntax == pydicom.uid.ExplicitVRBigEndian:
+            dtype = ">i2"
+        ds.PixelData = pixels.astype(dtype).tobytes()
+        data = _part10(ds)
         if syntax == pydicom.uid.RLELossless:
-            ds.compress(syntax, pixels, encoding_plugin="pydicom")
-        elif syntax not in DECODABLE:
-            ds.PixelData = encapsulate([b"\xff\xd8\xff\xd9"])  # refused before anything decodes it
-        else:
-            ds.PixelData = pixels.astype(">i2" if syntax == pydicom.uid.ExplicitVRBigEndian else "<i2").tobytes()
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        files.append(buffer.getvalue())
+            ds.compress(syntax, pixels.astype(dtype), encoding_plugin="pydicom")
+            data = _part10(ds)
+        elif syntax in PLUGINS:
+            data = _gdcm_compress(folder, data, syntax)
+            if not uids:  # GDCM's writer makes up the UIDs that are missing
+                ds = pydicom.dcmread(io.BytesIO(data))
+                for key in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+                    delattr(ds, key)
+                del ds.file_meta.MediaStorageSOPInstanceUID
+                data = _part10(ds)
+        files.append(data)
     return files
+
+
+def _part10(ds: Dataset) -> bytes:
+    """A Part 10 file, also of a dataset whose instance UIDs an anonymiser removed (so has its file meta)."""
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    if "SOPInstanceUID" in ds:
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    ds.preamble = b"\0" * 128
+    buffer = io.BytesIO()
+    ds.save_as(
+        buffer,
+        implicit_vr=ds.file_meta.TransferSyntaxUID == pydicom.uid.ImplicitVRLittleEndian,
+        little_endian=ds.file_meta.TransferSyntaxUID != pydicom.uid.ExplicitVRBigEndian,
+    )
+    return buffer.getvalue()
+
+
+def _gdcm_compress(folder: str, data: bytes, syntax: str) -> bytes:
+    """`data` (an uncompressed instance) compressed by GDCM's encoders, the warm-up's only encoder for JPEG."""
+    import gdcm
+
+    source, target = os.path.join(folder, "warm-source"), os.path.join(folder, "warm-target")
+    with open(source, "wb") as handle:
+        handle.write(data)
+    reader = gdcm.ImageReader()
+    reader.SetFileName(source)
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(str(syntax))))
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(target)
+    if not reader.Read():
+        raise RuntimeError("GDCM could not read the warm-up slice")
+    change.SetInput(reader.GetImage())
+    if not change.Change():
+        raise RuntimeError(f"GDCM could not compress the warm-up slice to {syntax}")
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    if not writer.Write():
+        raise RuntimeError(f"GDCM could not write the warm-up slice in {syntax}")
+    with open(target, "rb") as handle:
+        compressed = handle.read()
+    os.unlink(source)
+    os.unlink(target)
+    return compressed
 
 
 def _warm(folder: str) -> None:
@@ -144,8 +209,14 @@ def _warm(folder: str) -> None:
                 os.unlink(os.path.join(folder, name))
 
     for syntax in DECODABLE:
-        run("series", _tiny_series(syntax))
-    files = _tiny_series(pydicom.uid.ExplicitVRLittleEndian, slope=0.5)
+        run("series", _tiny_series(folder, syntax))
+    run("series", _tiny_series(folder, pydicom.uid.JPEG2000Lossless, uids=False))
+    lying = pydicom.dcmread(io.BytesIO(_tiny_series(folder, pydicom.uid.JPEGLSLossless)[0]))
+    lying.Rows = 64  # the stream says 32: refused before GDCM sees it
+    buffer = io.BytesIO()
+    lying.save_as(buffer)
+    run("series", [buffer.getvalue(), *_tiny_series(folder, pydicom.uid.JPEGLSLossless)[1:]], True)
+    files = _tiny_series(folder, pydicom.uid.ExplicitVRLittleEndian, slope=0.5)
     answer = run("series", files)
     label = np.zeros((3, 3, 4), np.uint8)
     label[1, 1:, 1:3], label[2, 0, 0] = 1, 3
@@ -175,7 +246,7 @@ def _warm(folder: str) -> None:
         params={**params, "series_uid": "2.25.1"},
     )
     run("seg", files, True, order=order, label_dtype=dtype, label=label[:1], segments=segments, params=params)
-    bad = _tiny_series(JPEGBaseline8Bit)[:1] + [b"not DICOM" * 20]
+    bad = _tiny_series(folder, JPEGBaseline8Bit)[:1] + [b"not DICOM" * 20]
     for refused in ([b"not DICOM" * 20], bad[:1], files[:1], files + files[:1], [files[0], files[2]]):
         run("series", refused, True)
     not_image = pydicom.dcmread(io.BytesIO(files[0]))

@@ -59,12 +59,12 @@ class DicomSeries:
     """One series as a volume; `files` and `order` keep what the SEG step sends to the decoder again."""
 
     image: sitk.Image
-    study_uid: str
-    series_uid: str
+    study_uid: str  # "" when the slices name none (an anonymiser removed them): a volume still, but no SEG
+    series_uid: str  # "" likewise
     frame_of_reference_uid: str  # "" when the slices name none: a volume still, but no SEG can be made on it
     modality: str
     description: str
-    instances: tuple[str, ...]  # SOPInstanceUID of each slice, in slice order (image z index)
+    instances: tuple[str, ...]  # SOPInstanceUID of each slice ("" where none), in slice order (image z index)
     sop_classes: tuple[str, ...]  # SOPClassUID of each slice, in slice order
     files: tuple[bytes, ...] = field(repr=False)  # the instances' bytes, in slice order
     order: tuple[int, ...] = field(repr=False)  # the index, in the files given, of each slice
@@ -111,6 +111,21 @@ def write_seg(
     `series_uid` is the SEG's SeriesInstanceUID (a new one if None), for a caller that must know it
     before storing. The bytes are not parsed here.
     """
+    missing = [
+        what
+        for what, absent in (
+            ("StudyInstanceUID", not series.study_uid),
+            ("SeriesInstanceUID", not series.series_uid),
+            ("SOPInstanceUID", not all(series.instances)),
+        )
+        if absent
+    ]
+    if missing:
+        # A SEG names its study and each source instance; UIDs made up here would name nothing a viewer has.
+        raise DicomError(
+            f"the series' files carry no {' and no '.join(missing)} (removed by an anonymiser?), which a DICOM SEG "
+            "must reference; expected a series whose files keep their UIDs"
+        )
     if not series.frame_of_reference_uid:
         raise DicomError(
             "the series has no FrameOfReferenceUID, which a DICOM SEG must share with its images; "
@@ -213,8 +228,9 @@ def _series(answer: dict, decoder, files: list[bytes]) -> DicomSeries:
     instances = answer["instances"]
     if not isinstance(instances, list) or len(instances) != count or not all(isinstance(i, dict) for i in instances):
         raise ValueError("instances")
-    uids = tuple(_uid(item["uid"]) for item in instances)
-    if len(set(uids)) != count:
+    uids = tuple("" if item["uid"] == "" else _uid(item["uid"]) for item in instances)
+    named = [uid for uid in uids if uid]
+    if len(set(named)) != len(named):
         raise ValueError("duplicate instances")
     size = math.prod(shape) * np.dtype(dtype).itemsize
     if size > MAX_VOXEL_BYTES:
@@ -233,8 +249,8 @@ def _series(answer: dict, decoder, files: list[bytes]) -> DicomSeries:
     image.SetDirection(direction)
     return DicomSeries(
         image=image,
-        study_uid=_uid(answer["study_uid"]),
-        series_uid=_uid(answer["series_uid"]),
+        study_uid="" if answer["study_uid"] == "" else _uid(answer["study_uid"]),
+        series_uid="" if answer["series_uid"] == "" else _uid(answer["series_uid"]),
         frame_of_reference_uid=_uid(answer["frame_of_reference_uid"]) if answer["frame_of_reference_uid"] else "",
         modality=_text(answer["modality"], 16),
         description=_text(answer["description"], 64),

@@ -16,23 +16,10 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    RLELossless,
-)
 
-# Decoded by pydicom and numpy alone. JPEG and JPEG 2000 would need Pillow, OpenJPEG or pylibjpeg C code
-# on hostile bytes, and every decoder a warm-up must load; a PACS transcodes to these on request.
-DECODABLE = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    DeflatedExplicitVRLittleEndian,
-    RLELossless,
-)
+from . import pixels
+from .pixels import DECODABLE
+
 NOT_IMAGES = {
     "1.2.840.10008.5.1.4.1.1.66.4": "a segmentation",  # Segmentation Storage
     "1.2.840.10008.5.1.4.1.1.66.7": "a segmentation",  # Label Map Segmentation Storage
@@ -41,10 +28,10 @@ ORIENTATION_TOLERANCE = 1e-4  # direction cosines
 SPACING_TOLERANCE = 1e-4  # mm, in-plane pixel spacing between slices
 DUPLICATE = 0.01  # mm: slices closer than this along the normal are the same slice twice
 _DEFER = 4096  # bytes: pixel data stays in the file until the slice order is known
+MAX_VOLUME_BYTES = 4 << 30  # the rescaled volume, as series.MAX_VOXEL_BYTES
 
 
-class Refused(Exception):
-    """Files that are not one volume; the message, complete, goes to the user."""
+Refused = pixels.Refused  # files that are not one volume; the message, complete, goes to the user
 
 
 @dataclass
@@ -70,6 +57,11 @@ def read(path: str, name: str) -> pydicom.Dataset:
         raise Refused(
             f"{name}: not a DICOM file (no 'DICM' marker after a 128-byte preamble); "
             "expected DICOM Part 10 files, one image instance each"
+        ) from None
+    except MemoryError:
+        raise Refused(
+            f"{name}: needs more memory than the decoder may use to read (a deflated file that inflates without "
+            "end?); expected a DICOM file of a slice"
         ) from None
     except Exception as error:  # noqa: BLE001 - a header pydicom cannot walk is a corrupt file
         raise Refused(
@@ -106,9 +98,9 @@ def _check(dataset: pydicom.Dataset, name: str) -> None:
     if syntax not in DECODABLE:
         syntax = pydicom.uid.UID(str(syntax or ""))
         raise Refused(
-            f"{name}: transfer syntax {syntax.name} ({syntax}) is compressed or unknown; expected uncompressed "
-            f"pixel data (Explicit VR Little Endian, {ExplicitVRLittleEndian}, or Implicit VR Little Endian; "
-            "RLE Lossless also works): ask the PACS for one of these"
+            f"{name}: transfer syntax {syntax.name} ({syntax}) is not one this reader decodes; expected "
+            "uncompressed, deflated, RLE, JPEG (baseline, extended, lossless), JPEG-LS or JPEG 2000 pixel data: "
+            "ask the PACS for one of these"
         )
     if _integer(dataset.get("SamplesPerPixel", 1), 0) != 1:
         raise Refused(
@@ -122,11 +114,13 @@ def _check(dataset: pydicom.Dataset, name: str) -> None:
     missing = [
         key for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if not _numbers(dataset, key)
     ]
-    missing += [key for key in ("Rows", "Columns", "SeriesInstanceUID", "SOPInstanceUID") if not dataset.get(key)]
+    # Series and instance UIDs are optional: an anonymiser may remove them, and the geometry still says
+    # whether the files are one volume (series.write_seg says why such a series gets no SEG).
+    missing += [key for key in ("Rows", "Columns") if not dataset.get(key)]
     if missing:
         raise Refused(
             f"{name}: no {', no '.join(missing)}; expected ImagePositionPatient, ImageOrientationPatient, "
-            "PixelSpacing, Rows, Columns and the series and instance UIDs in every slice"
+            "PixelSpacing, Rows and Columns in every slice"
         )
     for key, count in (("ImagePositionPatient", 3), ("ImageOrientationPatient", 6), ("PixelSpacing", 2)):
         values = _numbers(dataset, key)
@@ -168,15 +162,19 @@ def stack(datasets: list, names: list[str]) -> Stack:
     """The slices in order along their normal and the volume's geometry; Refused when they are not one volume."""
     series = {}
     for dataset, name in zip(datasets, names, strict=True):
-        series.setdefault(str(dataset.SeriesInstanceUID), []).append(name)
+        series.setdefault(str(dataset.get("SeriesInstanceUID", "")), []).append(name)
     if len(series) > 1:
-        counts = ", ".join(f"{uid} in {len(files)} file(s)" for uid, files in list(series.items())[:5])
+        counts = ", ".join(
+            f"{uid or 'no SeriesInstanceUID'} in {len(files)} file(s)" for uid, files in list(series.items())[:5]
+        )
         raise Refused(f"the files hold {len(series)} series ({counts}); expected the files of one series")
     if len(datasets) == 1:
         raise Refused(f"{names[0]}: one slice: expected a volume of at least 2 slices")
     seen: dict[str, str] = {}
     for dataset, name in zip(datasets, names, strict=True):
-        uid = str(dataset.SOPInstanceUID)
+        uid = str(dataset.get("SOPInstanceUID", ""))
+        if not uid:
+            continue  # a slice twice is then found by its position
         if uid in seen:
             raise Refused(
                 f"{name} and {seen[uid]} are the same instance (SOPInstanceUID {uid}); expected each slice once"
@@ -279,17 +277,24 @@ def voxels(volume: Stack, names: list[str]) -> np.ndarray:
         for d in volume.datasets
     ]
     whole = all(s.is_integer() and i.is_integer() for s, i in rescales)
+    size = len(volume.datasets) * volume.rows * volume.columns * 4
+    if size > MAX_VOLUME_BYTES:
+        raise Refused(
+            f"the headers claim {volume.columns} x {volume.rows} x {len(volume.datasets)} voxels "
+            f"({size / 2**30:.1f} GiB as 32 bits); expected at most {MAX_VOLUME_BYTES >> 30} GiB"
+        )
     out = np.empty((len(volume.datasets), volume.rows, volume.columns), np.int32 if whole else np.float32)
     for k, (dataset, (slope, intercept)) in enumerate(zip(volume.datasets, rescales, strict=True)):
         name = names[volume.order[k]]
         try:
-            stored = dataset.pixel_array
+            stored = pixels.stored(dataset, name)
+        except Refused:
+            raise
+        except MemoryError:
+            raise Refused(f"{name}: its pixel data needs more memory than the decoder may use") from None
         except Exception as error:  # noqa: BLE001 - pixel data the decoder cannot unpack is corrupt
-            raise Refused(
-                f"{name}: its pixel data cannot be decoded ({type(error).__name__}: {str(error)[:160]})"
-            ) from None
-        if stored.shape != (volume.rows, volume.columns):
-            raise Refused(f"{name}: pixel data of shape {stored.shape}; expected {volume.rows} x {volume.columns}")
+            text = " ".join(str(error).split())[:160]  # pydicom's list of plugin failures spans lines
+            raise Refused(f"{name}: its pixel data cannot be decoded ({type(error).__name__}: {text})") from None
         if whole:
             values = stored.astype(np.int64) * int(slope) + int(intercept)
             if values.size and (values.min() < -(2**31) or values.max() >= 2**31):
