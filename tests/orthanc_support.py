@@ -12,6 +12,9 @@ from __future__ import annotations
 import io
 import os
 import random
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -92,6 +95,35 @@ def series_uids(dicomweb_url: str, study_uid: str | None = None, auth: tuple[str
     )
     assert answer.status_code == 200, f"/tools/find: {answer.status_code} {answer.text[:500]}"
     return {series["MainDicomTags"]["SeriesInstanceUID"] for series in answer.json()}
+
+
+# Lossless compressions that other tools write: (the tool, its arguments before the input and output files).
+COMPRESSORS = {
+    "JPEG 2000 (gdcmconv)": ("gdcmconv", ["--j2k"]),
+    "RLE (dcmcrle)": ("dcmcrle", []),
+    "JPEG-LS (dcmcjpls)": ("dcmcjpls", []),
+}
+
+
+def compressed(datasets: Iterable[Dataset], how: str) -> list[bytes]:
+    """The instances as Part 10 files compressed losslessly by another tool (COMPRESSORS[how]), as a modality
+    or a PACS would store them; skips the test, saying how to install the tool, when it is missing."""
+    tool, arguments = COMPRESSORS[how]
+    if shutil.which(tool) is None:
+        message = f"{tool} is not installed (bash scripts/test-tools.sh installs dcmtk and libgdcm-tools)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI runs scripts/test.sh, which installs it: missing there is a broken set-up
+        pytest.skip(message)
+    files = []
+    with tempfile.TemporaryDirectory() as folder:
+        for k, dataset in enumerate(datasets):
+            source, target = os.path.join(folder, f"{k}.dcm"), os.path.join(folder, f"{k}.out.dcm")
+            with open(source, "wb") as handle:
+                handle.write(to_bytes(dataset))
+            subprocess.run([tool, *arguments, source, target], check=True, capture_output=True, timeout=TIMEOUT)
+            with open(target, "rb") as handle:
+                files.append(handle.read())
+    return files
 
 
 @dataclass(frozen=True)

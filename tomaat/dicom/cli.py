@@ -2,7 +2,8 @@
 
 Standard output carries the new SEGs' SeriesInstanceUIDs and nothing else, so a script can capture
 them; progress and messages go to standard error. Exit status: 2 for input (no such study or series,
-a series that is not one volume, refused credentials), 1 for a PACS or server that cannot be reached,
+a series that is not one volume, refused credentials), 1 for a PACS or server that cannot be reached or
+fails, and for --timeout passing (as for a peer that stops answering: running again later may work),
 3 when the prediction server refuses.
 """
 
@@ -15,20 +16,19 @@ from ..client.errors import ClientError
 
 
 class _LoopProgress(_Progress):
-    """The client's upload bar and spinner, with a count of retrieved instances before them."""
+    """The client's upload bar and spinner, with the bytes of the series retrieved so far before them."""
 
-    def __init__(self, expected: int | None = None):
+    def __init__(self):
         super().__init__()
-        self.expected = expected
         self.fetching = None
 
-    def retrieved(self, count: int, size: int) -> None:
+    def retrieved(self, size: int) -> None:
         if not self.console.is_terminal:
             return
         if self.fetching is None:
             self.fetching = self.console.status("retrieving")
             self.fetching.start()
-        self.fetching.update(f"retrieving: {count} instances, {size / 1e6:.1f} MB")
+        self.fetching.update(f"retrieving: {size / 1e6:.1f} MB")
 
     def upload(self, sent: int, total: int) -> None:
         if self.fetching is not None:
@@ -60,7 +60,13 @@ def dicomweb():
 @click.option("--user", envvar="TOMAAT_DICOMWEB_USER", show_envvar=True, help="PACS user (basic authentication).")
 @click.option("--password", envvar="TOMAAT_DICOMWEB_PASSWORD", show_envvar=True, help="PACS password.")
 @click.option("--token", envvar="TOMAAT_DICOMWEB_TOKEN", show_envvar=True, help="PACS bearer token.")
-@click.option("--timeout", type=float, default=3600.0, show_default=True, help="Seconds to wait for the result.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True, max=1e9),
+    default=3600.0,
+    show_default=True,
+    help="Seconds the whole command may take: every PACS exchange and the prediction (exit status 1 past it).",
+)
 @_trust_options
 def predict(
     server_url,
@@ -81,7 +87,7 @@ def predict(
     """Predict on a series from the PACS and store each label volume back in its study as a DICOM SEG."""
     from ..client.blocking import Client
     from . import loop
-    from .web import Pacs, session
+    from .web import Deadline, Pacs, credentials
 
     if token and (user or password):
         raise click.UsageError("give --user/--password or --token, not both")
@@ -89,9 +95,13 @@ def predict(
         raise click.UsageError("--password needs --user")
     given = {**_pairs(inputs, "--input"), **_pairs(settings, "--set")}
     progress = _LoopProgress()
+    deadline = Deadline(timeout)  # from here: the PACS's exchanges and the prediction server's share it
     try:
-        pacs = Pacs(dicomweb_url, session(user, password, token))
-        client = Client(server_url, fingerprint=fingerprint, insecure=insecure, result_timeout=timeout)
+        pacs = Pacs(dicomweb_url, credentials(user, password, token), deadline)
+        # The volume is sent once, so it is not kept on the server for reuse (reuse=False); the timeouts are
+        # what is left of the deadline, set again before each call (loop._served).
+        options = {"fingerprint": fingerprint, "insecure": insecure, "reuse": False}
+        client = Client(server_url, timeout=min(30.0, timeout), result_timeout=timeout, **options)
         try:
             stored = loop.run(
                 client,

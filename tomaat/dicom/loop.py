@@ -4,6 +4,11 @@ Only voxels and geometry travel to the prediction server (the volume is rebuilt 
 confined decoder, sent as MHA with no DICOM header); names, IDs and dates stay between the PACS and this
 process. Everything that can fail is done before the first byte is stored: the SEGs of all label outputs
 are built first, then stored in one STOW-RS request, so a failure leaves the PACS as it was.
+
+One deadline (the PACS's, the command's --timeout) bounds the whole run: the PACS's exchanges take what is
+left of it (web.py), and so do the prediction server's, whose client is given what is left before each call.
+The confined decoders have their own limit (series.py); the deadline is checked after them, and a run past it
+stores nothing.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..client.errors import ValidationError
-from .web import Pacs
+from ..client.errors import ClientError, ValidationError
+from .web import Deadline, Pacs, TimedOut
 
 SEG_SERIES_NUMBER = 9900  # high, as derived series usually are, so viewers list the SEGs after the scans
 
@@ -129,6 +134,31 @@ def _size(count: int) -> str:
     return f"{count / 1e6:.1f} MB" if count >= 100_000 else f"{count / 1e3:.0f} kB"
 
 
+def _on_time(deadline: Deadline, what: str) -> None:
+    if deadline.left() <= 0:
+        raise TimedOut(f"{deadline} passed before {what}; nothing was stored")
+
+
+def _served(client, deadline: Deadline, what: str, call):
+    """A prediction server call within what is left of the deadline; running out of it is said as such.
+
+    The blocking client takes its timeouts when made, so what is left is set on its AsyncClient (`timeout`
+    per exchange, `result_timeout` for the prediction, sending included) right before the call.
+    """
+    _on_time(deadline, what)
+    bound = getattr(client, "_async", client)
+    left = deadline.left()
+    bound.timeout = min(bound.timeout, left)
+    bound.result_timeout = left
+    try:
+        return call()
+    except ClientError as problem:
+        if isinstance(problem, ValidationError) or deadline.left() > 0.1:  # a timeout fires at the deadline
+            raise
+        raise TimedOut(f"the prediction server {client.url} did not answer {what} within {deadline}; "
+                       "nothing was stored") from None  # fmt: skip
+
+
 def run(
     client,
     pacs: Pacs,
@@ -142,11 +172,15 @@ def run(
     say: Callable[[str], None] = lambda text: None,
     progress=None,
 ) -> Stored:
-    """Find, retrieve, rebuild, predict, build the SEGs, then store them; `progress` is the command line's."""
+    """Find, retrieve, rebuild, predict, build the SEGs, then store them, all within pacs.deadline.
+
+    `progress` is the command line's.
+    """
     from .series import read_series
 
+    deadline = pacs.deadline
     given = dict(given or {})
-    info = client.info()
+    info = _served(client, deadline, "asking for its interface", client.info)
     destination = volume_destination(info, given)
     found = pacs.choose(study, series, modality)
     say(f"series {found.describe()}")
@@ -162,11 +196,16 @@ def run(
     size = "x".join(map(str, volume.image.GetSize()))
     spacing = "x".join(f"{s:g}" for s in volume.image.GetSpacing())
     say(f"volume {size} voxels of {spacing} mm, sent as '{destination}'")
-    result = client.predict(
-        **{destination: volume.image},
-        **given,
-        progress=progress.upload if progress else None,
-        on_sent=progress.sent if progress else None,
+    result = _served(
+        client,
+        deadline,
+        "the prediction",
+        lambda: client.predict(
+            **{destination: volume.image},
+            **given,
+            progress=progress.upload if progress else None,
+            on_sent=progress.sent if progress else None,
+        ),
     )
     if progress:
         progress.close()
@@ -180,6 +219,7 @@ def run(
     elif others:
         say(f"not saved (give --out FOLDER): {', '.join(o.name for o in others)}")
     if segs:
+        _on_time(deadline, "storing the segmentation")
         say(f"storing {len(segs)} SEG(s) in study {study}")
         pacs.store(study, [seg for _, _, seg in segs])
         stored.segs = {name: uid for name, uid, _ in segs}
