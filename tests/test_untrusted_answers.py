@@ -92,6 +92,9 @@ CASES = {
         INFO,
         "decompresses to more than the 64 bytes",
     ),
+    # Python's json parser recurses per level: 100,000 levels were a RecursionError traceback, not one line
+    "answer nested deep": (b"[" * 100_000 + b"]" * 100_000, INFO, "the server's answer is not JSON"),
+    "info nested deep": ([], b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "/interface did not answer JSON"),
 }
 
 

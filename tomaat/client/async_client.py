@@ -14,7 +14,6 @@ with POST /volumes and predicts by its id from then on (see `predict`).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
@@ -25,7 +24,7 @@ from twisted.web.client import ResponseFailed
 
 from ..http_client import AnswerTooLarge, HttpClient, root_cause
 from ..http_client import _read as read_body
-from ..protocol import answers, binary_answers, elements, stored_volumes
+from ..protocol import answers, binary_answers, elements, stored_volumes, untrusted_json
 from ..protocol import metadata as model_metadata
 from ..protocol import registry as wire
 from . import compression
@@ -108,7 +107,7 @@ class ServiceInfo:
 def _error_message(body: bytes, status: int) -> str:
     """The server's own words from a v1 error body, else the start of whatever it sent."""
     try:
-        items = json.loads(body.decode("utf-8"))
+        items = untrusted_json.loads(body.decode("utf-8"))
         if isinstance(items, list) and items and isinstance(items[0], dict) and "content" in items[0]:
             return str(items[0]["content"])
         if isinstance(items, dict) and "error" in items:
@@ -205,7 +204,7 @@ class AsyncClient:
         if status >= 400:
             raise ServerError(_error_message(body, status), status)
         try:
-            return status, json.loads(body.decode("utf-8"))
+            return status, untrusted_json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             raise ServerError(f"{self.url}{path} did not answer JSON (HTTP {status})", status) from None
 
@@ -220,7 +219,7 @@ class AsyncClient:
             )
             self.distance = time.monotonic() - began
             try:
-                parsed = json.loads(body.decode("utf-8")) if status == 200 else None
+                parsed = untrusted_json.loads(body.decode("utf-8")) if status == 200 else None
             except (UnicodeDecodeError, ValueError):
                 parsed = None
             try:
@@ -424,7 +423,7 @@ class AsyncClient:
             message = _error_message(answer, status).replace("field 'volume' (volume)", f"field '{name}' (volume)", 1)
             raise ServerError(message, status)
         try:
-            stored = json.loads(answer.decode("utf-8"))
+            stored = untrusted_json.loads(answer.decode("utf-8"))
             volume_id, expires_in = stored["volume_id"], float(stored["expires_in"])
         except (UnicodeDecodeError, ValueError, KeyError, TypeError):
             raise ServerError(f"{self.url}/volumes did not answer a volume_id and expires_in (HTTP {status})") from None
@@ -456,7 +455,7 @@ class AsyncClient:
         if status >= 400:
             raise ServerError(_error_message(body, status), status)
         try:
-            items = json.loads(body.decode("utf-8"))
+            items = untrusted_json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             raise ServerError(f"the server's answer is not JSON (HTTP {status})", status) from None
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):

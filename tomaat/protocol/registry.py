@@ -10,11 +10,10 @@ clients see only keys added to the entries they already read.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from . import metadata
+from . import metadata, untrusted_json
 from .fields import control_problem, string
 
 # Longest accepted value of each v1 field, in characters; the store's CHECK constraints use the same.
@@ -119,7 +118,7 @@ def answer(problems: list[str], **extra) -> dict:
 def read_answer(raw: bytes) -> dict:
     """The registry's answer as a dict; whatever else it sent becomes the `error`, so it can be logged."""
     try:
-        parsed = json.loads(raw.decode("utf-8"))
+        parsed = untrusted_json.loads(raw.decode("utf-8"))
     except ValueError:  # UnicodeDecodeError included
         parsed = None
     return parsed if isinstance(parsed, dict) else {"error": raw.decode("utf-8", "replace")}
