@@ -51,7 +51,12 @@ FORMS = [
     ("truncated nii.gz", form(file_part(NII_GZ[: len(NII_GZ) // 2], "v.nii.gz")), 415, "expected an MHA, NIfTI"),
     ("corrupt mha sizes", form(file_part(MHA.replace(b"DimSize = 14 12 10", b"DimSize = a b c"))), 415, "DimSize"),
     ("mha zero size", form(file_part(MHA.replace(b"DimSize = 14 12 10", b"DimSize = 0 12 10"))), 415, "valid size"),
-    ("nrrd no sizes", form(file_part(NRRD.replace(b"sizes:", b"sizez:"), "v.nrrd")), 415, "'sizez' is not one"),
+    (
+        "nrrd no sizes",
+        form(file_part(NRRD.replace(b"sizes:", b"sizez:"), "v.nrrd")),
+        415,
+        "line 'sizez' is neither 'field: value' nor 'key:=value'",
+    ),
     ("corrupt nii.gz", form(file_part(b"\x1f\x8b" + b"\xff" * 400, "v.nii.gz")), 415, "expected an MHA, NIfTI"),
     ("wrong base64 padding", form(v1_base64(make_phantom())[:-3]), 415, "base64"),
     ("base64 of garbage", form(base64.b64encode(bytes(range(256)) * 4).decode()), 415, "the data is not"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -250,29 +251,44 @@ class Ran:
     peak_mib: float  # the command's peak resident memory
 
 
+# Runs a command and writes its peak resident memory (KiB) to a file. The command must be forked from this small
+# process, not from pytest: Linux keeps the high-water mark of the memory a process had before exec, and a child
+# of a test process that holds 1 GiB reports 1 GiB whatever it uses itself.
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as report:
+    report.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def dicomweb(server_url: str, pacs_url: str, study: str, *options: str, folder) -> Ran:
-    """The command in a subprocess, timed, with its peak memory (wait4's rusage)."""
+    """The command in a subprocess, timed, with its peak memory (wait4's rusage, in a small launcher)."""
     command = [sys.executable, "-m", "tomaat", "dicomweb", "predict", server_url, "--dicomweb", pacs_url]
     environment = {k: v for k, v in os.environ.items() if not k.startswith("TOMAAT_DICOMWEB_")}
-    out, err = folder / "stdout", folder / "stderr"
+    out, err, peak = folder / "stdout", folder / "stderr", folder / "peak-kib"
     began = time.monotonic()
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
         process = subprocess.Popen(
-            [*command, "--study", study, "--set", "threshold=300", *options],
+            [sys.executable, "-c", LAUNCHER, str(peak), *command, "--study", study, "--set", "threshold=300", *options],
             cwd=ROOT,
             env=environment,
             stdout=stdout,
             stderr=stderr,
+            start_new_session=True,
         )
-        killer = threading.Timer(120, process.kill)
+        killer = threading.Timer(120, lambda: os.killpg(process.pid, signal.SIGKILL))
         killer.start()
         try:
-            _, status, usage = os.wait4(process.pid, 0)
+            process.wait()
         finally:
             killer.cancel()
-    process.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.monotonic() - began
-    return Ran(process.returncode, out.read_text(), err.read_text(), seconds, usage.ru_maxrss / 1024)
+    return Ran(process.returncode, out.read_text(), err.read_text(), seconds, int(peak.read_text()) / 1024)
 
 
 def one_line(ran: Ran, *words: str) -> str:
