@@ -136,3 +136,12 @@ def polyglot(fmt: str, folder, secret: str) -> bytes:
     head = POLYGLOT_HEADS[fmt]
     data[: len(head)] = head
     return bytes(data)
+
+
+def hide_landlock(folder, monkeypatch) -> None:
+    """Decoders started from now on cannot import landlockpy: the server's documented fallback on a kernel
+    without Landlock (a warning, then decoding unconfined)."""
+    shadow = folder / "shadow" / "landlockpy"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no landlock here')\n")
+    monkeypatch.setenv("PYTHONPATH", f"{shadow.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")

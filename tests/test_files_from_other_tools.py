@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 
 import nibabel as nib
 import nrrd
@@ -20,7 +19,7 @@ import pytest_twisted
 import SimpleITK as sitk
 from client_support import one_line_error
 from conftest import image_bytes
-from hostile import SECRET, secret_file
+from hostile import SECRET, hide_landlock, secret_file
 from test_server_limits import _post_file
 from test_untrusted_answers import INFO, _label, _predict, hostile_server  # noqa: F401 - a fixture
 
@@ -261,10 +260,7 @@ def decoders(request, tmp_path, monkeypatch):
     if request.param == "landlock" and not confined.landlock_available():
         pytest.skip("this kernel offers no Landlock")
     if request.param == "no-landlock":
-        shadow = tmp_path / "shadow" / "landlockpy"
-        shadow.mkdir(parents=True)
-        (shadow / "__init__.py").write_text("raise ImportError('no landlock here')\n")
-        monkeypatch.setenv("PYTHONPATH", f"{shadow.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        hide_landlock(tmp_path, monkeypatch)
     pool = confined.DecoderPool(size=1)
     monkeypatch.setattr(confined, "POOL", pool)
     yield request.param

@@ -23,7 +23,7 @@ import pytest_twisted
 import SimpleITK as sitk
 from clients import slicer_post
 from conftest import image_bytes, make_phantom, v1_base64
-from hostile import SECRET, nrrd_late_data_file, polyglot, secret_file
+from hostile import SECRET, hide_landlock, nrrd_late_data_file, polyglot, secret_file
 from test_server_limits import _post_file
 
 from examples.threshold import ThresholdApp
@@ -261,10 +261,7 @@ def test_a_decoder_past_its_deadline_is_replaced(monkeypatch):
 
 
 def test_without_landlock_decoding_goes_on_with_one_warning(tmp_path, monkeypatch, caplog):
-    shadow = tmp_path / "shadow" / "landlockpy"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text("raise ImportError('no landlock here')\n")
-    monkeypatch.setenv("PYTHONPATH", f"{shadow.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    hide_landlock(tmp_path, monkeypatch)
     pool = confined.DecoderPool(size=1)
     monkeypatch.setattr(confined, "POOL", pool)
     try:
