@@ -397,9 +397,9 @@ def test_a_json_item_without_content_cannot_be_encoded():
 
 
 def test_an_answer_no_part_can_carry_is_a_json_500(caplog):
-    from tomaat.server.worker import BINARY, encode_answer
+    from tomaat.server.rendering import BINARY, Outcome, render
 
-    answer = encode_answer(200, [{"type": "Not A Type", "content": "x", "label": ""}], BINARY)
+    answer = render(Outcome(200, [{"type": "Not A Type", "content": "x", "label": ""}]), BINARY)
     assert answer.status == 500 and answer.content_type == "application/json"
     assert "binary answer" in json.loads(answer.body)[0]["content"]
     assert "could not be encoded as multipart/mixed" in caplog.text

@@ -289,7 +289,7 @@ async def test_a_cr_hidden_data_file_is_refused_by_the_server(serve, tmp_path, l
     for leaked in (SECRET.tobytes()[:16], data[:16]):
         assert base64.b64encode(leaked).decode()[:20] not in response.text
     assert leftovers() == []
-    for decoder in confined.POOL.decoders:  # the file never reached a decoder, confined or not
+    for decoder in service.decoders.decoders:  # the file never reached a decoder, confined or not
         assert decoder.ready.get("landlock", 0) >= (1 if decoders == "landlock" else 0)
 
 

@@ -1,4 +1,4 @@
-"""App values -> v1 output items (encode_item) and back (decode_item), and the app called without a server."""
+"""App values -> v1 output items (as the server renders them) and back (decode_item), and the app called without a server."""
 
 import base64
 import dataclasses
@@ -21,11 +21,17 @@ from tomaat.protocol.elements import (
     TransformLinear,
     VTKMesh,
 )
-from tomaat.protocol.outputs import decode_item, encode_item
+from tomaat.protocol.outputs import decode_item, output_item
 from tomaat.protocol.volumes import sniff_format
 from tomaat.server.app import TomaatApp
+from tomaat.server.rendering import json_ready
 
 # --- scratch folders: none may be left behind -----------------------------------------------------
+
+
+def encode_item(element, value, reference=None) -> dict:
+    """The item as the server writes it in a JSON answer: its raw content, rendered."""
+    return json_ready([output_item(element, element.write_raw(value, reference))])[0]
 
 
 def encode(element, value, reference=None) -> dict:

@@ -290,6 +290,24 @@ async def test_decoded_bytes_are_charged_per_request_and_process_and_given_back(
     assert roomy.pipeline.decoded.used == 0
 
 
+@pytest_twisted.ensureDeferred
+async def test_each_service_decodes_with_decoders_of_its_own(serve):
+    """Two services in one process: each has its own decoder processes, with its own settings, and neither
+    takes the process-wide pool that clients in the same process use."""
+    small = await serve(ThresholdApp(), decoders=1, decode_timeout=30)
+    large = await serve(ThresholdApp(), decoders=3, decode_timeout=60)
+    assert small.decoders is not large.decoders and small.decoders is not confined.POOL
+    assert (small.decoders.size, small.decoders.timeout) == (1, 30) and (
+        large.decoders.size,
+        large.decoders.timeout,
+    ) == (3, 60)
+    for service in (small, large):
+        response = await _post_file(service.url + "/predict", "images", "v.nii", _nifti())  # read by a decoder
+        assert response.status_code == 200, response.text[:300]
+    assert len(small.decoders.decoders) == 1 and len(large.decoders.decoders) == 1
+    assert {d.pid for d in small.decoders.decoders}.isdisjoint(d.pid for d in large.decoders.decoders)
+
+
 def test_a_decoder_does_not_inherit_the_servers_environment(monkeypatch):
     """A reader taken over by a file could copy its environment into the voxels it returns."""
     monkeypatch.setenv("TOMAAT_TEST_SECRET", "s3cr3t")

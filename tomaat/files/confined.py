@@ -300,9 +300,10 @@ def landlock_available() -> bool:
     return landlockpy.abi_version() >= 1
 
 
-def read_image(data: bytes, suffix: str, io: str, expected_bytes: int) -> sitk.Image:
+def read_image(data: bytes, suffix: str, io: str, expected_bytes: int, pool: DecoderPool | None = None) -> sitk.Image:
     """The image in `data`, read by ITK's `io` reader in a decoder; DecodeFailed when it cannot be."""
-    answer, decoder = POOL.run({"op": "image", "io": io}, data, suffix)
+    pool = pool or POOL
+    answer, decoder = pool.run({"op": "image", "io": io}, data, suffix)
     try:
         if not answer.get("ok"):
             raise DecodeFailed("refused")
@@ -326,12 +327,13 @@ def read_image(data: bytes, suffix: str, io: str, expected_bytes: int) -> sitk.I
     except (RuntimeError, ValueError):
         raise DecodeFailed("nonsense") from None
     finally:
-        POOL.release(decoder)
+        pool.release(decoder)
 
 
-def read_transform(data: bytes, suffix: str, max_parameters: int) -> sitk.Transform:
+def read_transform(data: bytes, suffix: str, max_parameters: int, pool: DecoderPool | None = None) -> sitk.Transform:
     """The transform in `data`, read by ITK in a decoder and rebuilt here from its parameters."""
-    answer, decoder = POOL.run({"op": "transform"}, data, suffix)
+    pool = pool or POOL
+    answer, decoder = pool.run({"op": "transform"}, data, suffix)
     try:
         parts = answer.get("transforms")
         if not answer.get("ok"):
@@ -365,7 +367,7 @@ def read_transform(data: bytes, suffix: str, max_parameters: int) -> sitk.Transf
     except (RuntimeError, ValueError, TypeError):
         raise DecodeFailed("nonsense") from None
     finally:
-        POOL.release(decoder)
+        pool.release(decoder)
 
 
 def probe(path: str, port: int, pool: DecoderPool | None = None) -> dict:

@@ -26,11 +26,13 @@ class Limits:
 
 
 class Allowance:
-    """One request's decoded bytes, charged before each decode and given back when the request ends."""
+    """One request's decoded bytes, charged before each decode and given back when the request ends; and the
+    decoder processes its files go to (a service's own pool; None: the process's, files/confined.py)."""
 
-    def __init__(self, limits: Limits | None = None, shared: Budget | None = None):
+    def __init__(self, limits: Limits | None = None, shared: Budget | None = None, decoders=None):
         self.limits = limits or Limits()
         self.shared = shared
+        self.decoders = decoders
         self.used = 0
 
     def charge(self, size: int, where: str) -> None:

@@ -275,16 +275,16 @@ def decode(body, content_type: str, limits: DecodeLimits | None = None) -> list[
         at = end + 2 + len(dash)
 
 
+def json_content(kind: str, content) -> str:
+    """An item's raw content as a JSON answer carries it: text types' UTF-8 as text, any other file as base64."""
+    if kind in TEXT_TYPES:
+        try:
+            return bytes(content).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"a {kind} part is not UTF-8 text") from None
+    return b64.encode(content)
+
+
 def json_items(parts: list[tuple[str, str, bytes]]) -> list[dict]:
     """Decoded parts as the JSON answer's items: {"type", "content", "label"}, content base64 text or text."""
-    items = []
-    for kind, label, content in parts:
-        if kind in TEXT_TYPES:
-            try:
-                text = content.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ValueError(f"a {kind} part is not UTF-8 text") from None
-        else:
-            text = b64.encode(content)
-        items.append({"type": kind, "content": text, "label": label})
-    return items
+    return [{"type": kind, "content": json_content(kind, content), "label": label} for kind, label, content in parts]

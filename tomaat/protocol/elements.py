@@ -5,7 +5,7 @@ client starts from (`default`), what it accepts (`accepts`, `value`), how the
 server reads its form field (`decode`) and how a client writes it (`encode`);
 an output knows how the server writes an app's value into an answer item
 (`encode`) and how a client reads it back (`decode`), and the file suffix a
-client saves it with. The server (`inputs.decode_fields`, `outputs.encode_item`)
+client saves it with. The server (`inputs.decode_fields`, `write_raw` then `server/rendering.py`)
 and the client (`client/requests.py`, `client/results.py`) only loop over them,
 so a new type is one class here.
 

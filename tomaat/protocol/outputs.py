@@ -11,14 +11,13 @@ from ..files.limits import Allowance
 from .elements import OUTPUT_TYPES
 
 
-def encode_item(element, value, reference=None, raw: bool = False) -> dict:
-    """The answer item for an app's value; raw: its content before base64 (bytes), for binary answers."""
-    content = element.write_raw(value, reference) if raw else element.write_item(value, reference)
+def output_item(element, content) -> dict:
+    """An answer item: its type, its content (raw inside a server: rendering.py writes it for the wire), its label."""
     return {"type": element.output_type, "content": content, "label": element.label}
 
 
 def decode_item(item: dict, allowance: Allowance | None = None):
-    """The Python value of one answer item, the inverse of encode_item (used by clients and tests)."""
+    """The Python value of one answer item, the inverse of writing one (used by clients and tests)."""
     kind = OUTPUT_TYPES.get(str(item.get("type")))
     if kind is None:
         return item.get("content")

@@ -75,7 +75,7 @@ def parse(text: bytes, where: str = "transform", allowance: Allowance | None = N
         matlab_parameters(data, where, limit)
     hdf5.check(data, where, kind, KINDS[kind])  # either kind: ITK reads HDF5 bytes whatever the name
     try:
-        transform = confined.read_transform(data, "." + kind, limit)
+        transform = confined.read_transform(data, "." + kind, limit, allowance.decoders)
     except confined.DecodeFailed as failure:
         if failure.reason == "too many parameters":
             raise TooLarge(f"{where}: the transform has more than the {limit} parameters this server accepts") from None

@@ -116,7 +116,7 @@ def read_image(raw: bytes, where: str = "volume", allowance: Allowance | None = 
     if header is not None:
         return mha.read(data, header, where)
     try:
-        return confined.read_image(data, FORMATS[fmt], READERS[fmt], size)
+        return confined.read_image(data, FORMATS[fmt], READERS[fmt], size, allowance.decoders)
     except confined.DecodeFailed as failure:
         raise UnreadableVolume(
             f"{where}: the {fmt} file could not be read (truncated or corrupt){_WHY[failure.reason]}; expected {EXPECTED}"

@@ -1,4 +1,4 @@
-"""The registry's HTTP routes (PROTOCOL.md, "Announcement registry").
+"""The registry's HTTP routes (docs/protocol.md, "The registry: POST /announce and GET /discover").
 
 Answers keep the v1 shape `{"status": N, "error": "..."}`, N counting the
 problems, and carry a real HTTP status beside it for v2 callers. Nothing here
@@ -7,7 +7,6 @@ touches the database directly: the store runs in its own threads.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 
@@ -15,6 +14,7 @@ from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..protocol.registry import FILTERS, answer, discover_item, matches
+from ..web import json_reply
 from . import store
 from .announcement import check_announcement, check_withdrawal, read_object
 from .html import render_page, sort_services
@@ -25,14 +25,8 @@ log = logging.getLogger("tomaat.registry")
 ENDPOINTS = "POST /announce, POST /withdraw, GET /discover, GET /health and GET /"
 
 
-def _json(request, value, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
-    return json.dumps(value).encode("utf-8")
-
-
 def _answer(request, problems: list[str], status: int, **extra) -> bytes:
-    return _json(request, answer(problems, **extra), status)
+    return json_reply(request, answer(problems, **extra), status)
 
 
 def _client(request) -> str:
@@ -160,7 +154,7 @@ class RegistryRoutes:
         except Exception as error:
             return self._store_down(request, "discover", error)
         services = [s for s in services if matches(s, wanted)]
-        return _json(request, [discover_item(s) for s in sort_services(services)])
+        return json_reply(request, [discover_item(s) for s in sort_services(services)])
 
     @app.route("/", methods=["GET"])
     async def index(self, request):
@@ -183,8 +177,8 @@ class RegistryRoutes:
             live = await self.service.store.run(store.count_live, self.service.now() - self.service.expiry)
         except Exception as error:
             log.error("health check: the store failed: %s: %s", type(error).__name__, error)
-            return _json(request, {"status": "unavailable", "error": "the database does not answer"}, 503)
-        return _json(request, self.service.health(live))
+            return json_reply(request, {"status": "unavailable", "error": "the database does not answer"}, 503)
+        return json_reply(request, self.service.health(live))
 
     @app.handle_errors(NotFound, MethodNotAllowed)
     def no_route(self, request, failure):

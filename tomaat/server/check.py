@@ -20,6 +20,7 @@ from ..protocol import b64, fiducials, transforms
 from ..protocol.outputs import decode_item
 from ..protocol.volumes import write_image
 from .pipeline import Timings, Watch
+from .rendering import json_ready
 
 log = logging.getLogger("tomaat.server")
 
@@ -94,9 +95,9 @@ def check(service) -> tuple[bool, list[str]]:
     sent = ", ".join(f"{e.destination}={_shown(e, fields[e.destination])}" for e in service.input_interface)
     lines.append(f"request: {sent}")
     timings = Timings()
-    allowance = Allowance(service.limits)
+    allowance = Allowance(service.limits, None, service.decoders)
     try:
-        items = service.pipeline.run_fields(fields, timings, Watch(), allowance)
+        items = json_ready(service.pipeline.run_fields(fields, timings, Watch(), allowance))  # as a client reads them
     except RequestError as error:
         return False, [*lines, f"FAILED ({error.status}): {error.message}", "(the traceback is in the log above)"]
     finally:

@@ -7,25 +7,21 @@ unguessable: a result is as private as the request that produced it.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..protocol.answers import error_items
+from .rendering import Outcome
 
 
 @dataclass
 class _Entry:
-    done: bool = False
-    status: int = 200
-    body: list = field(default_factory=list)
+    outcome: Outcome | None = None  # None while the work runs
     timer: object = None
     size: int = 0
 
 
-def _size(body) -> int:
-    """The bytes an answer holds: JSON bytes, or output items whose contents (raw bytes or text) are the bulk."""
-    if isinstance(body, bytes | bytearray):
-        return len(body)
-    return sum(len(item.get("content") or "") for item in body if isinstance(item, dict))
+def _size(outcome: Outcome) -> int:
+    """The bytes an outcome holds: its items' contents (raw bytes or text) are the bulk."""
+    return sum(len(item.get("content") or "") for item in outcome.items if isinstance(item, dict))
 
 
 class DelayedResults:
@@ -52,21 +48,23 @@ class DelayedResults:
         return bool(self.max_count) and len(self._entries) >= self.max_count
 
     def track(self, deferred) -> str:
-        """Start keeping the outcome of deferred, which fires with an Answer (worker.py) whose body is
-        the unencoded payload: output items, encoded when collected as the collector asks (JSON or binary)."""
+        """Start keeping what deferred fires with: an Outcome (worker.py), rendered when collected, as the
+        collecting request asks (JSON or binary)."""
         request_id = secrets.token_hex(16)
         entry = self._entries[request_id] = _Entry()
 
-        def finished(outcome):
-            entry.status, entry.body = outcome.status, outcome.body
-            size = _size(entry.body)
+        def finished(outcome: Outcome):
+            size = _size(outcome)
             if self.max_bytes and self.held_bytes + size > self.max_bytes:
-                entry.status, size = 507, 0
-                entry.body = error_items(
-                    "the result was too large to keep until collected (the server's delayed results are full); "
-                    "ask again without a delayed response"
+                size, outcome = (
+                    0,
+                    Outcome.error(
+                        507,
+                        "the result was too large to keep until collected (the server's delayed results are full); "
+                        "ask again without a delayed response",
+                    ),
                 )
-            entry.size, entry.done = size, True
+            entry.outcome, entry.size = outcome, size
             if request_id in self._entries:
                 self.held_bytes += size
                 entry.timer = self.clock.callLater(self.ttl, self._drop, request_id)
@@ -79,17 +77,15 @@ class DelayedResults:
         if entry is not None:
             self.held_bytes -= entry.size
 
-    def collect(self, request_id: str):
-        """(status, body) once done, None while running; KeyError for unknown, expired or collected ids.
-
-        body is output items (or an error's) to encode, or JSON bytes already encoded (a 504)."""
+    def collect(self, request_id: str) -> Outcome | None:
+        """The outcome once done, None while running; KeyError for unknown, expired or collected ids."""
         entry = self._entries[request_id]
-        if not entry.done:
+        if entry.outcome is None:
             return None
         self._drop(request_id)
         if entry.timer is not None and entry.timer.active():
             entry.timer.cancel()
-        return entry.status, entry.body
+        return entry.outcome
 
     def clear(self) -> None:
         for entry in self._entries.values():

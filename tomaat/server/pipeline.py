@@ -14,14 +14,11 @@ from ..body import Budget
 from ..errors import AppFailure, AppTimeout
 from ..files.limits import Allowance, Limits
 from ..files.scratch import scratch_folder
-from ..protocol import fiducials
-from ..protocol.elements import AmbiguousGrid, Fiducials
+from ..protocol.elements import AmbiguousGrid
 from ..protocol.inputs import decode_fields
-from ..protocol.outputs import encode_item
-from . import slicer, upstream
-from .app import UPSTREAM
+from ..protocol.outputs import output_item
+from .conventions import conventions_for
 from .form import read_fields
-from .steps import local_steps
 from .volume_store import take_fields
 
 log = logging.getLogger("tomaat.server")
@@ -88,83 +85,57 @@ def grid_of(element, volumes: dict):
 
 
 class Pipeline:
-    def __init__(self, app, inputs, outputs, steps=None, max_fields=256, limits=None, decoded=None, stored=None):
+    """One prediction as a line: body -> fields -> decoded inputs -> the app's data (as the request's conventions
+    have it) -> steps -> output items, with raw contents. How the items are written on the wire is not decided
+    here (rendering.py), nor where the steps run (steps.py)."""
+
+    def __init__(
+        self, app, inputs, outputs, steps, max_fields: int, limits: Limits, decoded: Budget, stored=None, decoders=None
+    ):
         self.app = app
         self.inputs = inputs
         self.outputs = outputs
-        self.steps = steps or local_steps(app)
+        self.steps = steps
         self.max_fields = int(max_fields)
-        self.limits = limits or Limits()
-        self.decoded = decoded or Budget(0)
+        self.limits = limits
+        self.decoded = decoded  # the service's budget of decoded input bytes
         self.stored = stored  # the service's stored volumes (volume_store.py), which a volume field may name
-        self.upstream = app.data_contract == UPSTREAM
+        self.decoders = decoders  # the service's decoder processes (files/confined.py; None: the process's)
 
-    def _output(self, element, value, from_slicer: bool):
-        if self.upstream:
-            return upstream.output_value(element, value)
-        if from_slicer and isinstance(element, Fiducials):
-            return fiducials.ras_lps(value)
-        return value
-
-    def _encode(self, data: dict, volumes: dict, from_slicer: bool, raw: bool = False) -> list[dict]:
-        items = []
-        for element in self.outputs:
-            if element.field not in data:
-                log.error("the app left no %r in data for its %s output", element.field, element.output_type)
-                raise AppFailure(f"the service produced no '{element.field}' output")
-            try:
-                reference = grid_of(element, volumes)
-                item = encode_item(element, self._output(element, data[element.field], from_slicer), reference, raw)
-                items.append(slicer.safe_item(item) if from_slicer else item)
-            except (TypeError, ValueError, RuntimeError) as error:
-                log.error("output %r (%s) could not be encoded: %s", element.field, element.output_type, error)
-                raise AppFailure(
-                    f"the service produced an invalid '{element.field}' output ({element.output_type})"
-                ) from None
-        return items
-
-    def run(
-        self, body, content_type: str | None, timings: Timings, watch: Watch | None = None, raw: bool = False
-    ) -> list[dict]:
-        """The output items for a request body; raw: contents before base64 (bytes), for a binary answer."""
-        allowance = Allowance(self.limits, self.decoded)
+    def run(self, body, content_type: str | None, timings: Timings, watch: Watch) -> list[dict]:
+        """The output items for a request body."""
+        allowance = Allowance(self.limits, self.decoded, self.decoders)
         try:
-            return self._run(body, content_type, timings, watch or Watch(), allowance, raw)
+            with timings.stage("parse"):
+                fields = read_fields(body, content_type, self.max_fields)
+            return self.run_fields(fields, timings, watch, allowance)
         finally:
             allowance.release()
 
-    def _app_data(self, fields: dict, timings: Timings, allowance: Allowance, folder: str | None) -> tuple[dict, dict]:
-        """The inputs as the app's contract has them: ours (LPS points), or upstream's lists and files."""
-        with timings.stage("decode"):
-            data = decode_fields(self.inputs, fields, allowance, take_fields(self.stored, self.inputs, fields))
-            if self.upstream:
-                return data, upstream.to_app(self.inputs, data, fields, folder)
-            if slicer.sent_by_slicer(fields):
-                points = {e.destination for e in self.inputs if isinstance(e, Fiducials)}
-                return data, {key: fiducials.ras_lps(v) if key in points else v for key, v in data.items()}
-            return data, data
-
-    def _run(self, body, content_type, timings: Timings, watch: Watch, allowance: Allowance, raw: bool) -> list[dict]:
-        with timings.stage("parse"):
-            fields = read_fields(body, content_type, self.max_fields)
-        return self.run_fields(fields, timings, watch, allowance, raw)
-
-    def run_fields(
-        self, fields: dict, timings: Timings, watch: Watch, allowance: Allowance, raw: bool = False
-    ) -> list[dict]:
+    def run_fields(self, fields: dict, timings: Timings, watch: Watch, allowance: Allowance) -> list[dict]:
         """From the request's form fields on: what `tomaat check` runs without a server."""
-        from_slicer = slicer.sent_by_slicer(fields)
-        files = self.upstream and upstream.needs_files(self.inputs)
-        with scratch_folder() if files else contextlib.nullcontext() as folder:
-            decoded, data = self._app_data(fields, timings, allowance, folder)
+        conventions = conventions_for(self.app, self.inputs, fields)
+        with scratch_folder() if conventions.needs_files else contextlib.nullcontext() as folder:
+            with timings.stage("decode"):
+                decoded = decode_fields(self.inputs, fields, allowance, take_fields(self.stored, self.inputs, fields))
+                data = conventions.to_app(self.inputs, decoded, fields, folder)
             del fields
             volumes = {e.destination: decoded[e.destination] for e in self.inputs if e.wire_type == "volume"}
             del decoded
-            return self._steps(data, volumes, from_slicer, timings, watch, raw)
+            data = self.steps(data, timings, watch)
+            with timings.stage("encode"):
+                return [conventions.item(self._item(element, data, volumes, conventions)) for element in self.outputs]
 
-    def _steps(
-        self, data: dict, volumes: dict, from_slicer: bool, timings: Timings, watch: Watch, raw: bool = False
-    ) -> list[dict]:
-        data = self.steps(data, timings, watch)
-        with timings.stage("encode"):
-            return self._encode(data, volumes, from_slicer, raw)
+    def _item(self, element, data: dict, volumes: dict, conventions) -> dict:
+        """One output's item, its content raw; a value the output cannot take is the app's failure (500)."""
+        if element.field not in data:
+            log.error("the app left no %r in data for its %s output", element.field, element.output_type)
+            raise AppFailure(f"the service produced no '{element.field}' output")
+        try:
+            value = conventions.from_app(element, data[element.field])
+            return output_item(element, element.write_raw(value, grid_of(element, volumes)))
+        except (TypeError, ValueError, RuntimeError) as error:
+            log.error("output %r (%s) could not be encoded: %s", element.field, element.output_type, error)
+            raise AppFailure(
+                f"the service produced an invalid '{element.field}' output ({element.output_type})"
+            ) from None

@@ -212,7 +212,12 @@ class Replica:
 
 
 class RaySteps:
-    """The steps object of a service whose steps run in Ray Serve replicas (see the module's docstring)."""
+    """The steps object of a service whose steps run in Ray Serve replicas (see the module's docstring).
+
+    Each replica batches its own concurrent requests (max_ongoing_requests); none are batched here."""
+
+    max_batch = 1
+    batcher = None
 
     def __init__(self, target: str, options: RayOptions, device: str = "auto", timeout: float = 0.0):
         self.target, self.options, self.device = target, options.check(), device

@@ -35,6 +35,7 @@ from .delayed import DelayedResults
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .routes import PredictionRoutes
+from .steps import Steps, local_steps
 from .volume_store import StoredVolumes
 from .worker import Worker
 
@@ -82,7 +83,7 @@ class TomaatService(Daemon):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self.pipeline = Pipeline(self.app, self.input_interface, self.output_interface)
+        self.steps: Steps = local_steps(self.app)
         self.announcer = None
         self.fingerprint = None
         self.port = None
@@ -92,14 +93,14 @@ class TomaatService(Daemon):
         """The parts sized by the settings; rebuilt when `configure` changes them before the service starts."""
         config = self.config
         self.pool = WorkerPool(minthreads=0, maxthreads=config.threads, name="tomaat-worker")
-        self.worker = Worker(self.reactor, self.pool, self.pipeline, config.app_timeout, config.max_queue)
+        self.worker = Worker(self.reactor, self.pool, config.app_timeout, config.max_queue)
         self.budget = Budget(config.max_pending_bytes)
         self.delayed = DelayedResults(
             self.reactor, config.response_ttl, config.max_delayed_results, config.max_delayed_bytes
         )
-        self.pipeline.max_fields = config.max_fields
-        self.pipeline.limits = self.limits
-        self.pipeline.decoded = Budget(config.max_decoded_total)
+        decoded = Budget(config.max_decoded_total)
+        # the service's own decoder processes: a second service in the process has its own, with its own settings
+        self.decoders = confined.DecoderPool(config.decoders, config.decoder_memory, config.decode_timeout)
         # stored volumes are decoded inputs kept for longer: charged to the same budget while held
         self.volumes = StoredVolumes(
             self.reactor,
@@ -107,13 +108,15 @@ class TomaatService(Daemon):
             config.max_stored_bytes,
             config.max_stored_volumes,
             self.limits,
-            self.pipeline.decoded,
+            decoded,
             config.max_fields,
+            self.decoders,
         )
-        self.pipeline.stored = self.volumes
-        self.metrics = Metrics(
-            self.worker, self.budget, getattr(self.pipeline.steps, "batcher", None), volumes=self.volumes
-        )
+        self.pipeline = Pipeline(
+            self.app, self.input_interface, self.output_interface, self.steps, config.max_fields, self.limits,
+            decoded, self.volumes, self.decoders,
+        )  # fmt: skip
+        self.metrics = Metrics(self.worker, self.budget, self.steps.batcher, volumes=self.volumes)
         self.worker.observers.append(self.metrics.observe)
 
     def configure(self, **changes) -> None:
@@ -161,7 +164,7 @@ class TomaatService(Daemon):
             max_points=config.max_points,
             max_transform_parameters=config.max_transform_parameters,
             tls_fingerprint=self.fingerprint,
-            steps=self.pipeline.steps.describe(),
+            steps=self.steps.describe(),
             volume_store=self.volumes.describe(),
             binary_answers=True,
         )
@@ -175,7 +178,7 @@ class TomaatService(Daemon):
             "delayed_results": len(self.delayed),
             "stored_volumes": len(self.volumes),
             "version": str(self.description.get("version", "")),
-            "steps": self.pipeline.steps.describe(),
+            "steps": self.steps.describe(),
         }
 
     @property
@@ -208,8 +211,7 @@ class TomaatService(Daemon):
         endpoint = self._endpoint()
         scratch.remove_orphans()
         page.load()
-        confined.POOL.configure(config.decoders, config.decoder_memory, config.decode_timeout)
-        max_batch = getattr(self.pipeline.steps, "max_batch", 1)
+        max_batch = self.steps.max_batch
         if max_batch > config.threads:
             log.warning(
                 "the app's max_batch is %d but the service has %d worker threads, each holding one request: "
@@ -241,7 +243,7 @@ class TomaatService(Daemon):
             self._start_announcing()
         return self.port
 
-    def run_steps_on(self, steps) -> None:
+    def run_steps_on(self, steps: Steps) -> None:
         """Run the app's steps elsewhere (ray_steps.RaySteps): set before the service listens."""
         if self.port is not None:
             raise RuntimeError("where a service's steps run is fixed once it listens")
@@ -252,13 +254,14 @@ class TomaatService(Daemon):
                 "an app with upstream TOMAAT's data contract reads its volumes from files on this machine, which "
                 "replicas elsewhere cannot open: give it our contract (contract='rich') to run it on Ray"
             )
-        self.pipeline.steps = steps
+        self.steps = steps
+        self._build()
 
     async def _setup_app(self) -> None:
         """The app's setup() once (or the replicas' start), before the port opens, on a worker thread."""
         device = self.config.device
         try:
-            await deferToThreadPool(self.reactor, self.pool, self.pipeline.steps.setup, device)
+            await deferToThreadPool(self.reactor, self.pool, self.steps.setup, device)
         except Exception as error:
             log.exception("the app's setup(%r) failed", device)
             raise RuntimeError(f"the app's setup failed ({type(error).__name__}: {error})") from None
@@ -280,7 +283,8 @@ class TomaatService(Daemon):
             )
         self.delayed.clear()
         self.volumes.clear()
-        self.pipeline.steps.close()
+        self.decoders.close()
+        self.steps.close()
 
     async def _drain(self, grace: float) -> bool:
         """Wait until every accepted request is answered and written, or grace runs out; whether it was."""

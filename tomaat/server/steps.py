@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from typing import Protocol
 
 from ..errors import AppFailure, AppTimeout
 from .app import batch_settings
@@ -21,6 +22,29 @@ log = logging.getLogger("tomaat.server")
 
 # One per process: every service in the process shares the accelerator.
 GPU_LOCK = threading.Lock()
+
+
+class Steps(Protocol):
+    """What the pipeline and the service need of wherever the app's steps run (LocalSteps, BatchedSteps, RaySteps).
+
+    `setup` runs once, before the port opens, off the reactor; calls then come from worker threads, any number at
+    once; `close` once, at shutdown. `describe` is read on the reactor, so it must not wait on anything.
+    """
+
+    max_batch: int  # the most requests one inference call takes here (1: none batched in this process)
+    batcher: Batcher | None  # the batcher whose batches the metrics count, when this process batches
+
+    def setup(self, device: str) -> None: ...
+
+    def __call__(self, data: dict, timings, watch) -> dict:
+        """The app's preprocess, inference and postprocess on one request's data; the data they leave."""
+        ...
+
+    def describe(self) -> dict:
+        """For /health and /info: where the steps run, and how."""
+        ...
+
+    def close(self) -> None: ...
 
 
 def app_step(app, step: str, data: dict) -> dict:
@@ -57,6 +81,9 @@ def app_batch_step(app, items: list[dict]) -> list[dict]:
 
 class LocalSteps:
     """The app's steps on the calling worker thread; inference under the GPU lock, one request at a time."""
+
+    max_batch = 1
+    batcher: Batcher | None = None
 
     def __init__(self, app, gpu_lock=None):
         self.app = app

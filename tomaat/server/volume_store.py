@@ -85,7 +85,7 @@ class _UploadAllowance(Allowance):
     limit (413), the store's (507), the decoded inputs of all requests (503)."""
 
     def __init__(self, limits: Limits, shared: Budget | None, store: StoredVolumes):
-        super().__init__(limits, shared)
+        super().__init__(limits, shared, store.decoders)
         self.reservation = _Reservation(store, self)
 
     def charge(self, size: int, where: str) -> None:
@@ -116,8 +116,10 @@ class StoredVolumes:
         limits: Limits | None = None,
         shared: Budget | None = None,
         max_fields: int = 256,
+        decoders=None,
     ):
         self.clock = clock
+        self.decoders = decoders  # the service's decoder processes (None: the process's)
         self.ttl = float(ttl)
         self.max_bytes, self.max_count = int(max_bytes), int(max_count)
         self.limits = limits or Limits()
