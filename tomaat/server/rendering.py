@@ -2,7 +2,7 @@
 
 Inside the server an answer is an `Outcome`: a status and output items whose contents are raw (a file's bytes,
 or the text itself for PlainText and Fiducials), or error items. Only here does it become bytes on the wire,
-as the request asked (`form_of`): JSON, whose file contents are base64 text, the v1 encoding every client
+as the request asked (`encoding_for`): JSON, whose file contents are base64 text, the v1 encoding every client
 reads; or, for a client whose Accept asks for multipart/mixed, a binary answer (protocol/binary_answers.py),
 one raw part per item. Errors are always JSON. A delayed answer is the JSON item naming the id to collect;
 the outcome itself is rendered when collected, as the collecting request asks.
@@ -46,7 +46,7 @@ class Answer:
     content_type: str = JSON_TYPE
 
 
-def form_of(accept: bytes | str | None) -> str:
+def encoding_for(accept: bytes | str | None) -> str:
     """How a successful answer is encoded for a request with this Accept header."""
     return BINARY if binary_answers.wants_binary(accept) else JSON
 
@@ -79,9 +79,9 @@ def json_ready(items: list) -> list:
     ]
 
 
-def render(outcome: Outcome, form: str = JSON) -> Answer:
+def render(outcome: Outcome, encoding: str = JSON) -> Answer:
     """The answer for an outcome: binary when asked for and it succeeded, JSON otherwise (errors always)."""
-    if form == BINARY and outcome.status == 200:
+    if encoding == BINARY and outcome.status == 200:
         try:
             pieces, content_type = binary_answers.encode(outcome.items)
         except (TypeError, ValueError):  # an output type no part header can name: the app's, not the client's

@@ -126,7 +126,7 @@ class PredictionRoutes:
             if prefer_async:
                 request.setHeader(b"Preference-Applied", b"respond-async")
             return json_reply(request, delayed_items(request_id), 202 if prefer_async else 200)
-        render = partial(rendering.render, form=rendering.form_of(request.getHeader(b"Accept")))
+        render = partial(rendering.render, encoding=rendering.encoding_for(request.getHeader(b"Accept")))
         answer = self.service.worker.submit("POST /predict", timings, prediction, finish=render)
         return answer.addCallback(self._send, request)
 
@@ -209,8 +209,8 @@ class PredictionRoutes:
         if outcome is None:
             return json_reply(request, delayed_items(request_id))
         # rendered now, as this request asks, on a worker thread: the items may be hundreds of megabytes
-        form = rendering.form_of(request.getHeader(b"Accept"))
-        rendered = deferToThreadPool(self.service.reactor, self.service.pool, rendering.render, outcome, form)
+        encoding = rendering.encoding_for(request.getHeader(b"Accept"))
+        rendered = deferToThreadPool(self.service.reactor, self.service.pool, rendering.render, outcome, encoding)
         return rendered.addCallback(self._send, request)
 
     def _form_error(self, failure, request):
