@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from OpenSSL import SSL
 from twisted.internet import defer
+from twisted.internet.base import DelayedCall
 from twisted.python.failure import Failure
 
 from ..http_client import AnswerTooLarge, HttpClient, root_cause
@@ -112,8 +113,8 @@ class Announcer:
         self.sid = None
         self.failures = 0  # consecutive failed attempts, for health reporting
         self.announcements = 0  # accepted ones, since start
-        self._timer = None
-        self._in_flight = None
+        self._timer: DelayedCall | None = None
+        self._in_flight: defer.Deferred | None = None
         self._running = False
 
     def __repr__(self) -> str:  # never the key, even in a debugger or a log of the object
@@ -131,14 +132,14 @@ class Announcer:
         self._timer = None
         if not self._running:
             return
-        self._in_flight = defer.Deferred.fromCoroutine(self._announce_once())
-        self._in_flight.addBoth(self._schedule)
+        attempt = self._in_flight = defer.Deferred.fromCoroutine(self._announce_once())
+        attempt.addBoth(self._schedule)
 
     def _schedule(self, refusal) -> None:
         """Plan the next attempt: a period after an acceptance, a growing backoff after a failure."""
         self._in_flight = None
         if isinstance(refusal, Failure):  # a bug of ours; the loop goes on all the same
-            refusal = f"unexpected {refusal.type.__name__}: {refusal.getErrorMessage()}"
+            refusal = f"unexpected {type(refusal.value).__name__}: {refusal.getErrorMessage()}"
         if not self._running:
             return
         if refusal is None:

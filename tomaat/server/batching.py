@@ -43,7 +43,8 @@ class _Slot:
         self.done = threading.Event()
         self.result = None
         self.error: BaseException | None = None
-        self.started = self.ended = None
+        self.started: float | None = None
+        self.ended: float | None = None
         self.size = 0
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
+from twisted.internet.base import DelayedCall
+
 from .rendering import Outcome
 
 
 @dataclass
 class _Entry:
     outcome: Outcome | None = None  # None while the work runs
-    timer: object = None
+    timer: DelayedCall | None = None
     size: int = 0
 
 

@@ -82,14 +82,14 @@ def read_fields(body, content_type: str | None, max_fields: int = 256) -> dict[s
     """
     mimetype, options = parse_options_header(content_type or "")
     if mimetype == "multipart/form-data":
-        boundary = options.get("boundary")
-        if not boundary:
+        given = options.get("boundary")
+        if not given:
             raise RequestError("multipart/form-data without a boundary parameter")
         try:
-            boundary = boundary.encode("ascii")
+            boundary = given.encode("ascii")
         except UnicodeEncodeError:  # werkzeug decodes RFC 2231 (boundary*=UTF-8''...) to any character
             raise RequestError("the multipart boundary is not ASCII; expected a boundary as RFC 2046 allows") from None
-        return split_multipart(body_bytes(body), boundary, max_fields)
+        return dict(split_multipart(body_bytes(body), boundary, max_fields))
     if mimetype in ("application/x-www-form-urlencoded", ""):
         try:
             query = parse_qs(

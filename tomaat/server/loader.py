@@ -30,6 +30,9 @@ def _import_file(path: str):
     folder = os.path.dirname(path)
     name = "tomaat_user_" + os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} cannot be imported as a Python module (expected a .py file)")
+    loader = spec.loader
     module = importlib.util.module_from_spec(spec)
     before = set(sys.modules)
     added = folder not in sys.path
@@ -38,7 +41,7 @@ def _import_file(path: str):
     sys.modules[name] = module
     try:
         with deferred_runs() as ran:  # upstream's files end with `service.run()`
-            spec.loader.exec_module(module)
+            loader.exec_module(module)
     except BaseException:
         if added and folder in sys.path:
             sys.path.remove(folder)

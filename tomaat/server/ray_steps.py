@@ -23,6 +23,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import AppTimeout, RequestError
 
@@ -57,7 +58,11 @@ class RayOptions:
             raise ValueError(f"--replicas {self.replicas}: expected at least 1")
         if (self.min_replicas is None) != (self.max_replicas is None):
             raise ValueError("--min-replicas and --max-replicas go together")
-        if self.min_replicas is not None and not 0 <= self.min_replicas <= self.max_replicas >= 1:
+        if (
+            self.min_replicas is not None
+            and self.max_replicas is not None
+            and not 0 <= self.min_replicas <= self.max_replicas >= 1
+        ):
             raise ValueError(
                 f"--min-replicas {self.min_replicas} --max-replicas {self.max_replicas}: expected 0 <= min <= max, max >= 1"
             )
@@ -107,7 +112,7 @@ def start_ray(options: RayOptions) -> None:
     if options.address is None:
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # for this process and the Ray processes it starts
     if "ray" in sys.modules:  # imported already (by the app?): make it read the settings again
-        from ray._raylet import Config
+        from ray._raylet import Config  # type: ignore[attr-defined]  # a compiled module: mypy sees no names in it
 
         Config.initialize("")
     import ray
@@ -222,7 +227,7 @@ class RaySteps:
     def __init__(self, target: str, options: RayOptions, device: str = "auto", timeout: float = 0.0):
         self.target, self.options, self.device = target, options.check(), device
         self.timeout = float(timeout or 0) or None
-        self.handle = None
+        self.handle: Any = None  # Serve's DeploymentHandle, once set up
         self._status: dict = {"running": 0, "state": "starting"}
         self._stop = threading.Event()
         self._local = options.address is None
@@ -266,7 +271,7 @@ class RaySteps:
             log.info("Ray Serve: using the application %r the cluster runs; --replicas is the cluster's", APPLICATION)
         else:
             serve.start(proxy_location="Disabled")  # the front end is the only way in: Serve's own HTTP stays off
-            deployment = serve.deployment(Replica, name="steps", **self.options.deployment())
+            deployment = serve.deployment(name="steps", **self.options.deployment())(Replica)
             bound = deployment.bind(self.target, self.device, self.options.gpus_per_replica)
             self.handle = serve.run(bound, name=APPLICATION, route_prefix=None, blocking=False)
         self._refresh()
@@ -281,7 +286,7 @@ class RaySteps:
 
         try:
             application = serve.status().applications.get(APPLICATION)
-            states = {}
+            states: dict[str, int] = {}
             if application is not None:
                 for deployment in application.deployments.values():
                     for state, count in deployment.replica_states.items():
@@ -370,7 +375,7 @@ def build_app(args: dict):
     gpus = float(args.get("gpus", 0))
     options = RayOptions(gpus_per_replica=gpus).deployment()
     options.pop("num_replicas", None)
-    return serve.deployment(Replica, name="steps", **options).bind(target, str(args.get("device", "auto")), gpus)
+    return serve.deployment(name="steps", **options)(Replica).bind(target, str(args.get("device", "auto")), gpus)
 
 
 def _lost(error: Exception) -> bool:

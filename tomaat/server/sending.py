@@ -27,7 +27,7 @@ class _Sender:
         self.body = self.pieces.pop(0) if self.pieces else memoryview(b"")
         self.offset = 0
         self.started = time.perf_counter()
-        self.done = Deferred()
+        self.done: Deferred[float] = Deferred()
 
     def resumeProducing(self) -> None:
         chunk, room = [], CHUNK  # up to 1 MiB per write, small pieces joined with what follows them

@@ -152,7 +152,7 @@ class TomaatService(Daemon):
 
     def info(self) -> dict:
         config = self.config
-        info = {key: str(self.description.get(key, "")) for key in DESCRIPTION}
+        info: dict = {key: str(self.description.get(key, "")) for key in DESCRIPTION}
         info.update(self.model_metadata())
         info.update(
             input_interface=[e.to_dict() for e in self.input_interface],
@@ -187,6 +187,7 @@ class TomaatService(Daemon):
         if self.config.public_url:
             return self.config.public_url.rstrip("/")
         scheme = "https" if self.config.tls else "http"
+        assert self.port is not None, "a service announces only once it listens"
         return f"{scheme}://{socket.getfqdn()}:{self.port.getHost().port}"
 
     def _start_announcing(self) -> None:

@@ -140,14 +140,15 @@ class BatchedSteps(LocalSteps):
     def __init__(self, app, gpu_lock=None):
         super().__init__(app, gpu_lock)
         self.max_batch, self.max_delay_ms = batch_settings(app)
-        self.batcher = Batcher(
+        self._batcher = Batcher(
             lambda items: app_batch_step(app, items), self.max_batch, self.max_delay_ms, self.gpu_lock
         )
+        self.batcher = self._batcher
 
     def inference(self, data: dict, timings, watch=None) -> dict:
         expired = (lambda: watch.expired) if watch is not None else None
         try:
-            return self.batcher.run(data, timings, expired)
+            return self._batcher.run(data, timings, expired)
         except Expired:
             if watch is not None:
                 watch.check("preprocess")

@@ -29,6 +29,8 @@ import secrets
 import threading
 from dataclasses import dataclass
 
+from twisted.internet.base import DelayedCall
+
 from ..body import Budget
 from ..errors import RequestError, TooLarge
 from ..files.limits import Allowance, Limits
@@ -57,7 +59,7 @@ class _Stored:
     image: object  # sitk.Image, never handed out itself
     size: int
     last_used: float
-    timer: object = None
+    timer: DelayedCall | None = None
 
 
 class _Reservation:

@@ -104,7 +104,8 @@ class Worker:
         """
         self._count(+1, 0)
         self.unanswered += 1
-        answer, timer = Deferred(), []
+        answer: Deferred = Deferred()
+        timer: list = []
 
         def expire():
             watch.expired = True
