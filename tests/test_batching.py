@@ -24,9 +24,9 @@ from tomaat import LabelVolume, PlainText, Slider, TomaatApp, Volume
 from tomaat.client import AsyncClient
 from tomaat.errors import AppFailure, AppTimeout
 from tomaat.server.batching import Batcher, Expired
-from tomaat.server.pipeline import Timings, Watch
 from tomaat.server.service import TomaatService
 from tomaat.server.steps import GPU_LOCK, BatchedSteps, LocalSteps, local_steps
+from tomaat.server.timings import Timings, Watch
 
 DEADLINE = 10.0
 
@@ -426,7 +426,7 @@ class BatchedThreshold(TomaatApp):
 async def test_concurrent_requests_over_http_are_batched_and_each_gets_its_own_labels(serve, tmp_path, caplog):
     app = BatchedThreshold()
     service = await serve(app, threads=8)
-    batcher = service.pipeline.steps.batcher
+    batcher = service.steps.batcher
     client = AsyncClient(service.url, known_hosts=str(tmp_path / "kh.json"))
     sizes = [(14, 12, 10), (13, 12, 10), (14, 11, 10), (14, 12, 9), (12, 12, 10)]
     thresholds = [100, 600, 100, 600, 950]

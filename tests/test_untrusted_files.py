@@ -287,7 +287,7 @@ async def test_decoded_bytes_are_charged_per_request_and_process_and_given_back(
     roomy = await serve(ThresholdApp(), max_decoded_total=10**6)
     for _ in range(3):
         assert (await slicer_post(roomy.url + "/predict", GOOD)).status_code == 200
-    assert roomy.pipeline.decoded.used == 0
+    assert roomy.prediction.decoded.used == 0
 
 
 @pytest_twisted.ensureDeferred

@@ -31,8 +31,8 @@ from tomaat import LabelVolume, PlainText, Slider, TomaatApp, Volume
 from tomaat.body import Budget
 from tomaat.errors import RequestError
 from tomaat.protocol.outputs import decode_item
-from tomaat.server.pipeline import Timings
 from tomaat.server.service import TomaatService
+from tomaat.server.timings import Timings
 from tomaat.server.volume_store import StoredVolumes
 
 PHANTOM_BYTES = 14 * 12 * 10 * 4  # make_phantom(): float32
@@ -127,7 +127,7 @@ async def test_a_stored_volume_expires_and_is_then_unknown(serve, phantom):
     response = await store(service.url, phantom)
     assert response.json()["expires_in"] == 0.3
     volume_id = response.json()["volume_id"]
-    assert service.pipeline.decoded.used == PHANTOM_BYTES  # held in the decoded inputs' budget
+    assert service.prediction.decoded.used == PHANTOM_BYTES  # held in the decoded inputs' budget
     await wait_for(lambda: len(service.volumes) == 0, timeout=5, what="the volume to expire")
     late = await predict(service.url, volume_id)
     assert late.status_code == 404
@@ -139,7 +139,7 @@ async def test_a_stored_volume_expires_and_is_then_unknown(serve, phantom):
             "or was deleted",
         }
     ]
-    assert service.pipeline.decoded.used == 0 and service.volumes.held_bytes == 0
+    assert service.prediction.decoded.used == 0 and service.volumes.held_bytes == 0
     assert (await call("GET", service.url + "/health")).json()["stored_volumes"] == 0
 
 
@@ -202,7 +202,7 @@ async def test_delete_removes_a_stored_volume(serve, phantom):
         )
     assert (await call("DELETE", f"{service.url}/volumes/..%2F{other}")).status_code == 404  # no such endpoint
     assert (await predict(service.url, other)).status_code == 200  # the other one is still there
-    assert service.volumes.held_bytes == PHANTOM_BYTES == service.pipeline.decoded.used
+    assert service.volumes.held_bytes == PHANTOM_BYTES == service.prediction.decoded.used
     assert (await call("GET", service.url + "/volumes")).status_code == 405  # never listed
     assert (await call("GET", f"{service.url}/volumes/{other}")).status_code == 405  # never read back
 
@@ -216,9 +216,9 @@ async def test_a_volume_past_the_budget_gets_507_until_room_is_made(serve, phant
     [item] = refused.json()
     assert item["label"] == "Error!" and "max_stored_bytes" in item["content"]
     assert f"takes {PHANTOM_BYTES} bytes" in item["content"]
-    assert service.volumes.held_bytes == PHANTOM_BYTES == service.pipeline.decoded.used  # the refused one holds none
+    assert service.volumes.held_bytes == PHANTOM_BYTES == service.prediction.decoded.used  # the refused one holds none
     assert (await call("DELETE", f"{service.url}/volumes/{first}")).status_code == 204
-    assert service.pipeline.decoded.used == 0
+    assert service.prediction.decoded.used == 0
     second = await stored_id(service.url, phantom)
     assert (await predict(service.url, second)).status_code == 200
 
@@ -257,7 +257,7 @@ async def test_uploads_are_checked_as_predict_volumes_are(serve, phantom):
     assert as_base64.status_code == 201 and as_base64.json()["bytes"] == PHANTOM_BYTES
     reference = await call("POST", service.url + "/volumes", data={"volume": "volume_id:" + "0" * 32})
     assert reference.status_code == 400
-    assert len(service.volumes) == 1 and service.volumes.held_bytes == PHANTOM_BYTES == service.pipeline.decoded.used
+    assert len(service.volumes) == 1 and service.volumes.held_bytes == PHANTOM_BYTES == service.prediction.decoded.used
 
 
 @pytest_twisted.ensureDeferred
@@ -350,10 +350,10 @@ async def test_nothing_reaches_the_disk_and_shutdown_drops_every_volume(phantom)
         assert service.volumes.held_bytes == 3 * PHANTOM_BYTES
     finally:
         await service.stop()
-    assert len(service.volumes) == 0 and service.volumes.held_bytes == 0 and service.pipeline.decoded.used == 0
+    assert len(service.volumes) == 0 and service.volumes.held_bytes == 0 and service.prediction.decoded.used == 0
     with pytest.raises(RequestError) as caught:
         service.volumes.put(service.volumes.receive(*_upload_body(phantom), Timings()))
-    assert caught.value.status == 503 and service.pipeline.decoded.used == 0
+    assert caught.value.status == 503 and service.prediction.decoded.used == 0
 
 
 def test_tomaat_serve_takes_the_store_options(tmp_path):

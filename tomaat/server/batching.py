@@ -98,7 +98,7 @@ class Batcher:
 
     def run(self, item, timings=None, expired: Callable[[], bool] | None = None):
         """`item`'s result, once the batch it went into has run; on the calling thread's request timings
-        (a pipeline.Timings): `lock_wait` until its batch started, `inference` for the batch, `batch` its size."""
+        (a timings.Timings): `lock_wait` until its batch started, `inference` for the batch, `batch` its size."""
         slot = _Slot(item, expired, self.clock())
         with self._cond:
             self._queue.append(slot)

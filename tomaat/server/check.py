@@ -1,7 +1,7 @@
 """`tomaat check APP`: one request, built from the interface's defaults and a generated phantom, through the app
 and the encoders, with no server and no client: a researcher learns what would fail before a clinician does.
 
-The request goes through the same pipeline as a served one (decoding, the contract, the three steps, the
+The request goes through the same prediction code as a served one (decoding, the contract, the three steps, the
 encoders), so a wrong key, a forgotten output or a label off the input's grid shows here. The phantom's grid is
 deliberately not the default one (permuted, flipped axes and an offset origin), as clinical images are not.
 """
@@ -19,8 +19,8 @@ from ..files.limits import Allowance
 from ..protocol import b64, fiducials, transforms
 from ..protocol.outputs import decode_item
 from ..protocol.volumes import write_image
-from .pipeline import Timings, Watch
 from .rendering import json_ready
+from .timings import Timings, Watch
 
 log = logging.getLogger("tomaat.server")
 
@@ -97,7 +97,7 @@ def check(service) -> tuple[bool, list[str]]:
     timings = Timings()
     allowance = Allowance(service.limits, None, service.decoders)
     try:
-        items = json_ready(service.pipeline.run_fields(fields, timings, Watch(), allowance))  # as a client reads them
+        items = json_ready(service.prediction.run_fields(fields, timings, Watch(), allowance))  # as a client reads them
     except RequestError as error:
         return False, [*lines, f"FAILED ({error.status}): {error.message}", "(the traceback is in the log above)"]
     finally:

@@ -7,7 +7,7 @@ Two things vary between requests and apps, and nothing else on the request path 
 - the client's conventions: TOMAAT-Slicer's (slicer.py: its points are RAS, and an empty Fiducials answer
   must reach it as a PlainText) or everyone else's.
 
-`conventions_for` picks the one object that handles both for a request; the pipeline calls it and goes on in
+`conventions_for` picks the one object that handles both for a request; the prediction (prediction.py) calls it and goes on in
 a straight line: decoded inputs -> `to_app` -> steps -> `from_app` per output -> item -> `item`.
 """
 

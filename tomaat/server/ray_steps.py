@@ -209,7 +209,7 @@ class Replica:
 
         Only the output fields travel back: `data` also holds the input volume and whatever the
         steps left in it, often several times the outputs' size."""
-        from .pipeline import Timings, Watch
+        from .timings import Timings, Watch
 
         timings = Timings()
         done = await asyncio.to_thread(self.steps, _unpacked(data), timings, Watch())

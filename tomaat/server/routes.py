@@ -19,9 +19,9 @@ from ..protocol.answers import delayed_items, error_items
 from ..web import json_reply
 from . import page, rendering
 from .form import read_fields
-from .pipeline import Timings
 from .rendering import JSON_TYPE, Answer, Outcome
 from .sending import send
+from .timings import Timings
 from .volume_store import short
 
 RESPONSES_BODY = 4096  # a request_id form is a few hundred bytes: a larger one is never parsed
@@ -115,11 +115,11 @@ class PredictionRoutes:
             message = f"the server holds {held} uncollected delayed results; collect yours, or try again later"
             return _refuse(request, message, b"30")
         body, content_type, timings = _take_body(request)
-        pipeline = self.service.pipeline
+        run = self.service.prediction.run
 
         def prediction(watch) -> Outcome:
             with closing(body):
-                return Outcome(200, pipeline.run(body, content_type, timings, watch))
+                return Outcome(200, run(body, content_type, timings, watch))
 
         if delayed:  # the outcome is kept as it is: whoever collects it says how it is rendered
             request_id = self.service.delayed.track(self.service.worker.submit("POST /predict", timings, prediction))

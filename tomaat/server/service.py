@@ -33,7 +33,7 @@ from .app import UPSTREAM, TomaatApp, batch_settings
 from .config import DESCRIPTION, ServiceConfig, described
 from .delayed import DelayedResults
 from .metrics import Metrics
-from .pipeline import Pipeline
+from .prediction import Prediction
 from .routes import PredictionRoutes
 from .steps import Steps, local_steps
 from .volume_store import StoredVolumes
@@ -112,7 +112,7 @@ class TomaatService(Daemon):
             config.max_fields,
             self.decoders,
         )
-        self.pipeline = Pipeline(
+        self.prediction = Prediction(
             self.app, self.input_interface, self.output_interface, self.steps, config.max_fields, self.limits,
             decoded, self.volumes, self.decoders,
         )  # fmt: skip

@@ -1,6 +1,6 @@
 """Where the app's three steps run: in this process (here), or in Ray Serve replicas (ray_steps.py).
 
-The pipeline (pipeline.py) decodes a request into the app's `data`, hands it to a steps object, and
+The prediction (prediction.py) decodes a request into the app's `data`, hands it to a steps object, and
 encodes what comes back; a steps object runs preprocess, inference and postprocess and says how long
 each took. `LocalSteps` holds the GPU lock around inference only, so while one request holds the GPU
 the others preprocess and postprocess in parallel. An app with `max_batch > 1` gets `BatchedSteps`
@@ -25,7 +25,7 @@ GPU_LOCK = threading.Lock()
 
 
 class Steps(Protocol):
-    """What the pipeline and the service need of wherever the app's steps run (LocalSteps, BatchedSteps, RaySteps).
+    """What the prediction and the service need of wherever the app's steps run (LocalSteps, BatchedSteps, RaySteps).
 
     `setup` runs once, before the port opens, off the reactor; calls then come from worker threads, any number at
     once; `close` once, at shutdown. `describe` is read on the reactor, so it must not wait on anything.

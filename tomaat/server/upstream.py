@@ -9,7 +9,7 @@ that and back, so the app's code runs unchanged.
 The files are ones we write from the decoded, checked image or transform,
 never the client's bytes: whatever the app reads them with (usually
 `sitk.ReadImage`, which guesses the format) sees only a file of ours. They live
-in the request's scratch folder, which the pipeline removes after the answer.
+in the request's scratch folder, which the prediction removes after the answer.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from ..errors import RequestError
-from .pipeline import Timings, Watch
 from .rendering import Outcome
+from .timings import Timings, Watch
 
 log = logging.getLogger("tomaat.server")
 

@@ -1,6 +1,6 @@
 """One prediction, start to finish, on a worker thread: fields -> data -> app's steps -> output items.
 
-The app's steps run where a steps object says (steps.py: this process, under the GPU lock for
+docs/architecture.md walks a volume through it. The app's steps run where a steps object says (steps.py: this process, under the GPU lock for
 inference; ray_steps.py: Ray Serve replicas); parsing, decoding and encoding stay here.
 """
 
@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 
 from ..body import Budget
-from ..errors import AppFailure, AppTimeout
+from ..errors import AppFailure
 from ..files.limits import Allowance, Limits
 from ..files.scratch import scratch_folder
 from ..protocol.elements import AmbiguousGrid
@@ -19,59 +18,10 @@ from ..protocol.inputs import decode_fields
 from ..protocol.outputs import output_item
 from .conventions import conventions_for
 from .form import read_fields
+from .timings import Timings, Watch
 from .volume_store import take_fields
 
 log = logging.getLogger("tomaat.server")
-
-STAGES = (
-    "receive",
-    "parse",
-    "decode",
-    "ray_put",
-    "preprocess",
-    "lock_wait",
-    "inference",
-    "postprocess",
-    "ray",
-    "encode",
-)
-
-
-class Timings(dict):
-    batch = 0  # the size of the batch a batched app's inference ran in (batching.py); 0: not batched
-
-    @contextlib.contextmanager
-    def stage(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self[name] = self.get(name, 0.0) + time.perf_counter() - start
-
-    def summary(self) -> str:
-        summary = " ".join(f"{name}={self[name] * 1000:.1f}ms" for name in STAGES if name in self)
-        return f"{summary} batch={self.batch}" if self.batch else summary
-
-
-class Watch:
-    """Links a running request to the time limit kept on the reactor (worker.py).
-
-    A Python thread cannot be stopped, so a request past its limit is answered
-    504 at once and its thread only learns of it between app steps, where it
-    stops instead of running the remaining steps.
-    """
-
-    def __init__(self, on_app_start=None):
-        self.on_app_start = on_app_start
-        self.expired = False
-
-    def app_started(self) -> None:
-        if self.on_app_start is not None:
-            self.on_app_start()
-
-    def check(self, step: str) -> None:
-        if self.expired:
-            raise AppTimeout(f"the service ran past its time limit (stopped after {step})")
 
 
 def grid_of(element, volumes: dict):
@@ -84,7 +34,7 @@ def grid_of(element, volumes: dict):
     return next(iter(volumes.values()), None)
 
 
-class Pipeline:
+class Prediction:
     """One prediction as a line: body -> fields -> decoded inputs -> the app's data (as the request's conventions
     have it) -> steps -> output items, with raw contents. How the items are written on the wire is not decided
     here (rendering.py), nor where the steps run (steps.py)."""
