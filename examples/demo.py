@@ -20,7 +20,7 @@ import urllib.request
 import numpy as np
 import SimpleITK as sitk
 import treq
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.error import ConnectionRefusedError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -178,11 +178,20 @@ async def run(reactor, args) -> None:
                 timing = [line.split("tomaat.server: ", 1)[-1].strip() for line in handle if "POST /predict" in line]
             print(f"   server log: {timing[-1] if timing else '(no line)'}")
             page = urllib.request.urlopen(server_url + "/app/", timeout=10)  # another process: no reactor to block
-            print(
-                f"5. the browser page: {server_url}/app/ (HTTP {page.status}; drop a scan there, see the labels over it)"
-            )
-            print("   this demo stops its servers now; to keep one: .venv/bin/tomaat serve examples/threshold.py")
-            print("   and open https://localhost:9000/app/ (accept its self-signed certificate once)")
+            if sys.stdin.isatty() and sys.stdout.isatty():
+                # A person at a terminal gets a link that works: the servers run until Ctrl-C.
+                print(f"5. the browser page: {server_url}/app/ (drop a scan there, see the labels over it)")
+                print("   the registry and the example server keep running; press Ctrl-C to stop them", flush=True)
+                interrupted: defer.Deferred = defer.Deferred()
+                reactor.addSystemEventTrigger("before", "shutdown", interrupted.callback, None)
+                await interrupted
+                print("\n   stopping the registry and the example server")
+            else:
+                # Not at a terminal (a script, a test): nobody could open the link, so the demo ends now.
+                print(f"5. the browser page answered at {server_url}/app/ (HTTP {page.status}); the demo stops its")
+                print("   servers now (not run in a terminal). To serve the page: .venv/bin/tomaat serve")
+                print("   examples/threshold.py --port 9000, then open https://localhost:9000/app/")
+                print("   (accept its self-signed certificate once)")
         except BaseException:
             for name in ("registry.log", "server.log"):
                 log_path = os.path.join(state, name)

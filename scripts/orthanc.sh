@@ -10,15 +10,17 @@
 # log of its own in TOMAAT_ORTHANC_DIR, HTTP on TOMAAT_ORTHANC_PORT for local clients only and no DICOM (C-STORE)
 # server; reuses the one already running from that folder when its settings are the same and restarts it when
 # they changed; waits until DICOMweb answers and prints the DICOMweb root URL as the last line of stdout.
-# Everything else goes to stderr. Settings, all optional: TOMAAT_ORTHANC_DIR, TOMAAT_ORTHANC_PORT,
+# Everything else goes to stderr. Settings, all optional: TOMAAT_ORTHANC_DIR (default .services/orthanc in
+# this checkout), TOMAAT_ORTHANC_PORT (default: the port recorded in TOMAAT_ORTHANC_DIR/port, else a free one
+# picked from the folder's path, so that two checkouts' or two folders' servers never share one),
 # TOMAAT_ORTHANC_USER and TOMAAT_ORTHANC_PASSWORD (both or neither: HTTP basic authentication),
-# TOMAAT_ORTHANC_WAIT (seconds to wait for the server). Two instances need two folders and two ports.
-# The storage is a test store: a restart may keep what it holds; stop the server (kill the pid in
-# TOMAAT_ORTHANC_DIR/orthanc.pid) and delete the folder to empty it.
+# TOMAAT_ORTHANC_WAIT (seconds to wait for the server). Two instances need two folders.
+# The storage is a test store: a restart may keep what it holds; scripts/stop-services.sh stops the server
+# (--delete also deletes the folder, emptying it).
 set -euo pipefail
 
-DIR=${TOMAAT_ORTHANC_DIR:-/tmp/tomaat-orthanc}
-PORT=${TOMAAT_ORTHANC_PORT:-18042}
+DIR=${TOMAAT_ORTHANC_DIR:-$(cd "$(dirname "$0")/.." && pwd)/.services/orthanc}
+PORT=${TOMAAT_ORTHANC_PORT:-}
 AUTH_USER=${TOMAAT_ORTHANC_USER:-}
 # A test store reachable from this machine only; the password exists to test basic authentication.
 AUTH_PASSWORD=${TOMAAT_ORTHANC_PASSWORD:-}
@@ -31,9 +33,11 @@ fail() {
 }
 
 [[ $DIR == /* && $DIR != *[\"\\]* ]] || fail "TOMAAT_ORTHANC_DIR must be an absolute path without quotes or backslashes, got '$DIR'"
-[[ $PORT =~ ^[0-9]+$ ]] && ((10#$PORT > 0 && 10#$PORT < 65536)) || fail "TOMAAT_ORTHANC_PORT must be a port number, got '$PORT'"
-PORT=$((10#$PORT))
-((PORT != 8042 && PORT != 4242)) || fail "TOMAAT_ORTHANC_PORT must not be $PORT, the system Orthanc's port"
+if [[ -n $PORT ]]; then
+    [[ $PORT =~ ^[0-9]+$ ]] && ((10#$PORT > 0 && 10#$PORT < 65536)) || fail "TOMAAT_ORTHANC_PORT must be a port number, got '$PORT'"
+    PORT=$((10#$PORT))
+    ((PORT != 8042 && PORT != 4242)) || fail "TOMAAT_ORTHANC_PORT must not be $PORT, the system Orthanc's port"
+fi
 [[ $WAIT =~ ^[0-9]+$ ]] || fail "TOMAAT_ORTHANC_WAIT must be a number of seconds, got '$WAIT'"
 [[ -n $AUTH_USER || -z $AUTH_PASSWORD ]] || fail "TOMAAT_ORTHANC_PASSWORD is set but TOMAAT_ORTHANC_USER is not"
 [[ -z $AUTH_USER || -n $AUTH_PASSWORD ]] || fail "TOMAAT_ORTHANC_USER is set but TOMAAT_ORTHANC_PASSWORD is not"
@@ -102,7 +106,6 @@ PIDFILE=$DIR/orthanc.pid
 LOG=$DIR/orthanc.log
 BODY=$DIR/probe.body
 NAME="tomaat-test $DIR"
-BASE=http://127.0.0.1:$PORT
 CREDENTIALS=${AUTH_USER:+$AUTH_USER:$AUTH_PASSWORD}
 
 mkdir -p "$DIR/storage" "$DIR/index"
@@ -110,6 +113,36 @@ chmod 700 "$DIR" # the configuration holds the password
 # One run at a time per folder; the server does not inherit the lock.
 exec 9>"$DIR/lock"
 flock -w "$WAIT" 9 || fail "another scripts/orthanc.sh holds $DIR/lock"
+
+# The pid in the pid file when it is a live Orthanc started with this folder's configuration (a zombie's or a
+# recycled pid's command line does not match).
+running() {
+    local pid
+    pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == "$ORTHANC $CONFIG " ]] || return 1
+    echo "$pid"
+}
+# Whether a process lives and is no zombie (procps may be missing, so no ps).
+alive() {
+    local _pid _comm state
+    read -r _pid _comm state _ <"/proc/$1/stat" 2>/dev/null || return 1
+    [[ $state != Z ]]
+}
+# Whether something listens on 127.0.0.1:$1.
+taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# The port: the one asked for, else the one this folder's Orthanc has used (unless another program took it
+# while this Orthanc was stopped), else the first free one from a start that depends on the folder's path.
+if [[ -z $PORT ]]; then
+    PORT=$(cat "$DIR/port" 2>/dev/null || true)
+    if [[ ! $PORT =~ ^[0-9]+$ ]] || { ! running >/dev/null && taken "$PORT"; }; then
+        PORT=$((18100 + $(cksum <<<"$DIR" | cut -d' ' -f1) % 800))
+        while taken "$PORT"; do PORT=$((PORT + 1)); done
+    fi
+fi
+echo "$PORT" >"$DIR/port"
+BASE=http://127.0.0.1:$PORT
 
 if [[ -n $AUTH_USER ]]; then
     AUTH_JSON="\"AuthenticationEnabled\": true,
@@ -153,22 +186,6 @@ cat >"$CONFIG.new" <<JSON
   }
 }
 JSON
-
-# The pid in the pid file when it is a live Orthanc started with this folder's configuration (a zombie's or a
-# recycled pid's command line does not match).
-running() {
-    local pid
-    pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    [[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == "$ORTHANC $CONFIG " ]] || return 1
-    echo "$pid"
-}
-# Whether a process lives and is no zombie (procps may be missing, so no ps).
-alive() {
-    local _pid _comm state
-    read -r _pid _comm state _ <"/proc/$1/stat" 2>/dev/null || return 1
-    [[ $state != Z ]]
-}
 
 if pid=$(running); then
     if cmp -s "$CONFIG.new" "$CONFIG"; then

@@ -538,3 +538,72 @@ def test_an_uncompressed_scan_is_compressed_in_the_browser_for_a_far_server_only
                     assert up > size, (up, size)
             finally:
                 driver.quit()
+
+
+def bright_pixels(png: bytes) -> int:
+    """Pixels that are not near black: anything drawn on the viewer's black background (its edge, where an element
+    screenshot may take in a row of the page around it, left out)."""
+    return int((screenshot_rgb(png)[2:-2, 2:-2, :3].max(axis=-1) > 60).sum())
+
+
+ROWS = """
+return arguments[0].map((element) => {
+    const rects = Array.from(element.getClientRects());
+    const box = element.getBoundingClientRect();
+    return { lines: rects.length, top: box.top, bottom: box.bottom, middle: (box.top + box.bottom) / 2 };
+});
+"""
+
+
+def one_row(driver, elements) -> list[dict]:
+    """Each element's line boxes and vertical extent; asserts each is one line and all share a line."""
+    rects = driver.execute_script(ROWS, elements)
+    assert [rect["lines"] for rect in rects] == [1] * len(elements), rects  # an inline box that wraps has two
+    for rect in rects[1:]:
+        assert rects[0]["top"] < rect["middle"] < rects[0]["bottom"], rects  # side by side, not one under another
+    return rects
+
+
+@needs_browser()
+def test_before_a_scan_the_page_says_what_to_do_and_its_controls_sit_on_one_line(threshold_page, tmp_path):
+    path = str(tmp_path / "phantom.nii.gz")
+    sitk.WriteImage(phantom(), path)
+    driver = chrome()
+    try:
+        driver.get(threshold_page.url + "/app/")
+        status_when(driver, lambda text: "Run" in text or text.startswith("error:"))
+        driver.save_screenshot(str(tmp_path / "before-a-scan.png"))  # for a person to look at when the page changes
+        empty = hook(driver, "viewer-empty")
+        assert empty.is_displayed()
+        assert empty.text == "Choose a scan (NIfTI, NRRD, MHA or a DICOM folder) to begin"
+        assert "loading" not in driver.find_element("tag name", "body").text.lower()
+        # NiiVue draws its own placeholder into the canvas, out of the DOM's reach: with the note hidden, the
+        # canvas must be plain black.
+        driver.execute_script("arguments[0].style.visibility = 'hidden'", empty)
+        assert bright_pixels(hook(driver, "viewer").screenshot_as_png) == 0
+        driver.execute_script("arguments[0].style.visibility = ''", empty)
+
+        # The header: the service's name, its modality, anatomy and task where not "any", its description.
+        header = driver.find_element("tag name", "header").text
+        description = "Labels voxels at or above a threshold; reports their count and volume."
+        assert header.splitlines() == ["Threshold", "segmentation", description]  # the app says "any", "any"
+
+        # The scan's two choosers side by side, each one line, worded for one scan.
+        choosers = [hook(driver, "choose-images"), hook(driver, "choose-folder-images")]
+        one_row(driver, choosers)
+        assert [chooser.text for chooser in choosers] == ["Choose a scan file…", "Choose a DICOM folder…"]
+        # The slider with its range and value on one line: 0 [----o----] 1000 [500]
+        slider = driver.find_element("css selector", '[data-testid="input-threshold"][type="range"]')
+        number = driver.find_element("css selector", '[data-testid="input-threshold"][type="number"]')
+        low, high = hook(driver, "minimum-threshold"), hook(driver, "maximum-threshold")
+        one_row(driver, [low, slider, high, number])
+        assert (low.text, high.text, number.get_attribute("value")) == ("0", "1000", "500")
+
+        hook(driver, "input-images").send_keys(path)
+        status_when(driver, lambda text: "voxels" in text)
+        assert not empty.is_displayed()  # the scan replaces the note
+        assert bright_pixels(hook(driver, "viewer").screenshot_as_png) > 1000
+        driver.save_screenshot(str(tmp_path / "with-a-scan.png"))
+        assert [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        driver.quit()

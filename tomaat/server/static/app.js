@@ -56,6 +56,7 @@ class NiiVueViewer {
       show3Dcrosshair: true,
       isResizeCanvas: true,
       logLevel: "error",
+      loadingText: "", // its "loading ..." would stay until a scan is shown: the page's own note says what to do
     });
     await this.nv.attachToCanvas(canvas);
     this.nv.setSliceType(this.nv.sliceTypeMultiplanar);
@@ -194,9 +195,10 @@ function hooked(node, destination) {
 const CONTROLS = {
   volume(spec, box) {
     // one image file, or the files of one DICOM series (converted to NIfTI here, in the browser)
+    // (several files: a DICOM series' slices; the button names the usual case, one scan file)
     const input = hooked(element("input", { type: "file", multiple: "" }), spec.destination);
-    const folder = element("input", { type: "file", webkitdirectory: "", title: "a DICOM series folder" });
-    const drop = element("div", { class: "drop" }, "or drop an image file (NIfTI, MHA, NRRD) or a DICOM series here");
+    const folder = element("input", { type: "file", webkitdirectory: "" });
+    const drop = element("div", { class: "drop" }, "or drop a scan file (NIfTI, MHA, NRRD) or a DICOM series here");
     const take = async (files) => {
       document.body.dataset.picked = String(performance.now());
       try {
@@ -221,9 +223,17 @@ const CONTROLS = {
       drop.classList.remove("over");
       if (event.dataTransfer.files.length) take(Array.from(event.dataTransfer.files));
     });
-    const folderLabel = element("label", {}, "DICOM folder: ");
-    folderLabel.append(folder);
-    box.append(input, folderLabel, drop);
+    const choosers = element("div", { class: "choosers" });
+    for (const [chooser, text, hook] of [
+      [input, "Choose a scan file…", `choose-${spec.destination}`],
+      [folder, "Choose a DICOM folder…", `choose-folder-${spec.destination}`],
+    ]) {
+      const label = element("label", { class: "chooser" }, text);
+      label.dataset.testid = hook;
+      label.append(chooser);
+      choosers.append(label);
+    }
+    box.append(choosers, drop);
   },
   slider(spec, box) {
     const { minimum, maximum } = spec;
@@ -231,6 +241,12 @@ const CONTROLS = {
     const step = maximum > minimum ? (maximum - minimum) / 200 : 1;
     const range = hooked(element("input", { type: "range", min: minimum, max: maximum, step, value: start }), spec.destination);
     const number = hooked(element("input", { type: "number", min: minimum, max: maximum, step: "any", value: start }), spec.destination);
+    const low = element("span", { class: "bound" }, String(minimum));
+    const high = element("span", { class: "bound" }, String(maximum));
+    low.dataset.testid = `minimum-${spec.destination}`;
+    high.dataset.testid = `maximum-${spec.destination}`;
+    range.setAttribute("aria-label", `${spec.destination}, from ${minimum} to ${maximum}`);
+    number.setAttribute("aria-label", spec.destination);
     state.values[spec.destination] = String(start);
     range.addEventListener("input", () => {
       number.value = range.value;
@@ -240,7 +256,9 @@ const CONTROLS = {
       range.value = number.value;
       state.values[spec.destination] = number.value;
     });
-    box.append(range, number);
+    const row = element("div", { class: "slider" });
+    row.append(low, range, high, number);
+    box.append(row);
   },
   checkbox(spec, box) {
     const input = hooked(element("input", { type: "checkbox" }), spec.destination);
@@ -321,6 +339,7 @@ async function showInput(file) {
     state.input = await NVImage.loadFromFile({ file, name: file.name });
     note("loaded");
     state.viewer.show(state.input);
+    $("empty").hidden = true;
     note("added");
     state.overlays = [];
     setStatus(`${file.name}: ${state.input.hdr.dims.slice(1, 4).join(" x ")} voxels`);
@@ -333,7 +352,11 @@ async function showInput(file) {
 
 function buildForm(info) {
   $("name").textContent = info.name || "tomaat service";
-  $("description").textContent = [info.modality, info.anatomy, info.task, info.description].filter(Boolean).join(" · ");
+  $("description").textContent = info.description || "";
+  // modality, anatomy and task where they say something: "any" (or nothing) is left out
+  const facts = [info.modality, info.anatomy, info.task].filter((fact) => fact && !/^\s*any\s*$/i.test(fact));
+  $("facts").textContent = facts.join(" · ");
+  $("facts").hidden = facts.length === 0;
   $("model").textContent = info.disclaimer || "";
   document.title = info.name || "tomaat";
   const form = $("form");
