@@ -95,8 +95,8 @@ def serve(target, port, interface, no_tls, cert, key, threads, device, state_dir
         "registry_fingerprint": announcing["registry_fingerprint"],
         "announce_period": announcing["announce_period"],
     }
-    limits = ("max_body_bytes", "max_voxels", "max_fields", "max_queue", "max_pending_bytes", "decoders")
-    limits += ("max_connections", "max_connections_per_address")
+    limits: tuple[str, ...] = ("max_body_bytes", "max_voxels", "max_fields", "max_queue", "max_pending_bytes")
+    limits += ("decoders", "max_connections", "max_connections_per_address")
     limits += ("max_decoded_bytes", "max_decoded_total", "max_points", "max_transform_parameters")
     limits += ("app_timeout", "idle_timeout", "receive_timeout", "shutdown_grace")
     limits += ("volume_ttl", "max_stored_bytes", "max_stored_volumes")

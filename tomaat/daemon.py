@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any, Generic, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 
@@ -17,11 +18,12 @@ from .config import ListenConfig
 
 def log_to_stdlib() -> None:
     """Send Twisted's log events to the standard logging module, configured once for the process."""
-    from twisted.logger import STDLibLogObserver, globalLogBeginner
+    from twisted.logger import ILogObserver, STDLibLogObserver, globalLogBeginner
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    globalLogBeginner.beginLoggingTo([STDLibLogObserver()], redirectStandardIO=False)
+    # STDLibLogObserver is @implementer(ILogObserver), which mypy cannot see without a zope plugin
+    globalLogBeginner.beginLoggingTo([cast(ILogObserver, STDLibLogObserver())], redirectStandardIO=False)
 
 
 def server_endpoint(reactor, config: ListenConfig):
@@ -53,11 +55,25 @@ def local_url(config: ListenConfig, port) -> str:
     return f"{scheme}://{host}:{port.getHost().port}"
 
 
-class Daemon:
+ConfigT = TypeVar("ConfigT", bound=ListenConfig)
+
+
+class Daemon(Generic[ConfigT]):
     """The base of a service whose instances set config, reactor, port and fingerprint, and define
     listen(), stop() and started_message(); `log` is where its start-up lines go."""
 
     log = logging.getLogger("tomaat")
+    config: ConfigT
+    reactor: Any  # the Twisted reactor provides a dozen zope interfaces, which mypy does not see
+    port: Any  # the IListeningPort while listening, else None
+    fingerprint: str | None
+    exit_code: int
+
+    async def listen(self) -> Any:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
 
     def _endpoint(self):
         endpoint, self.fingerprint = server_endpoint(self.reactor, self.config)

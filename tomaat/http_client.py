@@ -12,10 +12,12 @@ so an announcer renewing every half hour holds nothing open in between.
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import treq
 from twisted.internet import defer
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IAgent
 
 JSON_HEADERS = {b"Content-Type": [b"application/json"]}
 
@@ -61,7 +63,7 @@ class HttpClient:
             pool=self.pool,
             connectTimeout=connect_timeout,
         )
-        self.treq = treq.client.HTTPClient(agent)
+        self.treq = treq.client.HTTPClient(cast(IAgent, agent))  # Agent is @implementer(IAgent): zope, unread by mypy
 
     async def request(
         self, method: str, url: str, *, timeout: float | None = None, limit: int | None = None, **kwargs

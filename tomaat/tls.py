@@ -96,7 +96,8 @@ def pem_options(cert_pem: bytes, key_pem: bytes):
     # cryptography objects: pyOpenSSL deprecates its own X509/PKey types here
     certificate = x509.load_pem_x509_certificate(cert_pem)
     private_key = serialization.load_pem_private_key(key_pem, password=None)
-    return ssl.CertificateOptions(privateKey=private_key, certificate=certificate)
+    # Twisted annotates pyOpenSSL's PKey/X509 only; the pyOpenSSL Context it hands them to takes these too
+    return ssl.CertificateOptions(privateKey=private_key, certificate=certificate)  # type: ignore[arg-type]
 
 
 def server_options(cert_path: str, key_path: str):

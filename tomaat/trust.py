@@ -10,6 +10,7 @@ and trusting on first use are two such checks.
 from __future__ import annotations
 
 import ipaddress
+from typing import cast
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
@@ -84,4 +85,5 @@ def trust_certificate(pem_path: str) -> IPolicyForHTTPS:
     from twisted.internet import ssl
 
     with open(pem_path, "rb") as handle:
-        return BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(handle.read()))
+        policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.Certificate.loadPEM(handle.read()))
+    return cast(IPolicyForHTTPS, policy)  # it is @implementer(IPolicyForHTTPS): zope, which mypy cannot read

@@ -10,7 +10,10 @@ from __future__ import annotations
 import io
 import json
 import time
+from functools import partial
 
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
 from .body import BodyBuffer, Budget, OverBudget
@@ -37,6 +40,8 @@ class TimedRequest(server.Request):
     requests read no answer before their upload ends, so hanging up early
     would show them a broken connection instead of the reason.
     """
+
+    channel: GuardedChannel  # QuietSite makes only these
 
     def __init__(self, *args, **kwargs):
         kwargs["parsePOSTFormSubmission"] = False
@@ -68,6 +73,7 @@ class TimedRequest(server.Request):
             return
         if self._dropping:
             return
+        assert self.content is not None  # gotLength() made it before the first body byte
         try:
             self.content.write(data)
         except OverBudget:
@@ -88,7 +94,7 @@ class TimedRequest(server.Request):
             head.append(b"Retry-After: %d" % retry_after)
         head += [name + b": " + value for name, value in CORS_HEADERS.items()]
         head.append(b"Content-Length: %d" % len(body))
-        self.channel.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body.encode("utf-8"))
+        self.channel.write(b"\r\n".join(head) + b"\r\n\r\n" + body.encode("utf-8"))
         self.channel.loseConnection()
 
     def requestReceived(self, command, path, version):
@@ -144,6 +150,7 @@ class GuardedChannel(http.HTTPChannel):
     """
 
     _arrival = None
+    site: QuietSite  # set by the site that built the channel (Site.buildProtocol)
 
     def connectionMade(self):
         super().connectionMade()
@@ -153,7 +160,7 @@ class GuardedChannel(http.HTTPChannel):
     def _await_request(self):
         limit = self.site.receive_timeout
         if limit:
-            self._arrival = self.callLater(limit, self._too_slow, limit)
+            self._arrival = self.callLater(limit, partial(self._too_slow, limit))
 
     def request_arrived(self):
         """The last body byte is in (or the request was refused): the deadline stops."""
@@ -165,15 +172,17 @@ class GuardedChannel(http.HTTPChannel):
         self._arrival = None
         if self.requests:
             self.requests[-1]._too_slow(limit)
-        else:
-            self.transport.loseConnection()  # not even a request line in time
+        else:  # not even a request line in time
+            assert self.transport is not None  # connectionLost() cancels the deadline
+            # zope declares interface methods without `self`; mypy reads them so without the mypy-zope plugin
+            self.transport.loseConnection()  # type: ignore[misc]
 
     def requestDone(self, request):
         super().requestDone(request)
         if not self.requests and self._arrival is None and self.transport is not None and self.connected:
             self._await_request()
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.request_arrived()
         self.site.connections.forget(self)
         super().connectionLost(reason)
@@ -203,7 +212,8 @@ class QuietSite(server.Site):
     protocol; the prediction server's default is the v1 error list.
     """
 
-    protocol = GuardedChannel
+    # Twisted types `protocol` as its HTTP/2-switching wrapper; Site.buildProtocol takes any channel class
+    protocol = GuardedChannel  # type: ignore[assignment]
     requestFactory = TimedRequest
 
     def __init__(

@@ -38,7 +38,8 @@ def _wait(make, timeout: float | None):
 
     eventual = start()
     try:
-        return eventual.wait(timeout)
+        # crochet's stub says float; None waits without a limit, as threading.Event.wait(None) does
+        return eventual.wait(timeout)  # type: ignore[arg-type]
     except crochet.TimeoutError:
         eventual.cancel()
         from .errors import ConnectionFailed

@@ -189,9 +189,15 @@ def _measure_shape(shape: tuple[int, int, int], runs: int) -> None:
     ratio_ms = _median_ms(partial(sample_ratio, raw), runs)
     print(f"  sampled ratio {sample_ratio(raw):.3f} in {ratio_ms:.1f} ms (compressed when at most {MAX_RATIO})")
     print(f"  {'candidate':<38}{'MiB':>7}{'ratio':>7}{'client ms':>10}{'server ms':>10}{'10 Mbit/s':>10}")
-    rows = [("MHA, uncompressed", mha.write(image, False, 0), 0.0)]
+
+    def as_mha(source: sitk.Image, compress: bool, level: int) -> bytes:
+        made = mha.write(source, compress, level)
+        assert made is not None  # a scalar 3-D image: mha.write never leaves it to SimpleITK
+        return made
+
+    rows: list[tuple[str, bytes, float]] = [("MHA, uncompressed", as_mha(image, False, 0), 0.0)]
     for level in range(4):
-        made = mha.write(image, True, level)
+        made = as_mha(image, True, level)
         rows.append((f"MHA, ISA-L zlib level {level}", made, _median_ms(partial(isal_zlib.compress, raw, level), runs)))
     nii = write_then_bytes(".nii", lambda path: sitk.WriteImage(image, path, False))
     rows.append(("NIfTI .nii, uncompressed", nii, 0.0))
@@ -207,7 +213,7 @@ def _measure_shape(shape: tuple[int, int, int], runs: int) -> None:
     rows.append(("NIfTI .nii.gz, ITK's zlib level 1", itk_gzip(), _median_ms(itk_gzip, runs)))
 
     def converted():
-        return mha.write(read_image(nii), True, LEVEL)
+        return as_mha(read_image(nii), True, LEVEL)
 
     rows.append((f"NIfTI .nii read, then MHA level {LEVEL}", converted(), _median_ms(converted, runs)))
     for name, data, client in rows:

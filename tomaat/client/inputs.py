@@ -159,7 +159,7 @@ def image_digest(image: sitk.Image) -> str:
         image.GetDirection(),
     )
     digest.update(repr(described).encode("ascii"))
-    digest.update(memoryview(np.ascontiguousarray(sitk.GetArrayViewFromImage(image))).cast("B"))
+    digest.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).data.cast("B"))
     return digest.hexdigest()
 
 
@@ -245,13 +245,15 @@ class VolumeFile:
             if self.raw is not None:
                 self._key = ("bytes", hashlib.sha256(self.raw).hexdigest())
             else:
+                assert self.image is not None  # a file's key was set when it was opened
                 self._key = ("image", image_digest(self.image))
         return self._key
 
     def _bytes(self) -> bytes:
-        if self.raw is None and self.file is not None:
-            return self.file.whole()
-        return self.raw
+        if self.raw is not None:
+            return self.raw
+        assert self.file is not None  # only for a volume kept as given: in memory or on disk
+        return self.file.whole()
 
     def upload(self, far: bool, compress: bool | None = None):
         """(bytes or FileData, format) of the binary part a v2 server gets, compressed when
@@ -259,7 +261,7 @@ class VolumeFile:
         compressed already is sent as it is."""
         if self.image is not None:
             array = np.ascontiguousarray(sitk.GetArrayViewFromImage(self.image))
-            smaller = compression.pays(memoryview(array).cast("B"), far, compress)
+            smaller = compression.pays(array.data.cast("B"), far, compress)
             written = mha.write(self.image, smaller, compression.LEVEL)
             return (written if written is not None else write_image(self.image, "mha", smaller)), "mha"
         whole = self.raw if self.raw is not None else self.file
@@ -277,6 +279,7 @@ class VolumeFile:
     def native(self) -> tuple[bytes, str]:
         """(bytes, format) for a binary v2 part, as given (uncompressed when given so)."""
         if self.image is None:
+            assert self.format is not None  # a volume kept as given has its format
             return self._bytes(), self.format
         return write_image(self.image, "mha"), "mha"
 
@@ -370,8 +373,9 @@ def load_fiducials(value, where: str) -> np.ndarray:
 
 # ---- transforms --------------------------------------------------------------------------------
 
-LINEAR = ("AffineTransform", "Euler3DTransform", "VersorRigid3DTransform", "Similarity3DTransform", "ScaleTransform")
-LINEAR += ("TranslationTransform", "Euler2DTransform", "Similarity2DTransform", "ScaleSkewVersor3DTransform")
+LINEAR: tuple[str, ...] = ("AffineTransform", "Euler3DTransform", "VersorRigid3DTransform", "Similarity3DTransform")
+LINEAR += ("ScaleTransform", "TranslationTransform", "Euler2DTransform", "Similarity2DTransform")
+LINEAR += ("ScaleSkewVersor3DTransform",)
 
 
 def _transform_field(transform: sitk.Transform) -> str:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,6 +23,9 @@ from ..protocol.elements import OUTPUT_TYPES
 from ..protocol.volumes import EXPECTED, FORMATS, decode_base64, read_image, sniff_format
 from .errors import ServerError
 
+if TYPE_CHECKING:
+    from .requests import PreparedRequest
+
 
 @dataclass
 class Output:
@@ -30,7 +34,7 @@ class Output:
     name: str
     type: str
     label: str
-    value: object
+    value: Any  # its type follows `type`, as above
     raw: str | None = None  # a transform file as base64 text, as sent in JSON, so it is saved byte for byte
 
 
@@ -40,6 +44,8 @@ def _slug(text: str) -> str:
 
 class Result:
     """The outputs of one prediction, in the order the server declared them."""
+
+    request: PreparedRequest  # what was sent, set by the client call that made this result
 
     def __init__(self, outputs: list[Output]):
         self.outputs = outputs
@@ -72,10 +78,8 @@ class Result:
             except (TypeError, ValueError, RuntimeError, UnicodeError) as error:
                 raise ServerError(f"the server's {kind} output could not be read ({type(error).__name__})") from None
             fallback = OUTPUT_TYPES[kind].default_name
-            if index < len(fields) and fields[index] and len(items) == len(fields):
-                name = fields[index]
-            else:
-                name = fallback
+            field = fields[index] if index < len(fields) and len(items) == len(fields) else None
+            name = field or fallback
             base, number = _slug(name) or fallback, 2
             name = base
             while name in used:

@@ -64,7 +64,7 @@ class ProgressProducer:
         self.failure: BaseException | None = None  # what ended the upload on our side (a file that changed)
         self._cooperator = cooperator or task.cooperate
         self._read = read or threads.deferToThread
-        self._task = None
+        self._task: task.CooperativeTask | None = None
 
     def _write(self, consumer, chunk: bytes):
         consumer.write(chunk)
@@ -111,8 +111,8 @@ class ProgressProducer:
             piece.close(check=finished)  # a file that changed while it was sent fails the upload
 
     def startProducing(self, consumer):
-        self._task = self._cooperator(self._chunks(consumer))
-        done = self._task.whenDone()
+        self._task = work = self._cooperator(self._chunks(consumer))
+        done = work.whenDone()
 
         def failed(failure):
             if failure.check(task.TaskStopped):
@@ -124,9 +124,11 @@ class ProgressProducer:
         return done.addCallback(lambda _: None)
 
     def pauseProducing(self):
+        assert self._task is not None  # a consumer pauses only what it started
         self._task.pause()
 
     def resumeProducing(self):
+        assert self._task is not None
         self._task.resume()
 
     def stopProducing(self):

@@ -24,14 +24,15 @@ import numpy as np
 import pydicom
 from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit, generate_uid
+from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit, generate_uid
 
 from ..files.decoder_process import _probe, serve
 from .pixels import NATIVE, PLUGINS
 from .segmentation import build
 from .slices import DECODABLE, Refused, read, stack, voxels
 
-_LABEL_TYPES = {"|u1": np.uint8, "<u2": np.dtype("<u2")}
+_LABEL_TYPES: dict[str, np.dtype] = {"|u1": np.dtype("|u1"), "<u2": np.dtype("<u2")}
+_WARM_UP_DEPTHS: dict[str, tuple[int, int]] = {JPEGBaseline8Bit: (8, 0), JPEGExtended12Bit: (12, 0)}  # bits, signed
 
 
 def _sources(folder: str, message: dict) -> tuple[list[str], list[str]]:
@@ -96,12 +97,12 @@ def _tiny_series(folder: str, syntax: str, slope: float = 1.0, uids: bool = True
     """Three 4 x 3 CT slices in `syntax`, written by pydicom, or 32 x 32 compressed by GDCM (OpenJPEG's
     smallest at its default resolution levels): what the warm-up reads."""
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    bits, signed = {JPEGBaseline8Bit: (8, 0), JPEGExtended12Bit: (12, 0)}.get(syntax, (16, 1))
+    bits, signed = _WARM_UP_DEPTHS.get(syntax, (16, 1))
     files = []
     for k in range(3):
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = syntax if syntax in NATIVE else pydicom.uid.ExplicitVRLittleEndian
+        ds.file_meta.TransferSyntaxUID = UID(syntax) if syntax in NATIVE else pydicom.uid.ExplicitVRLittleEndian
         ds.SOPClassUID = pydicom.uid.CTImageStorage
         if uids:
             ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), study, series

@@ -8,6 +8,8 @@ only the decoder may parse: so the SEG is built here and the server receives fin
 
 from __future__ import annotations
 
+from typing import Any
+
 import highdicom as hd
 import numpy as np
 from pydicom.sr.codedict import codes
@@ -59,7 +61,7 @@ def build(volume: Stack, label: np.ndarray, segments: list[dict], params: dict) 
     texts = [params["series_description"], params["manufacturer_model_name"], params["algorithm_name"]]
     texts += [s["name"] for s in segments] + [part for s in segments for part in (*s["category"], *s["type"])]
     # A name in another script than the sources' character set can hold: UTF-8, which holds theirs too.
-    extra = {} if all(text.isascii() for text in texts) else {"specific_character_set": "ISO_IR 192"}
+    extra: dict[str, Any] = {} if all(text.isascii() for text in texts) else {"specific_character_set": "ISO_IR 192"}
     try:
         return hd.seg.Segmentation(
             source_images=volume.datasets,

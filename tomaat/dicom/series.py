@@ -186,6 +186,7 @@ def write_seg(
         if not isinstance(size, int) or not 132 <= size <= MAX_SEG_BYTES:
             raise confined.DecodeFailed("nonsense")
         mapped = confined._output(decoder, size)
+        assert mapped is not None  # size >= 132, checked above
         try:
             data = bytes(mapped)
         finally:
@@ -199,7 +200,7 @@ def write_seg(
         POOL.release(decoder)
 
 
-def _run(message: dict, files: dict[str, bytes]) -> tuple[dict, object]:
+def _run(message: dict, files: dict[str, bytes]) -> tuple[dict, confined._Decoder]:
     """The decoder's answer to a request it did not refuse, and the decoder to release; DicomError otherwise."""
     try:
         answer, decoder = POOL.run(message, files=files)
@@ -216,7 +217,7 @@ def _run(message: dict, files: dict[str, bytes]) -> tuple[dict, object]:
     raise DicomError(f"the DICOM decoder {_FAILED['refused']} ({printable(str(answer.get('error')))[:80]})")
 
 
-def _series(answer: dict, decoder, files: list[bytes]) -> DicomSeries:
+def _series(answer: dict, decoder: confined._Decoder, files: list[bytes]) -> DicomSeries:
     count = len(files)
     dtype, shape, order = answer["dtype"], answer["shape"], answer["order"]
     if dtype not in _DTYPES or not isinstance(shape, list) or len(shape) != 3:
@@ -240,6 +241,7 @@ def _series(answer: dict, decoder, files: list[bytes]) -> DicomSeries:
     if min(spacing) <= 0 or abs(np.linalg.det(np.reshape(direction, (3, 3)))) < 0.5:
         raise ValueError("geometry")
     mapped = confined._output(decoder, size)
+    assert mapped is not None  # size > 0: there are files, and every other dimension was checked positive
     try:
         image = sitk.GetImageFromArray(np.frombuffer(mapped, dtype=dtype).reshape(shape))
     finally:

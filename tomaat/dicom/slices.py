@@ -160,7 +160,7 @@ def _integer(value, default: int) -> int:
 
 def stack(datasets: list, names: list[str]) -> Stack:
     """The slices in order along their normal and the volume's geometry; Refused when they are not one volume."""
-    series = {}
+    series: dict[str, list[str]] = {}
     for dataset, name in zip(datasets, names, strict=True):
         series.setdefault(str(dataset.get("SeriesInstanceUID", "")), []).append(name)
     if len(series) > 1:
@@ -259,13 +259,14 @@ def stack(datasets: list, names: list[str]) -> Stack:
         )
     z = float(positions[-1] - positions[0]) / (len(datasets) - 1)
     first = datasets[order[0]]
+    left, posterior, superior = (float(v) for v in corners[order[0]])  # three: `corners @ normal` took them
     return Stack(
         datasets=[datasets[i] for i in order],
         order=order,
         rows=size0[0],
         columns=size0[1],
         spacing=(float(spacing0[1]), float(spacing0[0]), z),
-        origin=tuple(float(v) for v in corners[order[0]]),
+        origin=(left, posterior, superior),
         direction=tuple(float(v) for v in np.column_stack([row, column, normal]).ravel()),
     )
 

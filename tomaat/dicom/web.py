@@ -25,11 +25,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 from urllib.parse import quote, urlsplit
 
 from OpenSSL import SSL
 from twisted.internet import defer, error
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
@@ -37,6 +39,9 @@ from ..client.async_client import JSON_LIMIT
 from ..client.errors import ConnectionFailed, ValidationError
 from ..http_client import AnswerTooLarge, HttpClient, root_cause
 from ..protocol import untrusted_json
+
+if TYPE_CHECKING:
+    from requests import Response
 
 # Series that are not images a service can take, as QIDO names their modality.
 NOT_IMAGES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG", "DOC", "OT"})
@@ -149,7 +154,7 @@ class _Body(Protocol):
 
     def __init__(self, collect: Callable[[bytes], None]):
         self.collect = collect
-        self.finished = defer.Deferred(lambda _: self._stop())
+        self.finished: defer.Deferred[None] = defer.Deferred(lambda _: self._stop())
 
     def _stop(self) -> None:
         if self.transport is not None:
@@ -164,7 +169,7 @@ class _Body(Protocol):
             self._stop()
             self.finished.errback()
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.finished.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):  # PotentialDataLoss: a body that ends when the PACS closes
@@ -194,7 +199,7 @@ class Pacs:
         self.max_bytes = max_bytes or DEFAULT_MAX_BYTES
         self._headers = dict(headers or {})
         self._multipart = DICOMwebClient(self.url)  # for its multipart coding only; it never connects
-        self._http = None
+        self._http: HttpClient | None = None
 
     # ---- exchanges ---------------------------------------------------------------------------------
 
@@ -219,9 +224,11 @@ class Pacs:
 
         if self._http is None:
             self._http = HttpClient(reactor, connect_timeout=self.deadline.seconds)
+        client = self._http
         headers = {**self._headers, "Accept": accept, **kwargs.pop("headers", {})}
         progress = kwargs.pop("progress", None)
-        chunks, size = deque(), [0]
+        chunks: deque[bytes] = deque()
+        size = [0]
 
         def collect(data: bytes) -> None:
             size[0] += len(data)
@@ -232,7 +239,7 @@ class Pacs:
                 progress(size[0])
 
         async def exchange():
-            response = await self._http.treq.request(method, self.url + path, headers=headers, **kwargs)
+            response = await client.treq.request(method, self.url + path, headers=headers, **kwargs)
             kind = (response.headers.getRawHeaders(b"content-type") or [b""])[0].decode("latin-1")
             body = _Body(collect)
             response.deliverBody(body)
@@ -339,9 +346,9 @@ class Pacs:
         if not kind.lower().startswith("multipart/related"):
             raise PacsUnreachable(f"the PACS at {self.url} did not answer {doing} with DICOM instances")
         try:
-            instances = [
-                bytes(part) for part in self._multipart._decode_multipart_message(_Received(kind, chunks), True)
-            ]
+            # annotated as a requests.Response; the decoder reads only what _Received offers
+            received = cast("Response", _Received(kind, chunks))
+            instances = [bytes(part) for part in self._multipart._decode_multipart_message(received, True)]
         except (ValueError, KeyError):
             raise PacsUnreachable(f"the PACS at {self.url} sent an answer that could not be read {doing}") from None
         if not instances:

@@ -86,8 +86,10 @@ class _Decoder:
             env=env,
             cwd=self.folder,
         )
+        assert self.process.stdin is not None and self.process.stdout is not None  # both were asked for as pipes
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
         self.busy = False
-        self.slots = None
+        self.slots: threading.BoundedSemaphore | None = None  # set by DecoderPool.run while handed out
         try:
             self.ready = self._receive(time.monotonic() + START_TIMEOUT)
         except DecodeFailed:
@@ -99,7 +101,7 @@ class _Decoder:
         return self.process.pid
 
     def _read(self, count: int, deadline: float) -> bytes:
-        data, fd = b"", self.process.stdout.fileno()
+        data, fd = b"", self.stdout.fileno()
         while len(data) < count:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
@@ -126,8 +128,8 @@ class _Decoder:
         data = json.dumps(message).encode()
         self.busy = True
         try:
-            self.process.stdin.write(struct.pack("<I", len(data)) + data)
-            self.process.stdin.flush()
+            self.stdin.write(struct.pack("<I", len(data)) + data)
+            self.stdin.flush()
         except OSError:
             raise DecodeFailed("stopped") from None
         answer = self._receive(time.monotonic() + timeout)
@@ -141,7 +143,7 @@ class _Decoder:
     def close(self) -> None:
         self.process.kill()
         self.process.wait()
-        for pipe in (self.process.stdin, self.process.stdout):
+        for pipe in (self.stdin, self.stdout):
             try:
                 pipe.close()
             except OSError:
@@ -255,6 +257,7 @@ class DecoderPool:
         else:
             with self._lock:
                 self._idle.append(decoder)
+        assert decoder.slots is not None  # run() handed the decoder out with the semaphore it holds
         decoder.slots.release()
 
     def close(self) -> None:
@@ -264,8 +267,9 @@ class DecoderPool:
             decoder.close()
 
 
-def _output(decoder: _Decoder, size: int) -> mmap.mmap:
-    """The decoder's output file, refused unless it is a plain file of exactly `size` bytes."""
+def _output(decoder: _Decoder, size: int) -> mmap.mmap | None:
+    """The decoder's output file, refused unless it is a plain file of exactly `size` bytes; None when it is
+    empty, since mmap cannot map zero bytes."""
     path = os.path.join(decoder.folder, "output.raw")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -316,6 +320,7 @@ def read_image(data: bytes, suffix: str, io: str, expected_bytes: int, pool: Dec
         if not 2 <= dims <= 5 or size != expected_bytes:
             raise DecodeFailed("nonsense")
         mapped = _output(decoder, size)
+        assert mapped is not None  # size > 0: every dimension was checked positive
         try:
             image = sitk.GetImageFromArray(np.frombuffer(mapped, dtype=dtype).reshape(shape), isVector=vector)
         finally:
@@ -340,8 +345,9 @@ def read_transform(data: bytes, suffix: str, max_parameters: int, pool: DecoderP
             raise DecodeFailed("refused")
         if not isinstance(parts, list) or not parts or len(parts) > 64:
             raise DecodeFailed("nonsense")
-        counts = [part.get("count") if isinstance(part, dict) else None for part in parts]
-        if not all(isinstance(count, int) and count >= 0 for count in counts):
+        given = [part.get("count") if isinstance(part, dict) else None for part in parts]
+        counts = [count for count in given if isinstance(count, int) and count >= 0]
+        if len(counts) != len(given):
             raise DecodeFailed("nonsense")
         if sum(counts) > max_parameters:
             raise DecodeFailed("too many parameters")

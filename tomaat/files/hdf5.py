@@ -150,7 +150,7 @@ class _Walk:
 
     def btree(self, at: int | None, level: int | None = None) -> None:
         """A version 1 B-tree of group nodes, down to its symbol nodes; each level one lower than its parent."""
-        if not self.first_visit("btree", at):
+        if at is None or not self.first_visit("btree", at):
             return
         self.expect(at, b"TREE")
         if self.uint(at + 4, 1) != 0 or level not in (None, self.uint(at + 5, 1)):
@@ -163,7 +163,7 @@ class _Walk:
             self.btree(child, level - 1) if level else self.symbols(child)
 
     def symbols(self, at: int | None) -> None:
-        if not self.first_visit("snod", at):
+        if at is None or not self.first_visit("snod", at):
             return
         self.expect(at, b"SNOD")
         for i in range(self.uint(at + 6, 2)):
@@ -320,6 +320,7 @@ class _Walk:
         if count == 0:
             return []
         self.expect(leaf, b"BTLF")
+        assert leaf is not None  # expect() refuses a missing address
         if self.uint(leaf + 4, 1) != 0 or self.uint(leaf + 5, 1) != kind:
             raise _Unreadable("a malformed link index")
         self.uint(leaf + 6 + count * size, 4)  # the records and checksum lie inside the file

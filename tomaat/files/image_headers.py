@@ -96,7 +96,7 @@ def nrrd_field(text: bytes) -> tuple[str | None, bytes]:
 def nrrd_header(raw, where: str) -> tuple[dict[str, str], int]:
     """Every field of a NRRD header, and where its data starts, read as teem reads them."""
     head = bytes(raw[:HEADER_BYTES])
-    fields = {}
+    fields: dict[str, str] = {}
     for start, text_end, end in nrrd_lines(head):
         text = head[start:text_end]
         if b"\0" in text:
@@ -207,6 +207,7 @@ def _inflate(raw):
     """
     view, position = memoryview(raw), 0
     stream, pending = zlib.decompressobj(wbits=31), b""
+    data: bytes | memoryview
     while True:
         if stream.unconsumed_tail:
             data = stream.unconsumed_tail

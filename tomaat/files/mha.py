@@ -54,7 +54,7 @@ DTYPES = {
 }
 # Every field MetaIO's image reader knows (MetaObject's, then MetaImage's read fields), and what its value is:
 # text, or how many numbers: a count, "dims" (NDims of them) or "matrix" (NDims squared).
-_FIELDS = {
+_FIELDS: dict[str, str | int] = {
     **dict.fromkeys(
         ("ObjectType", "ObjectSubType", "Comment", "AcquisitionDate", "Name", "CompressedData", "BinaryData")
         + ("ElementByteOrderMSB", "BinaryDataByteOrderMSB", "DistanceUnits", "AnatomicalOrientation", "Modality")
@@ -128,6 +128,7 @@ def _field_numbers(name: str, value: bytes, keys: dict, where: str) -> str:
         dims = int(keys["NDims"])
         count = dims if kind == "dims" else dims * dims
     else:
+        assert isinstance(kind, int)  # text fields are not parsed as numbers
         count = kind
     parts = value.split()
     pattern = _WHOLE if name in _WHOLE_NUMBERS else _NUMBER
@@ -141,13 +142,21 @@ def _field_numbers(name: str, value: bytes, keys: dict, where: str) -> str:
     return value.decode("ascii")
 
 
+def _run_end(pattern: re.Pattern[bytes], head: bytes, at: int) -> int:
+    """Where a run of `pattern`'s characters from `at` ends; the run may be empty, so there always is a match."""
+    run = pattern.match(head, at)
+    assert run is not None
+    return run.end()
+
+
 def _lines(raw, where: str) -> tuple[dict[str, str], int]:
     """The fields MetaIO would read, up to and with ElementDataFile, and where the data starts."""
     head = bytes(raw[:MAX_HEADER])
-    keys, at = {}, 0
+    keys: dict[str, str] = {}
+    at = 0
     while True:
-        at = _SPACE.match(head, at).end()
-        name_end = _NAME.match(head, at).end()
+        at = _run_end(_SPACE, head, at)
+        name_end = _run_end(_NAME, head, at)
         line_end = head.find(b"\n", name_end)
         if at == len(head) or line_end < 0:
             if len(head) == MAX_HEADER:
@@ -264,7 +273,7 @@ def _data(raw, header: Header, where: str):
     stream = isal_zlib.decompressobj()
     try:
         inflated = stream.decompress(body, header.nbytes + 1)
-    except isal_zlib.error:
+    except isal_zlib.error:  # type: ignore[misc]  # isal's stub declares `error` an Exception instance; it is a class
         raise _truncated(where, "its compressed data is not a valid zlib stream") from None
     if len(inflated) > header.nbytes or stream.unconsumed_tail or stream.unused_data:
         raise TooLarge(
@@ -314,7 +323,7 @@ def write(image: sitk.Image, compress: bool, level: int) -> bytes | None:
     element = _ELEMENT_TYPES.get(array.dtype)
     if element is None:
         return None
-    data = memoryview(np.ascontiguousarray(array)).cast("B")
+    data: bytes | memoryview = np.ascontiguousarray(array).data.cast("B")
     if compress:
         data = isal_zlib.compress(data, level)
     matrix = np.asarray(image.GetDirection()).reshape(dims, dims).T.ravel()

@@ -59,7 +59,7 @@ def remove_orphans(folder: str | None = None) -> list[str]:
     which errs on the side of never deleting a live request's files.
     """
     folder = folder or tempfile.gettempdir()
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(folder)
     except OSError:

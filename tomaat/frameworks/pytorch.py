@@ -53,7 +53,9 @@ class TorchModel(Model):
             if batch is not None:
                 self.fixed_batch = batch_size = batch
             if self.device.type != "cpu":
-                model = torch.export.passes.move_to_device_pass(model, self.device)
+                from torch.export.passes import move_to_device_pass  # a submodule `import torch` does not load
+
+                model = move_to_device_pass(model, self.device)
             self.model = model.module().to(self.dtype)  # an exported module has no train/eval switch
         else:
             self.model = model.to(self.device, self.dtype).eval()

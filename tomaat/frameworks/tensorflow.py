@@ -42,11 +42,11 @@ class KerasModel(Model):
         if hasattr(model, "signatures") and not hasattr(model, "predict_on_batch"):  # a SavedModel
             signature = model.signatures["serving_default"]
 
-            def call(batch):
+            def serve(batch):
                 outputs = signature(tf.constant(batch))
                 return next(iter(outputs.values()))
 
-            return call
+            return serve
 
         @tf.function(reduce_retracing=True)
         def call(batch):

@@ -9,7 +9,9 @@ and `Restore` can walk the records backwards for any output.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -51,7 +53,7 @@ class MissingKey(KeyError):
         return str(self.args[0])
 
 
-def read(data: dict, key: str, step) -> object:
+def read(data: dict, key: str, step) -> Any:
     """data[key], or a KeyError that says which step wanted it, what data holds and how to point the step elsewhere:
     the keys default to `images` -> `array` -> `prediction` -> `labels`, and an app whose volume input is named
     otherwise must pass key=... to its steps."""
@@ -131,7 +133,9 @@ class Compose:
     """Steps in order; a TomaatApp step can be a Compose."""
 
     def __init__(self, *steps):
-        self.steps = [s for group in steps for s in (group.steps if isinstance(group, Compose) else [group])]
+        self.steps: list[Callable[[dict], dict | None]] = [
+            s for group in steps for s in (group.steps if isinstance(group, Compose) else [group])
+        ]
 
     def __call__(self, data: dict) -> dict:
         for step in self.steps:

@@ -81,8 +81,8 @@ def _grouped(services: list[dict], level: int) -> list[str]:
         return ["<ul>", *(_service(s) for s in services), "</ul>"]
     name = GROUPS[level]
     parts = []
-    for _, members in groupby(services, key=lambda s: _key(s[name])):
-        members = list(members)
+    for _, group in groupby(services, key=lambda s: _key(s[name])):
+        members = list(group)
         # the group is titled as its first member spells it: "MRI" and "mri" are one group
         parts.append(f"<h{level + 2}>{escape(members[0][name])}</h{level + 2}>")
         parts.extend(_grouped(members, level + 1))

@@ -33,7 +33,7 @@ def refusal_answer(message: str) -> dict:
     return answer([message])
 
 
-class RegistryService(Daemon):
+class RegistryService(Daemon[RegistryConfig]):
     """`RegistryService(db=..., port=...)`; `await listen()`, `await stop()`, or `run()` to serve until interrupted."""
 
     log = log
@@ -48,7 +48,7 @@ class RegistryService(Daemon):
         self.max_body_bytes = self.config.max_body_bytes
         self.max_services = self.config.max_services_per_key
         self.database = store.Database(self.config.db)
-        self.store = None
+        self.store: store.AsyncStore | None = None
         self.fingerprint = None
         self.port = None
         self._sweep = None
@@ -65,6 +65,7 @@ class RegistryService(Daemon):
         }
 
     async def _purge(self):
+        assert self.store is not None  # the sweep runs only between listen() and stop()
         try:
             removed = await self.store.run(store.purge, self.now() - self.expiry)
         except Exception as error:

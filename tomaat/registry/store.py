@@ -83,6 +83,8 @@ class Database:
 
     def __init__(self, target: str):
         target = str(target)
+        self.url: str | None  # the postgresql:// URL, or
+        self.path: str | None  # the SQLite file
         scheme = target.split("://", 1)[0].lower() if "://" in target else ""
         if scheme in ("postgresql", "postgres"):
             if importlib.util.find_spec("psycopg") is None:  # an extra: SQLite registries install no driver
@@ -105,7 +107,7 @@ class Database:
 
     def describe(self) -> str:
         """For logs and messages: the URL without its password."""
-        if not self.postgresql:
+        if self.url is None:
             return f"SQLite {self.path}"
         parts = urlsplit(self.url)
         netloc = parts.netloc
@@ -115,7 +117,7 @@ class Database:
         return "PostgreSQL " + urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
     def _connect_args(self) -> tuple[str, tuple, dict]:
-        if self.postgresql:
+        if self.path is None:
             return "psycopg", (self.url,), {"connect_timeout": 10, "application_name": "tomaat-registry"}
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         # isolation_level=None: transactions are begun explicitly (Tx.begin), so reads and writes share one

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import AppTimeout, RequestError
+from .batching import Batcher
 
 log = logging.getLogger("tomaat.server")
 
@@ -222,7 +223,7 @@ class RaySteps:
     Each replica batches its own concurrent requests (max_ongoing_requests); none are batched here."""
 
     max_batch = 1
-    batcher = None
+    batcher: Batcher | None = None
 
     def __init__(self, target: str, options: RayOptions, device: str = "auto", timeout: float = 0.0):
         self.target, self.options, self.device = target, options.check(), device
