@@ -8,9 +8,9 @@ import test_registry_support as support
 from test_registry_support import assert_no_key_material, eventually, get_json, make_key, start_registry
 from twisted.internet import protocol, reactor
 
-from tomaat import tls
+from tomaat.net import tls
+from tomaat.net.trust import pin_fingerprint, trust_certificate
 from tomaat.server.announcer import Announcer, backoff_delay, registry_base
-from tomaat.trust import pin_fingerprint, trust_certificate
 
 logs = support.logs  # a fixture shared with the registry tests
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from test_cli_serve import free_port
 from test_registry_support import BACKENDS, Daemon, assert_no_key_material, database, dump_database, payload
 
-from tomaat import tls
+from tomaat.net import tls
 from tomaat.registry import cli
 
 db = support.db  # a fixture shared with the other registry tests

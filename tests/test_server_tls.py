@@ -13,9 +13,9 @@ from test_cli_serve import free_port
 from twisted.internet.threads import deferToThread
 
 from examples.threshold import ThresholdApp
-from tomaat import tls
+from tomaat.net import tls
+from tomaat.net.tls import fingerprint
 from tomaat.server.service import TomaatService
-from tomaat.tls import fingerprint
 
 V1_FINGERPRINT = re.compile(r"^([0-9A-F]{2}:){31}[0-9A-F]{2}$")
 

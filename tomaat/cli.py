@@ -159,7 +159,7 @@ def _service(target: str, options: dict) -> TomaatService:
 @click.option("--device", default=None, help="Handed to the app's setup() (default: auto).")
 def check(target, device):
     """Run one request made of the interface's defaults and a generated phantom through the app, with no server."""
-    from .daemon import log_to_stdlib
+    from .net.daemon import log_to_stdlib
     from .server.check import check as run_check
 
     log_to_stdlib()

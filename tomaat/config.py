@@ -72,7 +72,7 @@ class Config:
 
 @dataclasses.dataclass(frozen=True)
 class ListenConfig(Config):
-    """What every service of ours sets to listen and to guard its connections (tomaat/daemon.py, tomaat/web.py)."""
+    """What every service of ours sets to listen and to guard its connections (tomaat/net/daemon.py, tomaat/net/web.py)."""
 
     port: int = 0
     listen_address: str = "0.0.0.0"

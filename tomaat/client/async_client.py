@@ -22,8 +22,7 @@ from OpenSSL import SSL
 from twisted.internet import defer, error, task, threads
 from twisted.web.client import ResponseFailed
 
-from ..http_client import AnswerTooLarge, HttpClient, root_cause
-from ..http_client import _read as read_body
+from ..net.http_client import AnswerTooLarge, HttpClient, read_body, root_cause
 from ..protocol import answers, binary_answers, elements, stored_volumes, untrusted_json
 from ..protocol import metadata as model_metadata
 from ..protocol import registry as wire

@@ -30,15 +30,15 @@ MODEL = (
 )
 
 
-def _say(text: str, err: bool = False) -> None:
+def say(text: str, err: bool = False) -> None:
     """Print text that may come from a server: no terminal escapes, no bidi tricks, lines kept."""
     click.echo(printable(str(text), keep_lines=True), err=err)
 
 
-def _fail(error: ClientError):
+def fail(error: ClientError):
     kind = next((code for cls, code in EXIT.items() if isinstance(error, cls)), 1)
     label = {2: "invalid input", 3: "the server refused"}.get(kind, "error")
-    _say(f"tomaat: {label}: {' '.join(str(error).split())}", err=True)
+    say(f"tomaat: {label}: {' '.join(str(error).split())}", err=True)
     sys.exit(kind)
 
 
@@ -57,7 +57,7 @@ def _model_lines(model: dict, indent: str) -> list[str]:
     return lines
 
 
-def _trust_options(function):
+def trust_options(function):
     function = click.option(
         "--insecure", is_flag=True, help="Accept any TLS certificate and remember nothing (explicit choice only)."
     )(function)
@@ -73,7 +73,7 @@ def _trust_options(function):
 @click.option("--anatomy", help="Only services for this anatomy.")
 @click.option("--task", help="Only services doing this task.")
 @click.option("--json", "as_json", is_flag=True, help="Print the services as JSON.")
-@_trust_options
+@trust_options
 def discover(registry_url, modality, anatomy, task, as_json, fingerprint, insecure):
     """List the services a registry knows, grouped by modality, anatomy and task."""
     from .blocking import discover as find
@@ -81,27 +81,27 @@ def discover(registry_url, modality, anatomy, task, as_json, fingerprint, insecu
     try:
         services = find(registry_url, modality, anatomy, task, fingerprint=fingerprint, insecure=insecure)
     except ClientError as error:
-        _fail(error)
+        fail(error)
     if as_json:
-        _say(json.dumps(services, indent=2))
+        say(json.dumps(services, indent=2))
         return
     if not services:
-        _say(f"no services at {registry_url}" + (" match the filters" if modality or anatomy or task else ""))
+        say(f"no services at {registry_url}" + (" match the filters" if modality or anatomy or task else ""))
         return
     groups = defaultdict(list)
     for service in services:
         groups[(service.get("modality", ""), service.get("anatomy", ""), service.get("task", ""))].append(service)
     for (mod, ana, tsk), members in sorted(groups.items(), key=lambda g: tuple(s.lower() for s in g[0])):
-        _say(f"{mod} / {ana} / {tsk}")
+        say(f"{mod} / {ana} / {tsk}")
         for service in sorted(members, key=lambda s: s.get("name", "")):
-            _say(f"  {service.get('name', '?'):<24} {service.get('prediction_url', '')}  SID {service.get('SID', '')}")
+            say(f"  {service.get('name', '?'):<24} {service.get('prediction_url', '')}  SID {service.get('SID', '')}")
             if service.get("description"):
-                _say(f"  {'':<24} {service['description']}")
+                say(f"  {'':<24} {service['description']}")
             indent = f"  {'':<24} "
             if service["version"]:
-                _say(_labelled(indent, "version", service["version"], False))
+                say(_labelled(indent, "version", service["version"], False))
             for line in _model_lines(service, indent):
-                _say(line)
+                say(line)
 
 
 def _show_interface(info) -> None:
@@ -109,17 +109,17 @@ def _show_interface(info) -> None:
 
     meta = info.metadata
     if info.protocol >= 2:
-        _say(f"{meta.get('name', '?')} {meta.get('version', '')}".rstrip())
-        _say(f"  {meta.get('modality', '')} / {meta.get('anatomy', '')} / {meta.get('task', '')}")
+        say(f"{meta.get('name', '?')} {meta.get('version', '')}".rstrip())
+        say(f"  {meta.get('modality', '')} / {meta.get('anatomy', '')} / {meta.get('task', '')}")
         if meta.get("description"):
-            _say(f"  {meta['description']}")
+            say(f"  {meta['description']}")
         for line in _model_lines(info.model, "  "):
-            _say(line)
+            say(line)
         if meta.get("tls_fingerprint"):
-            _say(f"  TLS fingerprint: {meta['tls_fingerprint']}")
+            say(f"  TLS fingerprint: {meta['tls_fingerprint']}")
     else:
-        _say("a v1 server (no /info): only its inputs are known")
-    _say("inputs:")
+        say("a v1 server (no /info): only its inputs are known")
+    say("inputs:")
     for element in info.inputs:
         filled = default(element)
         suffix = (
@@ -129,17 +129,17 @@ def _show_interface(info) -> None:
             if filled is not None
             else ""
         )
-        _say(f"  {describe(element)}{suffix}")
+        say(f"  {describe(element)}{suffix}")
     if info.outputs:
-        _say("outputs:")
+        say("outputs:")
         for element in info.outputs:
             label = f" ({element.label})" if element.label else ""
-            _say(f"  '{element.field}' {element.output_type}{label}")
+            say(f"  '{element.field}' {element.output_type}{label}")
 
 
 @click.command()
 @click.argument("url")
-@_trust_options
+@trust_options
 def interface(url, fingerprint, insecure):
     """Show a server's metadata and the inputs it accepts."""
     from .blocking import Client
@@ -147,10 +147,10 @@ def interface(url, fingerprint, insecure):
     try:
         _show_interface(Client(url, fingerprint=fingerprint, insecure=insecure).info())
     except ClientError as error:
-        _fail(error)
+        fail(error)
 
 
-def _pairs(values, option: str) -> dict:
+def pairs(values, option: str) -> dict:
     pairs = {}
     for value in values:
         name, sep, rest = value.partition("=")
@@ -193,7 +193,7 @@ def _folder_names(variations: list[dict]) -> list[str]:
     return names
 
 
-class _Progress:
+class Progress:
     """An upload bar, then a spinner while the server works (rich, on stderr; quiet when not a terminal)."""
 
     def __init__(self):
@@ -259,12 +259,12 @@ class _Progress:
     help="Compress volumes for the upload, or not [default: when it pays: a server not on this machine, "
     "a volume of 256 KiB or more that shrinks to 60% or less].",
 )
-@_trust_options
+@trust_options
 def predict(url, inputs, settings, out, prefer_async, volume_format, timeout, compress, fingerprint, insecure):
     """Send inputs to the server at URL and write each output into --out."""
     from .blocking import Client
 
-    files = _pairs(inputs, "--input")
+    files = pairs(inputs, "--input")
     variations = _variations(settings, "--set")
     folders = [out] if len(variations) == 1 else [os.path.join(out, name) for name in _folder_names(variations)]
     done = []
@@ -275,7 +275,7 @@ def predict(url, inputs, settings, out, prefer_async, volume_format, timeout, co
         client = Client(url, reuse=True if several else None, **options)
         try:
             for variation, folder in zip(variations, folders, strict=True):
-                progress = _Progress()
+                progress = Progress()
                 try:
                     given = {**files, **variation}
                     result = client.predict(
@@ -287,7 +287,7 @@ def predict(url, inputs, settings, out, prefer_async, volume_format, timeout, co
                 if series:
                     from ..dicom.loop import write_seg_files
 
-                    written += write_seg_files(result, client.info(), series, folder, lambda text: _say(text, err=True))
+                    written += write_seg_files(result, client.info(), series, folder, lambda text: say(text, err=True))
                 done.append((variation, folder, result, written))
                 if several:
                     _report(result, written, folder, ", ".join(f"{k}={v}" for k, v in variation.items()))
@@ -295,24 +295,24 @@ def predict(url, inputs, settings, out, prefer_async, volume_format, timeout, co
         finally:
             client.close()  # the volumes it stored on the server are deleted there
     except ClientError as error:
-        _fail(error)
+        fail(error)
     if several:
-        _say(f"{len(done)} predictions; {client.uploads} volume upload(s) for {volumes} volume input(s)")
+        say(f"{len(done)} predictions; {client.uploads} volume upload(s) for {volumes} volume input(s)")
         return
     _report(*done[0][2:4], out)
 
 
 def _report(result, written, folder: str, heading: str = "") -> None:
     if heading:
-        _say(f"[{heading}]")
+        say(f"[{heading}]")
     for name, value in result.request.filled:
         shown = f"{value:g}" if isinstance(value, float) else value
-        _say(f"default used for '{name}': {shown}")
+        say(f"default used for '{name}': {shown}")
     for output in result.texts:
-        _say(f"{output.label or output.name}: {output.value}")
-    _say(f"wrote {len(written)} file(s) to {folder}:")
+        say(f"{output.label or output.name}: {output.value}")
+    say(f"wrote {len(written)} file(s) to {folder}:")
     for path, what in written:
-        _say(f"  {path}  ({what})")
+        say(f"  {path}  ({what})")
 
 
 def _dicom_folders(given: dict) -> dict:

@@ -19,7 +19,7 @@ import click
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from ..trust import FingerprintCreator, normalise_fingerprint
+from ..net.trust import FingerprintCreator, normalise_fingerprint
 from .errors import CertificateChanged
 
 log = logging.getLogger("tomaat.client")

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import click
 
-from ..client.cli import _fail, _pairs, _Progress, _say, _trust_options
+from ..client.cli import Progress, fail, pairs, say, trust_options
 from ..client.errors import ClientError
 
 
-class _LoopProgress(_Progress):
+class _LoopProgress(Progress):
     """The client's upload bar and spinner, with the bytes of the series retrieved so far before them."""
 
     def __init__(self):
@@ -67,7 +67,7 @@ def dicomweb():
     show_default=True,
     help="Seconds the whole command may take: every PACS exchange and the prediction (exit status 1 past it).",
 )
-@_trust_options
+@trust_options
 def predict(
     server_url,
     dicomweb_url,
@@ -93,7 +93,7 @@ def predict(
         raise click.UsageError("give --user/--password or --token, not both")
     if password and not user:
         raise click.UsageError("--password needs --user")
-    given = {**_pairs(inputs, "--input"), **_pairs(settings, "--set")}
+    given = {**pairs(inputs, "--input"), **pairs(settings, "--set")}
     progress = _LoopProgress()
     deadline = Deadline(timeout)  # from here: the PACS's exchanges and the prediction server's share it
     try:
@@ -111,17 +111,17 @@ def predict(
                 modality=modality,
                 given=given,
                 out=out,
-                say=lambda text: _say(text, err=True),
+                say=lambda text: say(text, err=True),
                 progress=progress,
             )
         finally:
             progress.close()
     except ClientError as error:
-        _fail(error)
+        fail(error)
     for label, text in stored.texts:
-        _say(f"{label}: {text}", err=True)
+        say(f"{label}: {text}", err=True)
     for path, what in stored.written:
-        _say(f"wrote {path}  ({what})", err=True)
+        say(f"wrote {path}  ({what})", err=True)
     for name, uid in stored.segs.items():
-        _say(f"stored '{name}' as SEG series {uid}", err=True)
+        say(f"stored '{name}' as SEG series {uid}", err=True)
         click.echo(uid)

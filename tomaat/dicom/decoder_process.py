@@ -26,7 +26,7 @@ from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit, generate_uid
 
-from ..files.decoder_process import _probe, serve
+from ..files.decoder_process import probe, serve
 from .pixels import NATIVE, PLUGINS
 from .segmentation import build
 from .slices import DECODABLE, Refused, read, stack, voxels
@@ -84,7 +84,7 @@ def _seg(folder: str, message: dict, out: str) -> dict:
 def _handle(folder: str, message: dict) -> dict:
     op = message.get("op")
     if op == "probe":
-        return _probe(message)
+        return probe(message)
     out = os.path.join(folder, message["out"])
     if op == "series":
         return _series(folder, message, out)

@@ -37,7 +37,7 @@ from twisted.web.http import PotentialDataLoss
 
 from ..client.async_client import JSON_LIMIT
 from ..client.errors import ConnectionFailed, ValidationError
-from ..http_client import AnswerTooLarge, HttpClient, root_cause
+from ..net.http_client import AnswerTooLarge, HttpClient, root_cause
 from ..protocol import untrusted_json
 
 if TYPE_CHECKING:

@@ -176,7 +176,7 @@ def _transform(path: str, out: str) -> dict:
     return {"transforms": described, "composite": isinstance(transform, sitk.CompositeTransform)}
 
 
-def _probe(message: dict) -> dict:
+def probe(message: dict) -> dict:
     """Whether this process can open a path or reach a TCP port: confinement checked from inside."""
     answer = {}
     try:
@@ -194,7 +194,7 @@ def _probe(message: dict) -> dict:
 
 def _handle(folder: str, message: dict) -> dict:
     if message.get("op") == "probe":
-        return _probe(message)
+        return probe(message)
     path, out = os.path.join(folder, message["file"]), os.path.join(folder, message["out"])
     if message.get("op") == "image":
         return _image(path, message["io"], out)

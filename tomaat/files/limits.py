@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..body import Budget
-from ..errors import RequestError, TooLarge
+from ..errors import ServerBusy, TooLarge
+from ..net.body import Budget
 
 DEFAULT_MAX_VOXELS = 1024**3
 
@@ -43,7 +43,7 @@ class Allowance:
                 f"the {limit} bytes one request may decode on this server"
             )
         if self.shared is not None and not self.shared.take(size):
-            raise RequestError("the server is decoding as much as it can hold; try again shortly", status=503)
+            raise ServerBusy("the server is decoding as much as it can hold; try again shortly")
         self.used += size
 
     def release(self) -> None:

@@ -1,6 +1,6 @@
 """The announcement registry: servers announce themselves with an API key, clients discover them.
 
-Shares only tomaat.web, tomaat.tls and the protocol with the server and the
+Shares only tomaat.net.web, tomaat.net.tls and the protocol with the server and the
 client, so it can be deployed on its own.
 """
 

@@ -13,8 +13,8 @@ import math
 from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ..net.web import json_reply
 from ..protocol.registry import FILTERS, answer, discover_item, matches
-from ..web import json_reply
 from . import store
 from .announcement import check_announcement, check_withdrawal, read_object
 from .html import render_page, sort_services

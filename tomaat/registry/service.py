@@ -13,8 +13,8 @@ import time
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
-from .. import web
-from ..daemon import Daemon
+from ..net import web
+from ..net.daemon import Daemon
 from ..protocol.registry import answer
 from . import store
 from .config import RegistryConfig

@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.internet.base import DelayedCall
 from twisted.python.failure import Failure
 
-from ..http_client import AnswerTooLarge, HttpClient, root_cause
+from ..net.http_client import AnswerTooLarge, HttpClient, root_cause
 from ..protocol import metadata
 from ..protocol import registry as wire
 

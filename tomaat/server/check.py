@@ -14,7 +14,7 @@ import traceback
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import RequestError
+from ..errors import ServiceError
 from ..files.limits import Allowance
 from ..protocol import b64, fiducials, transforms
 from ..protocol.outputs import decode_item
@@ -98,7 +98,7 @@ def check(service) -> tuple[bool, list[str]]:
     allowance = Allowance(service.limits, None, service.decoders)
     try:
         items = json_ready(service.prediction.run_fields(fields, timings, Watch(), allowance))  # as a client reads them
-    except RequestError as error:
+    except ServiceError as error:
         return False, [*lines, f"FAILED ({error.status}): {error.message}", "(the traceback is in the log above)"]
     finally:
         allowance.release()

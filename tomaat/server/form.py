@@ -14,8 +14,8 @@ from urllib.parse import parse_qs
 
 from werkzeug.http import parse_options_header
 
-from ..body import body_bytes
 from ..errors import RequestError
+from ..net.body import body_bytes
 
 MAX_PART_HEADER = 16384
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from ..body import Budget
 from ..errors import AppFailure
 from ..files.limits import Allowance, Limits
 from ..files.scratch import scratch_folder
+from ..net.body import Budget
 from ..protocol.elements import AmbiguousGrid
 from ..protocol.inputs import decode_fields
 from ..protocol.outputs import output_item

@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import AppTimeout, RequestError
+from ..errors import AppTimeout, ServiceError
 from .batching import Batcher
 
 log = logging.getLogger("tomaat.server")
@@ -36,7 +36,7 @@ SHUTDOWN_TIMEOUT = 60.0  # Serve drains its replicas (graceful_shutdown_timeout_
 LOST = ("ActorDiedError", "ActorUnavailableError", "RayActorError", "ObjectLostError", "OwnerDiedError")
 
 
-class ReplicaLost(RequestError):
+class ReplicaLost(ServiceError):
     status = 503
 
 
@@ -330,7 +330,7 @@ class RaySteps:
                         "try again shortly"
                     ) from None
                 cause = getattr(error, "cause", None)
-                if isinstance(cause, RequestError):
+                if isinstance(cause, ServiceError):
                     raise cause from None  # the app's failure, as the local steps report it (AppFailure, 500)
                 log.error("the replica failed: %s", error)
                 raise ReplicaLost("the service's replicas could not run this request; try again shortly") from None

@@ -13,10 +13,10 @@ from klein import Klein
 from twisted.internet.threads import deferToThreadPool
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from ..errors import RequestError
+from ..errors import ServiceError
+from ..net.web import json_reply
 from ..protocol import stored_volumes
 from ..protocol.answers import delayed_items, error_items
-from ..web import json_reply
 from . import page, rendering
 from .form import read_fields
 from .rendering import JSON_TYPE, Answer, Outcome
@@ -167,7 +167,7 @@ class PredictionRoutes:
             return rendering.render(outcome)
         try:
             volume_id, size = self.service.volumes.put(outcome.items)
-        except RequestError as error:
+        except ServiceError as error:
             return rendering.error(error.status, error.message)
         ttl = self.service.volumes.describe()["ttl"]
         return rendering.json_answer({"volume_id": volume_id, "expires_in": ttl, "bytes": size}, 201)
@@ -214,7 +214,7 @@ class PredictionRoutes:
         return rendered.addCallback(self._send, request)
 
     def _form_error(self, failure, request):
-        failure.trap(RequestError)
+        failure.trap(ServiceError)
         return json_reply(request, error_items(failure.value.message), failure.value.status)
 
     @app.handle_errors(NotFound, MethodNotAllowed)

@@ -18,15 +18,15 @@ from twisted.internet import task
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from .. import web
-from ..body import Budget
-from ..daemon import Daemon
 from ..files import confined, scratch
 from ..files.limits import Limits
+from ..net import web
+from ..net.body import Budget
+from ..net.daemon import Daemon
+from ..net.trust import pin_fingerprint
 from ..protocol import elements
 from ..protocol import metadata as model_metadata
 from ..protocol.registry import announcement
-from ..trust import pin_fingerprint
 from . import page
 from .announcer import Announcer
 from .app import UPSTREAM, TomaatApp, batch_settings

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 from twisted.internet.base import DelayedCall
 
-from ..body import Budget
-from ..errors import RequestError, TooLarge
+from ..errors import RequestError, ServerBusy, ServiceError, TooLarge
 from ..files.limits import Allowance, Limits
+from ..net.body import Budget
 from ..protocol import stored_volumes
 from ..protocol.elements import Volume
 from .form import read_fields
@@ -50,7 +50,7 @@ def short(volume_id: str) -> str:
     return volume_id[:8] + "..."
 
 
-class VolumeStoreFull(RequestError):
+class VolumeStoreFull(ServiceError):
     status = 507
 
 
@@ -196,7 +196,7 @@ class StoredVolumes:
         reservation = upload.reservation
         if self._closed:
             reservation.release()
-            raise RequestError("the server is stopping; it keeps no more volumes", 503)
+            raise ServerBusy("the server is stopping; it keeps no more volumes")
         volume_id = secrets.token_hex(16)
         while volume_id in self._entries:  # 128 random bits: never, but never is cheap to be sure of
             volume_id = secrets.token_hex(16)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
-from ..errors import RequestError
+from ..errors import ServiceError
 from .rendering import Outcome
 from .timings import Timings, Watch
 
@@ -55,7 +55,7 @@ class Worker:
         start = time.perf_counter()
         try:
             outcome = work(watch)
-        except RequestError as error:
+        except ServiceError as error:
             outcome = Outcome.error(error.status, error.message)
         except Exception:
             log.exception("%s failed unexpectedly", label)

@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 
-from .config import ListenConfig
+from ..config import ListenConfig
 
 
 def log_to_stdlib() -> None:

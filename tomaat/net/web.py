@@ -16,8 +16,8 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
+from ..protocol.answers import error_items
 from .body import BodyBuffer, Budget, OverBudget
-from .protocol.answers import error_items
 
 CORS_HEADERS = {
     b"Access-Control-Allow-Origin": b"*",

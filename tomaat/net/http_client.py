@@ -36,7 +36,7 @@ def root_cause(error: BaseException) -> BaseException:
     return root_cause(reasons[0].value) if reasons else error
 
 
-async def _read(response, limit: int | None) -> bytes:
+async def read_body(response, limit: int | None) -> bytes:
     if limit is None:
         return await response.content()
     chunks, size = [], [0]
@@ -72,7 +72,7 @@ class HttpClient:
 
         async def exchange():
             response = await self.treq.request(method, url, **kwargs)
-            return response.code, await _read(response, limit)
+            return response.code, await read_body(response, limit)
 
         attempt = defer.Deferred.fromCoroutine(exchange())
         if timeout is not None:
