@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
     site.log = lambda request: None
     port = int(argv[0])
     if len(argv) == 3:
-        from tomaat.tls import server_options
+        from tomaat.net.tls import server_options
 
         reactor.listenSSL(port, site, server_options(argv[1], argv[2]), interface="127.0.0.1")
     else:

@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         plain = run(size, runs, None, folder)
         report(size, runs, plain)
         if args.tls:
-            from tomaat.tls import ensure_certificate
+            from tomaat.net.tls import ensure_certificate
 
             secure = run(size, runs, ensure_certificate(folder, "127.0.0.1"), folder)
             report(size, runs, secure)
