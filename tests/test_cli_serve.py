@@ -206,3 +206,21 @@ def test_a_served_file_imports_its_neighbours_and_a_failed_import_leaves_no_trac
         sys.path[:] = path_before
         for name in names + ("tomaat_user_broken_app",):
             sys.modules.pop(name, None)
+
+
+def test_each_plain_option_of_serve_is_its_setting_as_declared():
+    """A setting is written once (server/config.py): its option's name, type, help and default come from there."""
+    import dataclasses
+
+    from tomaat.cli import SETTINGS, serve
+    from tomaat.config import described
+    from tomaat.server.config import ServiceConfig
+
+    fields = {field.name: field for field in dataclasses.fields(ServiceConfig)}
+    options = {param.name: param for param in serve.params}
+    for name in SETTINGS:
+        option = options[name]
+        assert option.opts == ["--" + name.replace("_", "-")]
+        assert option.help == described(fields[name]) and option.default is None  # None: the config's default
+    assert "(default 8 GiB; 0: no limit)" in options["max_decoded_total"].help
+    assert options["threads"].type.name == "integer" and options["app_timeout"].type.name == "float"

@@ -23,15 +23,46 @@ class ConfigError(ValueError):
     """A setting no service could run with; raised before anything listens."""
 
 
+def setting(
+    default,
+    help: str = "",
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    positive: bool = False,
+    off: str = "",
+    shown: str = "",
+) -> Any:
+    """A setting, declared once: its default, what it does (the command line's help), the values it may take
+    (`low`/`high` bounds, or `positive`), what 0 means when it turns the setting off (`off`), and how its default
+    is shown when its number alone would mislead (`shown`). Checks and command-line options are made from it."""
+    metadata = {"help": help, "low": low, "high": high, "positive": positive, "off": off, "shown": shown}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def described(field: dataclasses.Field) -> str:
+    """A setting's help with its default (and what 0 means), as an option's help text shows it."""
+    meta = field.metadata
+    default = meta.get("shown") or _shown(field.default)
+    off = f"; 0: {meta['off']}" if meta.get("off") else ""
+    return f"{meta.get('help', '')} (default {default}{off})."
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value) if value not in ("", None) else "none"
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if isinstance(value, int) and value >= size and value % size == 0:
+            return f"{value // size} {unit}"
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     # Old names -> field names; subclasses extend it.
     ALIASES: ClassVar[dict[str, str]] = {}
     # Keys accepted and kept aside (e.g. metadata in an upstream-style config dict), not settings.
     PASSED_THROUGH: ClassVar[frozenset[str]] = frozenset()
-    # field -> (lowest, highest) allowed; None: open-ended.
-    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
-    POSITIVE: ClassVar[frozenset[str]] = frozenset()  # fields that must be greater than 0
 
     @classmethod
     def build(cls, *sources: Mapping[str, Any] | None):
@@ -60,40 +91,38 @@ class Config:
         return type(self).build(dataclasses.asdict(self), changes)
 
     def check(self) -> None:
-        for name in self.POSITIVE:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"setting {name!r} is {getattr(self, name)!r}; expected a positive number")
-        for name, (low, high) in self.RANGES.items():
-            value = getattr(self, name)
+        """Each setting within what its declaration allows (setting())."""
+        for field in dataclasses.fields(self):
+            meta, value = field.metadata, getattr(self, field.name)
+            if meta.get("positive") and not value > 0:
+                raise ConfigError(f"setting {field.name!r} is {value!r}; expected a positive number")
+            low, high = meta.get("low"), meta.get("high")
             if (low is not None and value < low) or (high is not None and value > high):
                 bounds = f"at least {low:g}" if high is None else f"from {low:g} to {high:g}"
-                raise ConfigError(f"setting {name!r} is {value!r}; expected {bounds}")
+                raise ConfigError(f"setting {field.name!r} is {value!r}; expected {bounds}")
 
 
 @dataclasses.dataclass(frozen=True)
 class ListenConfig(Config):
     """What every service of ours sets to listen and to guard its connections (tomaat/net/daemon.py, tomaat/net/web.py)."""
 
-    port: int = 0
-    listen_address: str = "0.0.0.0"
+    port: int = setting(0, "Port to listen on; 0: any free port", low=0, high=65535)
+    listen_address: str = setting("0.0.0.0", "Address to listen on")
     tls: bool = True
     cert: str | None = None
     key: str | None = None
     state_dir: str = ""
-    max_body_bytes: int = 2 * 1024**3
-    idle_timeout: float = 60.0  # seconds a connection may send nothing before it is closed
-    receive_timeout: float = 900.0  # seconds from connect (or the last answer) to a request's last body byte; 408
-    max_connections: int = 1000  # held at once; at the cap the oldest idle connection is closed (0: none)
-    max_connections_per_address: int = 256  # the same, per client address (0: none)
-
-    RANGES: ClassVar[dict[str, tuple[float | None, float | None]]] = {
-        "port": (0, 65535),
-        "max_body_bytes": (0, None),
-        "idle_timeout": (0, None),
-        "receive_timeout": (0, None),
-        "max_connections": (0, None),
-        "max_connections_per_address": (0, None),
-    }
+    max_body_bytes: int = setting(2 * 1024**3, "Largest request body; else 413", low=0)
+    idle_timeout: float = setting(60.0, "Seconds a connection may send nothing before it is closed", low=0)
+    receive_timeout: float = setting(
+        900.0, "Seconds from connect (or the last answer) to a request's last body byte; else 408", low=0
+    )
+    max_connections: int = setting(
+        1000, "Connections held at once; at the cap the oldest idle one is closed", low=0, off="no limit"
+    )
+    max_connections_per_address: int = setting(
+        256, "Connections held at once per client address", low=0, off="no limit"
+    )
 
     def check(self) -> None:
         super().check()

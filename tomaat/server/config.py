@@ -11,7 +11,7 @@ import dataclasses
 import os
 from typing import ClassVar
 
-from ..config import ConfigError, ListenConfig
+from ..config import ConfigError, ListenConfig, setting
 from ..files import confined
 from ..files.limits import DEFAULT_MAX_VOXELS
 
@@ -22,54 +22,57 @@ MODEL_METADATA = ("licence", "citation", "intended_use", "disclaimer", "accuracy
 
 @dataclasses.dataclass(frozen=True)
 class ServiceConfig(ListenConfig):
-    port: int = 9000
-    public_url: str = ""  # the base URL announced to registries (upstream's `host`); default: this machine's name
+    port: int = setting(9000, "Port to listen on; 0: any free port", low=0, high=65535)
+    public_url: str = setting(
+        "", "Base URL clients reach this service at, as announced (upstream's `host`)", shown="this machine's name"
+    )
     state_dir: str = os.path.join(os.path.expanduser("~"), ".tomaat")
-    threads: int = 8
-    device: str = "auto"  # handed to the app's setup(): where to load weights ("auto": the framework's choice)
+    threads: int = setting(8, "Worker threads", low=1)
+    device: str = setting(
+        "auto", "Handed to the app's setup(), e.g. cuda:1 or cpu", shown="auto: the framework's choice"
+    )
     announce: str = ""  # the registry's URL; empty: not announced
     api_key: str = ""
-    announce_period: float = 1600.0  # well inside the registry's default expiry of 3600 s
-    registry_fingerprint: str | None = None  # pin an https registry's self-signed certificate (v1 format)
+    announce_period: float = setting(1600.0, "Seconds between re-announcements", positive=True)
+    registry_fingerprint: str | None = setting(
+        None, "Trust an https registry whose certificate has this SHA-256 fingerprint", shown="a CA-signed registry"
+    )
     delayed_responses: bool = False
-    response_ttl: float = 3600.0
-    max_delayed_results: int = 256  # uncollected delayed results held at once; then 503 (0: no limit)
-    max_delayed_bytes: int = 2 * GiB  # their answers' bytes; a result past it is kept as a 507 error (0: none)
-    volume_ttl: float = 600.0  # seconds a stored volume (POST /volumes) is kept after its last use (0: no store)
-    max_stored_bytes: int = 2 * GiB  # decoded bytes of stored volumes at once; then 507 (0: no limit)
-    max_stored_volumes: int = 256  # stored volumes at once; then 507 (0: no limit)
-    # Limits against heavy and hostile traffic (docs/security.md); 0 turns a limit off where noted.
-    max_voxels: int = DEFAULT_MAX_VOXELS  # per image, read from its header before anything is allocated
-    max_decoded_bytes: int = 4 * GiB  # one request's inputs once decoded, charged from their headers; then 413
-    max_decoded_total: int = 8 * GiB  # all requests' decoded inputs at once; then 503 (0: none)
-    max_points: int = 100_000  # per fiducials input; then 413
-    max_transform_parameters: int = 10_000_000  # per transform input; then 413
-    decoders: int = 2  # confined processes that decode NIfTI, NRRD and transform files (docs/security.md)
-    decoder_memory: int = confined.DEFAULT_MEMORY  # address space each decoder may add once loaded
-    decode_timeout: float = confined.DEFAULT_TIMEOUT  # seconds one file may take to decode; then 415
-    max_fields: int = 256  # form fields per request
-    max_queue: int = 64  # requests waiting for a worker thread; beyond it 503 + Retry-After (0: unbounded)
-    max_pending_bytes: int = 4 * GiB  # bodies of 1 MiB+ held at once (received, queued, in work); then 503 (0: none)
-    app_timeout: float = 600.0  # seconds from the app's first step to its answer; then 504 (0: none)
-    shutdown_grace: float = 30.0  # seconds SIGTERM waits for requests in progress before exiting
+    response_ttl: float = setting(3600.0, "Seconds an uncollected delayed result is kept", positive=True)
+    max_delayed_results: int = setting(256, "Uncollected delayed results held at once; then 503", low=0, off="no limit")
+    max_delayed_bytes: int = setting(
+        2 * GiB, "Bytes of delayed answers held; a result past it is kept as a 507", low=0, off="no limit"
+    )
+    volume_ttl: float = setting(
+        600.0, "Seconds a stored volume (POST /volumes) is kept after its last use", low=0, off="no store"
+    )
+    max_stored_bytes: int = setting(2 * GiB, "Most decoded bytes of stored volumes, then 507", low=0, off="no limit")
+    max_stored_volumes: int = setting(256, "Most stored volumes at once, then 507", low=0, off="no limit")
+    # Limits against heavy and hostile traffic (docs/security.md).
+    max_voxels: int = setting(
+        DEFAULT_MAX_VOXELS, "Largest image, read from its header before anything is allocated", low=0, shown="1024^3"
+    )
+    max_decoded_bytes: int = setting(
+        4 * GiB, "Most bytes one request's inputs decode to, charged from their headers; then 413", low=0
+    )
+    max_decoded_total: int = setting(
+        8 * GiB, "Most decoded bytes of all requests at once; then 503", low=0, off="no limit"
+    )
+    max_points: int = setting(100_000, "Most points per fiducials input; then 413", low=0)
+    max_transform_parameters: int = setting(10_000_000, "Most parameters per transform input; then 413", low=0)
+    decoders: int = setting(2, "Confined processes decoding NIfTI, NRRD and transform files", low=1)
+    decoder_memory: int = setting(confined.DEFAULT_MEMORY, "Address space each decoder may add once loaded", low=0)
+    decode_timeout: float = setting(confined.DEFAULT_TIMEOUT, "Seconds one file may take to decode; then 415", low=0)
+    max_fields: int = setting(256, "Most form fields per request", low=0)
+    max_queue: int = setting(64, "Most requests waiting for a worker thread, then 503", low=0, off="no limit")
+    max_pending_bytes: int = setting(
+        4 * GiB, "Most body bytes (of 1 MiB+ bodies) held at once, then 503", low=0, off="no limit"
+    )
+    app_timeout: float = setting(600.0, "Seconds from the app's first step to its answer, then 504", low=0, off="none")
+    shutdown_grace: float = setting(30.0, "Seconds SIGTERM waits for requests in progress", low=0)
 
     ALIASES: ClassVar[dict[str, str]] = {"host": "public_url", "interface": "listen_address"}
     PASSED_THROUGH: ClassVar[frozenset[str]] = frozenset(DESCRIPTION + MODEL_METADATA)
-    POSITIVE: ClassVar[frozenset[str]] = frozenset({"announce_period", "response_ttl"})
-    RANGES: ClassVar[dict] = {
-        **ListenConfig.RANGES,
-        "threads": (1, None),
-        "decoders": (1, None),
-        **{
-            name: (0, None)
-            for name in (
-                "max_delayed_results", "max_delayed_bytes", "volume_ttl", "max_stored_bytes", "max_stored_volumes",
-                "max_voxels", "max_decoded_bytes", "max_decoded_total",
-                "max_points", "max_transform_parameters", "decoder_memory", "decode_timeout", "max_fields",
-                "max_queue", "max_pending_bytes", "app_timeout", "shutdown_grace",
-            )
-        },
-    }  # fmt: skip
 
     @classmethod
     def build(cls, *sources):

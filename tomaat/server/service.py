@@ -43,7 +43,6 @@ log = logging.getLogger("tomaat.server")
 
 _LOADING: contextvars.ContextVar[list | None] = contextvars.ContextVar("tomaat_loading", default=None)
 PROTOCOL_VERSION = 2
-DEFAULTS = ServiceConfig()  # the defaults, for help texts
 
 
 class _DaemonThread(threading.Thread):
