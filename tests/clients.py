@@ -37,3 +37,14 @@ async def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await task.deferLater(reactor, 0.01, lambda: None)
+
+
+async def collect_when_done(url: str, request_id: str, headers=None, timeout: float = 20.0):
+    """POST /responses as TOMAAT-Slicer does until the delayed result is there (not a DelayedResponse any more)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await slicer_post(url + "/responses", {"request_id": request_id}, headers=headers)
+        if response.headers["Content-Type"] != "application/json" or response.json()[0]["type"] != "DelayedResponse":
+            return response
+        assert time.monotonic() < deadline, "the delayed result never arrived"
+        await task.deferLater(reactor, 0.02, lambda: None)

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import pytest_twisted
 import SimpleITK as sitk
-from clients import call, slicer_post
+from clients import call, collect_when_done, slicer_post
 from conftest import assert_same_grid, make_phantom, v1_base64
 from test_server_all_types import MESH, EverythingApp, affine_field, good_fields
 from test_server_delayed import collect
-from twisted.internet import reactor, task
 
 from examples.threshold import ThresholdApp
 from tomaat import PlainText, TomaatApp, Volume
@@ -161,18 +160,8 @@ async def test_a_v1_answer_is_byte_for_byte_what_it_was(serve, phantom):
     # the same through a delayed response, collected as TOMAAT-Slicer collects it
     delayed = await serve(ThresholdApp(), delayed_responses=True)
     request_id = (await slicer_post(delayed.url + "/predict", fields)).json()[0]["request_id"]
-    collected = await _collect_when_done(delayed.url, request_id)
+    collected = await collect_when_done(delayed.url, request_id)
     assert collected.content == expected and collected.headers["Content-Type"] == "application/json"
-
-
-async def _collect_when_done(url, request_id, headers=None, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        response = await slicer_post(url + "/responses", {"request_id": request_id}, headers=headers)
-        if response.headers["Content-Type"] != "application/json" or response.json()[0]["type"] != "DelayedResponse":
-            return response
-        assert time.monotonic() < deadline, "the delayed result never arrived"
-        await task.deferLater(reactor, 0.02, lambda: None)
 
 
 @pytest_twisted.ensureDeferred
@@ -198,7 +187,7 @@ async def test_a_delayed_result_collected_with_accept_multipart_is_a_binary_answ
     assert accepted.status_code == 202 and accepted.headers["Content-Type"] == "application/json"
     [item] = accepted.json()
     assert item["type"] == "DelayedResponse"
-    binary = await _collect_when_done(service.url, item["request_id"], headers=BINARY)
+    binary = await collect_when_done(service.url, item["request_id"], headers=BINARY)
     parts = parts_of(binary)
     assert [kind for kind, _, _ in parts] == ["LabelVolume", "PlainText"]
     assert parts[1][2] == b"141 voxels at or above 250: 0.176 ml"
@@ -206,12 +195,12 @@ async def test_a_delayed_result_collected_with_accept_multipart_is_a_binary_answ
 
     # asked for JSON, the same kind of result is JSON; a delayed error is JSON whatever the collector accepts
     again = await slicer_post(service.url + "/predict", fields, headers={"Prefer": "respond-async"})
-    as_json = await _collect_when_done(service.url, again.json()[0]["request_id"])
+    as_json = await collect_when_done(service.url, again.json()[0]["request_id"])
     assert json_items(parts)[1] == as_json.json()[1]
     failed = await slicer_post(
         service.url + "/predict", {**fields, "threshold": "x"}, headers={"Prefer": "respond-async"}
     )
-    error = await _collect_when_done(service.url, failed.json()[0]["request_id"], headers=BINARY)
+    error = await collect_when_done(service.url, failed.json()[0]["request_id"], headers=BINARY)
     assert error.status_code == 400 and error.headers["Content-Type"] == "application/json"
     assert (await collect(service.url, failed.json()[0]["request_id"])).status_code == 404
 

@@ -16,11 +16,10 @@ import pytest
 import pytest_twisted
 import requests
 import SimpleITK as sitk
-from clients import call, slicer_post, wait_for
+from clients import call, collect_when_done, slicer_post, wait_for
 from conftest import assert_same_grid, image_bytes, make_phantom, v1_base64
 from requests_toolbelt import MultipartEncoder
 from scratch_checks import private_tempdir, scratch_dirs  # noqa: F401 (an autouse fixture)
-from test_binary_answers import _collect_when_done
 from test_cli_serve import ROOT, free_port, wait_until_up
 from test_server_limits import Blocking
 from twisted.internet.defer import ensureDeferred
@@ -269,7 +268,7 @@ async def test_an_unknown_id_in_predict_is_404_naming_the_field_and_the_id(serve
     content = response.json()[0]["content"]
     assert content.startswith("field 'images' (volume): unknown volume_id") and f"'{volume_id}'" in content
     delayed = await predict(service.url, volume_id, headers={"Prefer": "respond-async", "Accept": "multipart/mixed"})
-    collected = await _collect_when_done(service.url, delayed.json()[0]["request_id"], {"Accept": "multipart/mixed"})
+    collected = await collect_when_done(service.url, delayed.json()[0]["request_id"], {"Accept": "multipart/mixed"})
     assert collected.status_code == 404 and collected.json()[0]["content"] == content
 
 
@@ -294,7 +293,7 @@ async def test_a_stored_volume_gives_binary_answers_and_async_ones(serve, phanto
     assert_same_grid(decode_item(json_items(parts)[0]), phantom)
     delayed = await predict(service.url, volume_id, headers={"Prefer": "respond-async"})
     assert delayed.status_code == 202
-    collected = await _collect_when_done(service.url, delayed.json()[0]["request_id"])
+    collected = await collect_when_done(service.url, delayed.json()[0]["request_id"])
     assert_same_grid(labels_of(collected), phantom)
 
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import time
 
 import numpy as np
 import pytest_twisted
-from clients import slicer_post
+from clients import collect_when_done, slicer_post
 from conftest import make_phantom
 from test_server_all_types import EverythingApp, good_fields
-from twisted.internet import reactor, task
 
 from examples.threshold import ThresholdApp
 from tomaat import TomaatApp
@@ -87,16 +85,6 @@ def digest(response) -> str:
     return hashlib.sha256(seen).hexdigest()
 
 
-async def collected(url: str, request_id: str, headers=None, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        response = await slicer_post(url + "/responses", {"request_id": request_id}, headers=headers)
-        if response.headers["Content-Type"] != "application/json" or response.json()[0]["type"] != "DelayedResponse":
-            return response
-        assert time.monotonic() < deadline, "the delayed result never arrived"
-        await task.deferLater(reactor, 0.02, lambda: None)
-
-
 @pytest_twisted.ensureDeferred
 async def test_every_answer_is_byte_for_byte_what_it_was(serve):
     phantom = make_phantom(pixel=np.int16)
@@ -114,7 +102,7 @@ async def test_every_answer_is_byte_for_byte_what_it_was(serve):
     }
     for how, headers in (("json", None), ("binary", BINARY)):
         request_id = (await slicer_post(delayed.url + "/predict", plain)).json()[0]["request_id"]
-        seen[f"everything delayed {how}"] = await collected(delayed.url, request_id, headers)
+        seen[f"everything delayed {how}"] = await collect_when_done(delayed.url, request_id, headers)
     threshold_fields = {"images": slicer["images"], "threshold": "250", "module_version": "1.0"}
     seen["threshold v1 slicer"] = await slicer_post(threshold.url + "/predict", threshold_fields)
     seen["threshold v2 binary"] = await slicer_post(threshold.url + "/predict", threshold_fields, headers=BINARY)
