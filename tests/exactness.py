@@ -84,9 +84,9 @@ def difference(got: sitk.Image, summary: str, expected: dict) -> str | None:
 
 
 def _label_of(item: dict) -> sitk.Image:
-    from tomaat.protocol.elements import LabelVolume
+    from tomaat.protocol.outputs import decode_item
 
-    return LabelVolume.read_item(item["content"])
+    return decode_item(item)
 
 
 def _raw(url: str, path: str, fmt: str, low: float, high: float, v1: bool) -> tuple[sitk.Image, str]:

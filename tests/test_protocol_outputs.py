@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from conftest import make_affine, make_bspline
 from scratch_checks import no_scratch_left, private_tempdir  # noqa: F401 (an autouse fixture)
 
+from tomaat.protocol.codecs import output_codec
 from tomaat.protocol.elements import (
     Fiducials,
     LabelVolume,
@@ -31,7 +32,7 @@ from tomaat.server.rendering import json_ready
 
 def encode_item(element, value, reference=None) -> dict:
     """The item as the server writes it in a JSON answer: its raw content, rendered."""
-    return json_ready([output_item(element, element.write_raw(value, reference))])[0]
+    return json_ready([output_item(element, output_codec(element).write(element, value, reference))])[0]
 
 
 def encode(element, value, reference=None) -> dict:

@@ -115,10 +115,10 @@ def _mha(image: sitk.Image) -> bytes:
 
 
 def labels_of(response) -> sitk.Image:
-    from tomaat.protocol.elements import LabelVolume
+    from tomaat.protocol.outputs import decode_item
 
     assert response.status_code == 200, response.text[:500]
-    return LabelVolume.read_item(response.json()[0]["content"])
+    return decode_item(response.json()[0])
 
 
 def wait_for(condition, timeout: float, what: str):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import RequestError
+from ..protocol.codecs import input_codec
 from .errors import ValidationError
 from .inputs import LOADERS
 
@@ -35,7 +36,7 @@ def _checked(element, value):
     if loader:
         return loader.load(value, where)
     try:
-        return element.value(value, where)
+        return input_codec(element).value(element, value, where)
     except RequestError as error:
         raise ValidationError(error.message) from None
 
@@ -58,7 +59,7 @@ class PreparedRequest:
         return [
             (e.destination, *parts[e.destination])
             if e.destination in parts
-            else (e.destination, *e.write_field(self.values[e.destination], protocol))
+            else (e.destination, *input_codec(e).write(e, self.values[e.destination], protocol))
             for e in self.interface
         ]
 

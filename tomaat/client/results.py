@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from ..errors import RequestError
 from ..files.limits import Allowance, Limits
 from ..protocol import b64
+from ..protocol.codecs import OUTPUTS
 from ..protocol.elements import OUTPUT_TYPES
 from ..protocol.volumes import EXPECTED, FORMATS, decode_base64, read_image, sniff_format
 from .errors import ServerError
@@ -152,8 +153,8 @@ def decode_content(kind: str, data, allowance: Allowance):
         return bytes(data)
     if kind in TEXT_TYPES:
         text = bytes(data).decode("utf-8", "surrogatepass")
-        return text if kind == "PlainText" else OUTPUT_TYPES[kind].read_item(text, allowance)
-    return OUTPUT_TYPES[kind].read_item(b64.encode(data), allowance)  # the transform reader takes base64 text
+        return text if kind == "PlainText" else OUTPUTS[kind].read(kind, text, allowance)
+    return OUTPUTS[kind].read(kind, b64.encode(data), allowance)  # the transform reader takes base64 text
 
 
 def _geometry(image: sitk.Image) -> str:

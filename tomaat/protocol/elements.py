@@ -1,16 +1,10 @@
-"""Interface elements: each type is one class that holds every rule about it.
+"""Interface elements, as researchers declare them: each type is one class that holds every rule about the
+declaration and what a user may give it.
 
-An element knows its v1 dict (`to_dict`, `from_dict`, `check`), the value a
-client starts from (`default`), what it accepts (`accepts`, `value`), how the
-server reads its form field (`decode`) and how a client writes it (`encode`);
-an output knows how the server writes an app's value into an answer item
-(`encode`) and how a client reads it back (`decode`), and the file suffix a
-client saves it with. The server (`inputs.decode_fields`, `write_raw` then `server/rendering.py`)
-and the client (`client/requests.py`, `client/results.py`) only loop over them,
-so a new type is one class here.
-
-The file and image modules are imported inside the methods that need them, so
-that declaring an interface (`import tomaat`) does not load SimpleITK.
+An element knows its v1 dict (`to_dict` / `to_output_dict`, `from_dict`, `check`), the value a client starts from
+(`default`), and what it accepts (`accepts`, `value`). How its values are read and written on the wire is its
+codec's (codecs.py, one per type), kept apart so that declaring an interface (`import tomaat`) loads no image
+library. `Input` and `Output` say what an element is; Fiducials is both.
 """
 
 from __future__ import annotations
@@ -28,6 +22,7 @@ NOT_IN_FILE_LABELS = '/\\:*?[]"<>|'
 MAX_FILE_LABEL = 128
 CHECKBOX_TRUE = frozenset({"true", "1", "yes", "on"})
 CHECKBOX_FALSE = frozenset({"false", "0", "no", "off"})
+POINTS = "points as 'x,y,z;x,y,z;...' with three numbers per point"  # what a Fiducials input accepts
 
 
 class InterfaceError(ValueError):
@@ -52,7 +47,8 @@ def check_file_label(label: str, what: str) -> None:
         )
 
 
-def _text(raw, where: str) -> str:
+def text_of(raw, where: str) -> str:
+    """A text form field's value, stripped; a field that is not UTF-8 is refused naming it."""
     if isinstance(raw, str):
         return raw.strip()
     try:
@@ -66,24 +62,15 @@ def _get(spec: dict[str, Any], key: str) -> Any:
     return spec.get(key)
 
 
-def _b64(data: bytes) -> str:
-    from . import b64
-
-    return b64.encode(data)
-
-
 # ---- inputs --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class InputElement:
+class Input:
+    """What an input element is: something a client fills in and the app finds in `data[destination]`."""
+
     destination: str
     wire_type: ClassVar[str] = ""
     heavy: ClassVar[bool] = False  # decoded after the cheap fields, so a bad slider is reported first
-
-    @classmethod
-    def from_dict(cls, spec: dict[str, Any]):
-        return cls(_get(spec, "destination"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.wire_type, "destination": self.destination}
@@ -108,13 +95,14 @@ class InputElement:
         """The checked value of what a client or a user gave: one rule for both sides."""
         return given
 
-    def read_field(self, raw, where: str, allowance=None):
-        """The value an app finds in `data[destination]`, from the bytes of the form field."""
-        return self.value(_text(raw, where), where)
 
-    def write_field(self, value, protocol: int) -> tuple[str | None, bytes]:
-        """(file name or None for a text field, bytes) of the form field for a checked value."""
-        return None, str(value).encode("utf-8")
+@dataclass(frozen=True)
+class InputElement(Input):
+    destination: str
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]):
+        return cls(_get(spec, "destination"))
 
 
 @dataclass(frozen=True)
@@ -124,21 +112,6 @@ class Volume(InputElement):
 
     def accepts(self) -> str:
         return "an MHA, NIfTI or NRRD image"
-
-    def read_field(self, raw, where: str, allowance=None):
-        from .volumes import read_image
-
-        return read_image(raw, where, allowance)
-
-    def write_field(self, value, protocol: int) -> tuple[str | None, bytes]:
-        """value: anything with native() and mha() (the client's VolumeFile). v2 servers take the file's own
-        bytes as a binary part; v1 servers only read base64 MHA text, as TOMAAT-Slicer sends."""
-        if protocol >= 2:
-            data, fmt = value.native()
-            return f"{self.destination}.{fmt}", data
-        from . import b64
-
-        return None, b64.encode_lines(value.mha())
 
 
 @dataclass(frozen=True)
@@ -184,9 +157,6 @@ class Slider(InputElement):
             raise RequestError(f"{where}: {shown} is out of range; expected {self.accepts()}")
         return number
 
-    def write_field(self, value, protocol: int) -> tuple[str | None, bytes]:
-        return None, repr(float(value)).encode("ascii")
-
 
 @dataclass(frozen=True)
 class Checkbox(InputElement):
@@ -216,9 +186,6 @@ class Checkbox(InputElement):
         if text in CHECKBOX_FALSE or not text:  # an empty field, as some forms send an unticked box
             return False
         raise RequestError(f"{where}: {text[:40]!r} is not a checkbox value; expected {self.accepts()}")
-
-    def write_field(self, value, protocol: int) -> tuple[str | None, bytes]:
-        return None, b"True" if value else b"False"  # as TOMAAT-Slicer sends str(bool)
 
 
 @dataclass(frozen=True)
@@ -272,27 +239,19 @@ class Transform(InputElement):
     def accepts(self) -> str:
         return "'KIND\\n<base64 file>' with KIND one of nii.gz, h5, mat"
 
-    def read_field(self, raw, where: str, allowance=None):
-        from . import transforms
-
-        return transforms.parse(raw, where, allowance)
-
 
 # ---- outputs -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class OutputElement:
+class Output:
+    """What an output element is: something the app leaves in `data[field]` and the client gets back."""
+
     field: str
-    label: str = ""
+    label: str
     output_type: ClassVar[str] = ""
     names_files: ClassVar[bool] = True  # whether clients make a file name from the label
     default_name: ClassVar[str] = "output"  # what a client calls the output when the server names none
     suffix: ClassVar[str] = ""  # the file a client saves it as
-
-    @classmethod
-    def from_dict(cls, spec: dict[str, Any]):
-        return cls(_get(spec, "field"), spec.get("label", "") or "")
 
     def to_output_dict(self) -> dict[str, Any]:
         out = {"type": self.output_type, "field": self.field}
@@ -306,19 +265,15 @@ class OutputElement:
         if self.names_files:
             check_file_label(self.label, f"{self.output_type} output '{self.field}'")
 
-    def write_item(self, value, reference=None) -> str:
-        """The item's `content` for the app's value; TypeError for a value of the wrong kind (the app's fault)."""
-        raise NotImplementedError(self.output_type)
 
-    def write_raw(self, value, reference=None) -> bytes | str:
-        """The item's content before base64, for binary answers (binary_answers.py): a file's bytes for the
-        types whose JSON content is base64, the text itself for the others."""
-        return self.write_item(value, reference)
+@dataclass(frozen=True)
+class OutputElement(Output):
+    field: str
+    label: str = ""
 
     @classmethod
-    def read_item(cls, content: str, allowance=None):
-        """The Python value of an item's content: the inverse of encode, for clients and tests."""
-        return content
+    def from_dict(cls, spec: dict[str, Any]):
+        return cls(_get(spec, "field"), spec.get("label", "") or "")
 
 
 @dataclass(frozen=True)
@@ -334,30 +289,6 @@ class AmbiguousGrid:
             f"a NumPy LabelVolume '{self.field}' cannot tell which input volume's grid to take ({names}): "
             f"declare LabelVolume({self.field!r}, grid=...) with one of them, or return a SimpleITK image"
         )
-
-
-def label_image(value, reference):
-    """An image for a LabelVolume; a NumPy array takes the input's grid when its shape matches."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    if isinstance(value, sitk.Image):
-        return value
-    if isinstance(value, np.ndarray):
-        if isinstance(reference, AmbiguousGrid):
-            raise TypeError(reference.problem())
-        if value.dtype == bool:
-            value = value.astype(np.uint8)
-        image = sitk.GetImageFromArray(value)
-        if reference is not None:
-            if image.GetSize() != reference.GetSize():
-                raise TypeError(
-                    f"a LabelVolume array of shape {value.shape} does not match the input volume "
-                    f"(shape {tuple(reversed(reference.GetSize()))}); return a SimpleITK image with its own geometry"
-                )
-            image.CopyInformation(reference)
-        return image
-    raise TypeError(f"a LabelVolume needs a SimpleITK image or a NumPy array, got {type(value).__name__}")
 
 
 # DICOM's coded concepts for a segment nobody described: valid SEG, and what most viewers show as "tissue".
@@ -461,68 +392,12 @@ class LabelVolume(OutputElement):
             out["segments"] = [segment.to_dict() for segment in self.segments]
         return out
 
-    def write_item(self, value, reference=None) -> str:
-        return _b64(self.write_raw(value, reference))
-
-    def write_raw(self, value, reference=None) -> bytes:
-        from .volumes import write_image
-
-        return write_image(label_image(value, reference), "mha")
-
-    @classmethod
-    def read_item(cls, content: str, allowance=None):
-        from .volumes import read_image
-
-        return read_image(content.encode("ascii", "replace"), cls.output_type, allowance)
-
-
-def _is_polydata(value) -> bool:
-    is_a = getattr(value, "IsA", None)
-    return callable(is_a) and bool(is_a("vtkPolyData"))
-
-
-def polydata_text(polydata) -> bytes:
-    """A VTK vtkPolyData as legacy ASCII, version 4.2: what upstream's apps returned, in a format every Slicer reads.
-
-    VTK is imported only here, when an app hands over a VTK object, so it stays an optional extra.
-    """
-    from vtkmodules.vtkIOLegacy import vtkPolyDataWriter
-
-    writer = vtkPolyDataWriter()
-    writer.SetInputData(polydata)
-    writer.SetFileTypeToASCII()
-    writer.SetFileVersion(writer.VTK_LEGACY_READER_VERSION_4_2)
-    writer.WriteToOutputStringOn()
-    if not writer.Write():
-        raise ValueError("VTK could not write the vtkPolyData")
-    return writer.GetOutputStdString().encode("utf-8")
-
 
 @dataclass(frozen=True)
 class VTKMesh(OutputElement):
     output_type: ClassVar[str] = "VTKMesh"
     default_name: ClassVar[str] = "mesh"
     suffix: ClassVar[str] = "vtk"
-
-    def write_item(self, value, reference=None) -> str:
-        return _b64(self.write_raw(value, reference))
-
-    def write_raw(self, value, reference=None) -> bytes:
-        if _is_polydata(value):
-            value = polydata_text(value)
-        if isinstance(value, str):
-            value = value.encode("utf-8")
-        if not isinstance(value, (bytes, bytearray)):
-            raise TypeError(f"a VTKMesh needs a vtkPolyData, or legacy VTK text or bytes, got {type(value).__name__}")
-        if not bytes(value[:64]).lstrip().startswith(b"# vtk DataFile"):
-            raise TypeError("a VTKMesh needs a legacy VTK file (starting with '# vtk DataFile Version')")
-        return bytes(value)
-
-    @classmethod
-    def read_item(cls, content: str, allowance=None):
-        from . import b64
-
-        return b64.decode(content)
 
 
 @dataclass(frozen=True)
@@ -532,11 +407,6 @@ class PlainText(OutputElement):
     default_name: ClassVar[str] = "text"
     suffix: ClassVar[str] = "txt"
 
-    def write_item(self, value, reference=None) -> str:
-        if isinstance(value, bytes):
-            return value.decode("utf-8", "replace")
-        return str(value)
-
 
 @dataclass(frozen=True)
 class TransformGrid(OutputElement):
@@ -544,39 +414,10 @@ class TransformGrid(OutputElement):
     default_name: ClassVar[str] = "displacement"
     suffix: ClassVar[str] = "nii.gz"
 
-    def write_item(self, value, reference=None) -> str:
-        return _b64(self.write_raw(value, reference))
-
-    def write_raw(self, value, reference=None) -> bytes:
-        from . import transforms
-        from .volumes import write_image
-
-        return write_image(transforms.displacement_field(value), "nii.gz")
-
-    @classmethod
-    def read_item(cls, content: str, allowance=None):
-        from .volumes import read_image
-
-        return read_image(content.encode("ascii", "replace"), cls.output_type, allowance)
-
 
 @dataclass(frozen=True)
 class _TransformFile(OutputElement):
     """A transform sent as an ITK transform file of the suffix's kind."""
-
-    def write_item(self, value, reference=None) -> str:
-        return _b64(self.write_raw(value, reference))
-
-    def write_raw(self, value, reference=None) -> bytes:
-        from . import transforms
-
-        return transforms.transform_file(value, self.suffix)
-
-    @classmethod
-    def read_item(cls, content: str, allowance=None):
-        from . import transforms
-
-        return transforms.parse(f"{cls.suffix}\n{content}".encode("ascii", "replace"), cls.output_type, allowance)
 
 
 @dataclass(frozen=True)
@@ -597,8 +438,8 @@ class TransformLinear(_TransformFile):
 
 
 @dataclass(frozen=True)
-class Fiducials:
-    """Points; the one element that is both an input and an output type in v1."""
+class Fiducials(Input, Output):
+    """Points: an input and an output type in v1, and so both here."""
 
     name: str
     label: str = ""
@@ -614,59 +455,20 @@ class Fiducials:
         return cls(_get(spec, "destination") or _get(spec, "field"), spec.get("label", "") or "")
 
     @property
-    def destination(self) -> str:
+    def destination(self) -> str:  # type: ignore[override]  # one name, read as an input's and an output's
         return self.name
 
     @property
-    def field(self) -> str:
+    def field(self) -> str:  # type: ignore[override]
         return self.name
-
-    # the same v1 dicts as other inputs and outputs
-    to_dict = InputElement.to_dict
-    to_output_dict = OutputElement.to_output_dict
 
     def check(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise InterfaceError("fiducials element needs a non-empty name")
         check_file_label(self.label, f"Fiducials '{self.name}'")
 
-    where = InputElement.where
-
     def accepts(self) -> str:
-        from . import fiducials
-
-        return fiducials.EXPECTED
-
-    def value(self, given, where: str):
-        from . import fiducials
-
-        return fiducials.parse(given, where)
-
-    def read_field(self, raw, where: str, allowance=None):
-        from . import fiducials
-
-        limit = allowance.limits.max_points if allowance is not None else fiducials.MAX_POINTS
-        return fiducials.parse(_text(raw, where), where, limit)
-
-    def write_field(self, value, protocol: int) -> tuple[str | None, bytes]:
-        return None, self.write_item(value).encode("ascii")
-
-    def write_item(self, value, reference=None) -> str:
-        from . import fiducials
-
-        try:
-            return fiducials.format_points(value)
-        except ValueError as error:
-            raise TypeError(str(error)) from None
-
-    write_raw = write_item
-
-    @classmethod
-    def read_item(cls, content: str, allowance=None):
-        from . import fiducials
-
-        limit = allowance.limits.max_points if allowance is not None else fiducials.MAX_POINTS
-        return fiducials.parse(content, cls.output_type, limit)
+        return POINTS
 
 
 INPUT_TYPES: dict[str, Any] = {
@@ -691,7 +493,7 @@ def input_interface(elements) -> tuple:
     seen = set()
     for item in elements or ():
         element = _from_dict(item, INPUT_TYPES, "input element type") if isinstance(item, dict) else item
-        if not hasattr(element, "to_dict") or not hasattr(element, "destination"):
+        if not isinstance(element, Input):
             raise InterfaceError(f"not an input element: {item!r}")
         element.check()
         if element.destination in seen:
@@ -719,7 +521,7 @@ def output_interface(elements) -> tuple:
     seen = set()
     for item in elements or ():
         element = _from_dict(item, OUTPUT_TYPES, "output type") if isinstance(item, dict) else item
-        if not hasattr(element, "to_output_dict"):
+        if not isinstance(element, Output):
             raise InterfaceError(f"not an output element: {item!r}")
         element.check()
         key = (element.output_type, element.field)

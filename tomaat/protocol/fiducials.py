@@ -7,9 +7,10 @@ import math
 import numpy as np
 
 from ..errors import RequestError, TooLarge
+from .elements import POINTS
 
 MAX_POINTS = 100_000  # the server's default max_points
-EXPECTED = "points as 'x,y,z;x,y,z;...' with three numbers per point"
+EXPECTED = POINTS
 
 
 def parse(text: str, where: str = "fiducials", max_points: int = MAX_POINTS) -> np.ndarray:

@@ -1,6 +1,6 @@
 """From the form fields of a request to the values an app finds in `data[destination]`.
 
-Each element reads its own field (elements.py); this module only orders the
+Each element type's codec reads its field (codecs.py); this module only orders the
 work and names what is missing.
 """
 
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from ..errors import RequestError
 from ..files.limits import Allowance
+from .codecs import input_codec
 
 
 def decode_field(element, raw: bytes, allowance: Allowance | None = None):
-    return element.read_field(raw, element.where(), allowance or Allowance())
+    return input_codec(element).read(element, raw, element.where(), allowance or Allowance())
 
 
 def decode_fields(

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from ..errors import ServiceError
 from ..files.limits import Allowance
 from ..protocol import b64, fiducials, transforms
+from ..protocol.codecs import input_codec
 from ..protocol.outputs import decode_item
 from ..protocol.volumes import write_image
 from .rendering import json_ready
@@ -51,7 +52,7 @@ def sample_fields(inputs, image: sitk.Image) -> dict[str, bytes]:
             identity = transforms.transform_file(sitk.AffineTransform(3), "mat")
             fields[element.destination] = b"mat\n" + b64.encode(identity).encode("ascii")
         else:
-            fields[element.destination] = element.write_field(element.default, 2)[1]
+            fields[element.destination] = input_codec(element).write(element, element.default, 2)[1]
     return fields
 
 

@@ -13,6 +13,7 @@ from ..errors import AppFailure
 from ..files.limits import Allowance, Limits
 from ..files.scratch import scratch_folder
 from ..net.body import Budget
+from ..protocol.codecs import output_codec
 from ..protocol.elements import AmbiguousGrid
 from ..protocol.inputs import decode_fields
 from ..protocol.outputs import output_item
@@ -83,7 +84,7 @@ class Prediction:
             raise AppFailure(f"the service produced no '{element.field}' output")
         try:
             value = conventions.from_app(element, data[element.field])
-            return output_item(element, element.write_raw(value, grid_of(element, volumes)))
+            return output_item(element, output_codec(element).write(element, value, grid_of(element, volumes)))
         except (TypeError, ValueError, RuntimeError) as error:
             log.error("output %r (%s) could not be encoded: %s", element.field, element.output_type, error)
             raise AppFailure(

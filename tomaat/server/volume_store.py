@@ -35,6 +35,7 @@ from ..errors import RequestError, ServerBusy, ServiceError, TooLarge
 from ..files.limits import Allowance, Limits
 from ..net.body import Budget
 from ..protocol import stored_volumes
+from ..protocol.codecs import input_codec
 from ..protocol.elements import Volume
 from .form import read_fields
 
@@ -183,7 +184,7 @@ class StoredVolumes:
         allowance = _UploadAllowance(self.limits, self.shared, self)
         try:
             with timings.stage("decode"):
-                image = UPLOAD.read_field(raw, UPLOAD.where(), allowance)
+                image = input_codec(UPLOAD).read(UPLOAD, raw, UPLOAD.where(), allowance)
         except BaseException:
             allowance.reservation.release()
             raise
