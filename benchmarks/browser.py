@@ -132,7 +132,7 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "tomaat", "serve", "examples/threshold.py", "--port", str(port)]
-    server = start([*command, "--host", "127.0.0.1", "--no-tls"], url, {**os.environ, "TMPDIR": folder})
+    server = start([*command, "--listen-address", "127.0.0.1", "--no-tls"], url, {**os.environ, "TMPDIR": folder})
     driver = None
     try:
         print("size      shown (median)  run-to-done (median)  drop-to-overlay (median, best)")

@@ -47,7 +47,7 @@ def volume_field() -> str:
 def bench_predictions(total: int, clients: int, env: dict) -> bool:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "tomaat", "serve", "examples/threshold.py", "--no-tls", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "tomaat", "serve", "examples/threshold.py", "--no-tls", "--listen-address", "127.0.0.1"]
     command += ["--port", str(port), "--threads", "8"]
     server = start(command, url, env)
     fields = {"images": (None, volume_field()), "threshold": (None, "300")}
@@ -96,7 +96,7 @@ def bench_registry(total: int, concurrency: int, env: dict, folder: str) -> bool
     opened.run(store.add_key, hash_key(key), "benchmark", time.time())
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "tomaat.registry.cli", "serve", "--no-tls", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "tomaat.registry.cli", "serve", "--no-tls", "--listen-address", "127.0.0.1"]
     command += ["--port", str(port), "--db", database]
     registry = start(command, url, env)
     random.seed(6)

@@ -54,7 +54,7 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def tomaat_serve(app_path: str, port: int, tls: tuple[str, str] | None, extra: list[str] = ()) -> list[str]:
-    command = [sys.executable, "-m", "tomaat", "serve", app_path, "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "tomaat", "serve", app_path, "--listen-address", "127.0.0.1", "--port", str(port)]
     command += ["--cert", tls[0], "--key", tls[1]] if tls else ["--no-tls"]
     return command + list(extra)
 

@@ -118,7 +118,7 @@ async def run(reactor, args) -> None:
                 "serve",
                 "--port",
                 registry_url.rsplit(":", 1)[1],
-                "--host",
+                "--listen-address",
                 "127.0.0.1",
                 "--db",
                 db,
@@ -138,7 +138,7 @@ async def run(reactor, args) -> None:
                 server_url.rsplit(":", 1)[1],
             ]
             command += [
-                "--host",
+                "--listen-address",
                 "127.0.0.1",
                 "--no-tls",
                 "--announce",

@@ -48,7 +48,7 @@ def test_tomaat_serve_threshold_example(tmp_path):
         "--port",
         str(port),
         "--no-tls",
-        "--host",
+        "--listen-address",
         "127.0.0.1",
     ]
     process = subprocess.Popen(
@@ -224,3 +224,18 @@ def test_each_plain_option_of_serve_is_its_setting_as_declared():
         assert option.help == described(fields[name]) and option.default is None  # None: the config's default
     assert "(default 8 GiB; 0: no limit)" in options["max_decoded_total"].help
     assert options["threads"].type.name == "integer" and options["app_timeout"].type.name == "float"
+
+
+def test_host_is_refused_naming_the_two_options_it_could_have_meant():
+    """Upstream's config key `host` is the public URL; `--host` was the address to listen on. Neither is guessed."""
+    from click.testing import CliRunner
+
+    from tomaat.cli import main
+    from tomaat.registry.cli import main as registry
+
+    for command in (main, registry):
+        args = (
+            ["serve", "examples/threshold.py", "--host", "127.0.0.1"] if command is main else ["serve", "--host", "x"]
+        )
+        result = CliRunner().invoke(command, args)
+        assert result.exit_code == 2 and "--listen-address" in result.output and "--public-url" in result.output

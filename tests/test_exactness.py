@@ -36,7 +36,7 @@ class Server:
         command = [sys.executable, "-m", "tomaat", "serve", f"{APP}:{app}", "--port", str(self.port)]
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
-                [*command, "--host", "127.0.0.1", "--no-tls", *options],
+                [*command, "--listen-address", "127.0.0.1", "--no-tls", *options],
                 cwd=ROOT, env={**os.environ, "TMPDIR": str(folder)}, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip

@@ -77,7 +77,7 @@ class FrontEnd:
         command = [sys.executable, "-m", "tomaat", "serve", str(folder / app), "--port", str(self.port)]
         self.log = open(folder / f"front-{self.port}.log", "w")  # noqa: SIM115 - kept for the process's life
         self.process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--no-tls", *arguments],
+            [*command, "--listen-address", "127.0.0.1", "--no-tls", *arguments],
             cwd=ROOT, env={**env, "TMPDIR": str(folder)}, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 120

@@ -50,7 +50,7 @@ def start(tmp_path, port: int) -> subprocess.Popen:
         "--port",
         str(port),
         "--no-tls",
-        "--host",
+        "--listen-address",
         "127.0.0.1",
     ]
     command += ["--shutdown-grace", "10"]

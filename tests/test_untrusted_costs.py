@@ -50,7 +50,7 @@ def server(tmp_path_factory):
     port = free_port()
     limits = ["--max-decoded-bytes", str(LIMIT), "--max-points", "1000", "--max-transform-parameters", "100000"]
     command = [sys.executable, "-m", "tomaat", "serve", str(folder / "costly.py"), "--port", str(port)]
-    command += ["--no-tls", "--host", "127.0.0.1", *limits]
+    command += ["--no-tls", "--listen-address", "127.0.0.1", *limits]
     process = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ}
     )

@@ -286,7 +286,7 @@ def test_tomaat_serve_serves_an_upstream_file_with_its_own_options(tmp_path):
     port = free_port()
     path = write_app(tmp_path, "simple_text", 1)  # the file's own port is never used
     running = Running(
-        [sys.executable, "-m", "tomaat", "serve", path, "--port", str(port), "--host", "127.0.0.1"], tmp_path
+        [sys.executable, "-m", "tomaat", "serve", path, "--port", str(port), "--listen-address", "127.0.0.1"], tmp_path
     )
     try:
         running.wait_until_up(f"https://127.0.0.1:{port}")

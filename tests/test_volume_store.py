@@ -358,7 +358,7 @@ async def test_nothing_reaches_the_disk_and_shutdown_drops_every_volume(phantom)
 def test_tomaat_serve_takes_the_store_options(tmp_path):
     port = free_port()
     command = [sys.executable, "-m", "tomaat", "serve", "examples/threshold.py", "--port", str(port), "--no-tls",
-               "--host", "127.0.0.1", "--volume-ttl", "30", "--max-stored-bytes", "1000", "--max-stored-volumes", "3"]  # fmt: skip
+               "--listen-address", "127.0.0.1", "--volume-ttl", "30", "--max-stored-bytes", "1000", "--max-stored-volumes", "3"]  # fmt: skip
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:

@@ -7,7 +7,7 @@ import typing
 
 import click
 
-from .config import described
+from .config import described, refuse_host
 from .protocol.elements import InterfaceError
 from .server.config import ServiceConfig
 from .server.loader import LoadError, load, split_spec
@@ -23,7 +23,7 @@ def main():
 # The settings `tomaat serve` takes as plain options, `--max-queue N` for max_queue: each option's type, help and
 # default are those the setting is declared with (server/config.py), so neither is written twice.
 SETTINGS = (
-    "port", "threads", "device", "response_ttl", "volume_ttl", "max_stored_bytes", "max_stored_volumes",
+    "port", "listen_address", "threads", "device", "response_ttl", "volume_ttl", "max_stored_bytes", "max_stored_volumes",
     "public_url", "registry_fingerprint", "announce_period", "max_body_bytes", "max_voxels", "max_decoded_bytes",
     "max_decoded_total", "max_points", "max_transform_parameters", "decoders", "max_connections",
     "max_connections_per_address", "max_fields", "max_queue", "max_pending_bytes", "app_timeout", "idle_timeout",
@@ -51,7 +51,7 @@ def setting_options(config, names):
 
 @main.command()
 @click.argument("target", metavar="FILE_OR_MODULE[:NAME]")
-@click.option("--host", "interface", default=None, help="Address to listen on (default 0.0.0.0).")
+@click.option("--host", callback=refuse_host, expose_value=False, hidden=True)
 @click.option("--no-tls", is_flag=True, help="Serve plain HTTP instead of HTTPS.")
 @click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate (default: self-signed).")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False), help="PEM private key for --cert.")
@@ -76,7 +76,7 @@ def setting_options(config, names):
 @click.option("--gpus-per-replica", type=float, default=None, help="GPUs each replica holds with --ray (default 0).")
 @click.option("--ray-node-ip", default=None, help="A local Ray instance's address (default 127.0.0.2).")
 @click.option("--ray-cpus", type=int, default=None, help="CPUs a local Ray instance may use (default: all).")
-def serve(target, interface, no_tls, cert, key, state_dir, delayed, registry, api_key_file, **given):
+def serve(target, no_tls, cert, key, state_dir, delayed, registry, api_key_file, **given):
     """Serve the app defined in FILE_OR_MODULE (a TomaatApp, a subclass, or a TomaatService)."""
     if bool(cert) != bool(key):
         raise click.UsageError("--cert and --key go together")
@@ -84,7 +84,7 @@ def serve(target, interface, no_tls, cert, key, state_dir, delayed, registry, ap
         raise click.UsageError("--announce and --api-key-file go together")
     options = {name: given.pop(name) for name in SETTINGS}
     options.update(
-        listen_address=interface, state_dir=state_dir, cert=cert, key=key, announce=registry,
+        state_dir=state_dir, cert=cert, key=key, announce=registry,
         api_key=api_key_file.read().strip() if api_key_file else None,
     )  # fmt: skip
     options = {k: v for k, v in options.items() if v is not None}

@@ -16,6 +16,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import click
+
 log = logging.getLogger("tomaat")
 
 
@@ -155,3 +157,13 @@ def _coerce(name: str, value, hint):
             raise ConfigError(f"setting {name!r} is {value!r}; expected text")
         return str(value)
     return value
+
+
+def refuse_host(context, parameter, value):
+    """`--host` meant the address to listen on, while upstream's config key `host` is the URL announced: one name,
+    two meanings. It is refused, naming both options, rather than guessed."""
+    if value is not None:
+        raise click.UsageError(
+            "--host is gone: say --listen-address for the address to listen on (e.g. 127.0.0.1), or, for a prediction server, --public-url "
+            "for the URL clients reach the service at (upstream's config key 'host')"
+        )

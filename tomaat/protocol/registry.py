@@ -87,7 +87,7 @@ def field_problem(name: str, value) -> tuple[str | None, str | None]:
 # ---- requests -----------------------------------------------------------------------------------
 
 
-def announcement(public_url: str, service: Mapping, model: Mapping | None = None) -> dict:
+def announcement_body(public_url: str, service: Mapping, model: Mapping | None = None) -> dict:
     """The fields a server announces: its endpoints under public_url, its v1 text fields, the metadata it states.
 
     Metadata left empty is not sent, so a server without any announces exactly what it did before.

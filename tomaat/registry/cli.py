@@ -14,6 +14,7 @@ import sys
 
 import click
 
+from ..config import refuse_host
 from . import store
 from .announcement import owner_problem
 from .keys import generate_key, hash_key, looks_like_key, looks_like_key_id
@@ -64,7 +65,10 @@ def main():
 
 @main.command()
 @click.option("--port", type=int, default=DEFAULTS.port, show_default=True, help="Port to listen on (0: any free).")
-@click.option("--host", "interface", default=DEFAULTS.listen_address, show_default=True, help="Address to listen on.")
+@click.option(
+    "--listen-address", "interface", default=DEFAULTS.listen_address, show_default=True, help="Address to listen on."
+)
+@click.option("--host", callback=refuse_host, expose_value=False, hidden=True)
 @db_option
 @click.option("--no-tls", is_flag=True, help="Serve plain HTTP (behind a TLS-terminating proxy, or for tests).")
 @click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate (default: self-signed).")

@@ -26,7 +26,7 @@ from ..net.daemon import Daemon
 from ..net.trust import pin_fingerprint
 from ..protocol import elements
 from ..protocol import metadata as model_metadata
-from ..protocol.registry import announcement
+from ..protocol.registry import announcement_body
 from . import page
 from .announcer import Announcer
 from .app import UPSTREAM, TomaatApp, batch_settings
@@ -193,7 +193,7 @@ class TomaatService(Daemon):
         config, public = self.config, self.public_url
         if not config.public_url:
             log.info("announcing as %s (set the public URL to change it)", public)
-        payload = announcement(public, self.description, self.model_metadata())
+        payload = announcement_body(public, self.description, self.model_metadata())
         pin = config.registry_fingerprint
         self.announcer = Announcer(
             self.reactor,
