@@ -1,6 +1,6 @@
 # The tomaat image. One image runs every part of deploy/kubernetes/: the front end (`tomaat serve`), the
 # registry (`tomaat-registry serve`) and the Ray head and GPU worker pods, whose Serve replicas import
-# tomaat.server.ray_steps and the app. Ray Client (`--ray ray://...`) needs the same Ray and Python on both
+# tomaat.server.ray_runner and the app. Ray Client (`--ray ray://...`) needs the same Ray and Python on both
 # ends, so the front end and the Ray pods must run the same image.
 #
 #   docker build -t registry.example.org/tomaat:0.2.0 .

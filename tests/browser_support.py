@@ -41,7 +41,17 @@ class Served:
     def __init__(self, target: str, folder, *options: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "tomaat", "serve", target, "--port", str(self.port), "--listen-address", "127.0.0.1"]
+        command = [
+            sys.executable,
+            "-m",
+            "tomaat",
+            "serve",
+            target,
+            "--port",
+            str(self.port),
+            "--listen-address",
+            "127.0.0.1",
+        ]
         command += options
         env = {**os.environ, "TMPDIR": str(folder)}
         self.process = subprocess.Popen(

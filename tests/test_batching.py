@@ -24,8 +24,8 @@ from tomaat import LabelVolume, PlainText, Slider, TomaatApp, Volume
 from tomaat.client import AsyncClient
 from tomaat.errors import AppFailure, AppTimeout
 from tomaat.server.batching import Batcher, Expired
+from tomaat.server.runners import GPU_LOCK, BatchedRunner, LocalRunner, local_runner
 from tomaat.server.service import TomaatService
-from tomaat.server.steps import GPU_LOCK, BatchedSteps, LocalSteps, local_steps
 from tomaat.server.timings import Timings, Watch
 
 DEADLINE = 10.0
@@ -297,8 +297,8 @@ def run_steps(steps, value):
 def test_batched_steps_run_the_apps_inference_batch_under_the_gpu_lock():
     for outcome in (None, "in place"):
         app = Doubler(outcome)
-        steps = local_steps(app)
-        assert isinstance(steps, BatchedSteps) and steps.batcher.lock is GPU_LOCK
+        steps = local_runner(app)
+        assert isinstance(steps, BatchedRunner) and steps.batcher.lock is GPU_LOCK
         assert run_steps(steps, 21) == {"value": 21, "doubled": 42}
         assert app.batches == [1]
     assert steps.describe() == {"engine": "local", "max_batch": 4, "max_delay_ms": 0.0}
@@ -313,7 +313,7 @@ def test_batched_steps_run_the_apps_inference_batch_under_the_gpu_lock():
     ],
 )
 def test_a_failing_inference_batch_is_the_unbatched_paths_app_failure(caplog, outcome, message, logged):
-    steps = local_steps(Doubler(outcome))
+    steps = local_runner(Doubler(outcome))
     with caplog.at_level(logging.INFO, logger="tomaat.server"):
         with pytest.raises(AppFailure) as failure:
             run_steps(steps, 1)
@@ -324,7 +324,7 @@ def test_a_failing_inference_batch_is_the_unbatched_paths_app_failure(caplog, ou
 
 
 def test_an_expired_request_is_told_it_ran_past_its_time_limit():
-    steps = local_steps(Doubler())
+    steps = local_runner(Doubler())
     watch = Watch()
     watch.expired = True
     with pytest.raises(AppTimeout, match="ran past its time limit"):
@@ -342,8 +342,8 @@ def test_without_max_batch_the_steps_are_the_unbatched_ones():
         def inference_batch(self, items):
             raise AssertionError("never called for max_batch = 1")
 
-    steps = local_steps(Plain())
-    assert type(steps) is LocalSteps
+    steps = local_runner(Plain())
+    assert type(steps) is LocalRunner
     timings = Timings()
     assert steps.inference({}, timings) == {"seen": True}
     assert set(timings) == {"lock_wait", "inference"} and timings.batch == 0
@@ -426,7 +426,7 @@ class BatchedThreshold(TomaatApp):
 async def test_concurrent_requests_over_http_are_batched_and_each_gets_its_own_labels(serve, tmp_path, caplog):
     app = BatchedThreshold()
     service = await serve(app, threads=8)
-    batcher = service.steps.batcher
+    batcher = service.runner.batcher
     client = AsyncClient(service.url, known_hosts=str(tmp_path / "kh.json"))
     sizes = [(14, 12, 10), (13, 12, 10), (14, 11, 10), (14, 12, 9), (12, 12, 10)]
     thresholds = [100, 600, 100, 600, 950]

@@ -439,7 +439,7 @@ def test_serve_config_is_what_ray_serve_accepts(manifests):
     assert serve_config_problems(manifests) == []
     (application,) = serve_config(manifests)["applications"]
     assert application["route_prefix"] is None  # the front end is the only way in
-    assert application["import_path"] == "tomaat.server.ray_steps:build_app"
+    assert application["import_path"] == "tomaat.server.ray_runner:build_app"
 
 
 def test_references_that_schemas_cannot_check(manifests):
@@ -484,7 +484,7 @@ def test_the_app_in_the_configmap_loads(manifests, tmp_path):
 
 
 def test_the_serve_application_builder_matches_the_contract(manifests, tmp_path):
-    """rayservice.yaml's import_path and args, against tomaat/server/ray_steps.py (the contract of issue 16)."""
+    """rayservice.yaml's import_path and args, against tomaat/server/ray_runner.py (the contract of issue 16)."""
     import importlib
 
     (application,) = serve_config(manifests)["applications"]

@@ -22,7 +22,7 @@ from browser_support import ROOT
 from conftest import assert_same_grid
 from ray_support import Cluster, free_port
 
-from tomaat.server.ray_steps import RayOptions
+from tomaat.server.ray_runner import RayOptions
 
 pytest.importorskip("ray")
 
@@ -229,18 +229,18 @@ def test_autoscaling_and_gpus_become_serve_options():
 
 def test_an_upstream_style_app_that_reads_files_is_refused_for_ray(tmp_path):
     from tomaat import LabelVolume, TomaatApp, TomaatService, Volume
-    from tomaat.server.ray_steps import RaySteps
+    from tomaat.server.ray_runner import RayRunner
 
     service = TomaatService(app=TomaatApp(lambda d: d, lambda d: d, lambda d: d), input_interface=[Volume("images")],
                             output_interface=[LabelVolume("labels")], tls=False)  # fmt: skip
     with pytest.raises(ValueError, match="replicas elsewhere cannot open"):
-        service.run_steps_on(RaySteps("x.py", RayOptions()))
+        service.run_on(RayRunner("x.py", RayOptions()))
 
 
 def test_a_front_end_uses_the_steps_a_cluster_deployed_itself_as_a_rayservice_would(cluster, tmp_path):
     (tmp_path / "where.py").write_text(textwrap.dedent(APP))
     deploy = (
-        "import ray; from ray import serve; from tomaat.server.ray_steps import build_app; "
+        "import ray; from ray import serve; from tomaat.server.ray_runner import build_app; "
         f"ray.init(address='{cluster.address}', log_to_driver=False); "
         f"serve.start(proxy_location='Disabled'); serve.run(build_app({{'app': '{tmp_path / 'where.py'}'}}), "
         "name='tomaat', route_prefix=None)"

@@ -232,7 +232,17 @@ class Daemon:
     SERVING = re.compile(r"registry serving on (\S+)")
 
     def __init__(self, *args: str, wait: bool = True):
-        command = [sys.executable, "-m", "tomaat.registry.cli", "serve", "--port", "0", "--listen-address", "127.0.0.1", *args]
+        command = [
+            sys.executable,
+            "-m",
+            "tomaat.registry.cli",
+            "serve",
+            "--port",
+            "0",
+            "--listen-address",
+            "127.0.0.1",
+            *args,
+        ]
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,

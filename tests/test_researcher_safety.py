@@ -79,10 +79,10 @@ class Misnamed(TomaatApp):
     def __init__(self, key=None):
         super().__init__()
         steps = (Resample((2, 2, 2)), ToNumpy()) if key is None else (Resample((2, 2, 2), key=key), ToNumpy(key=key))
-        self.steps = Compose(*steps)
+        self.runner = Compose(*steps)
 
     def preprocess(self, data):
-        return self.steps(data)
+        return self.runner(data)
 
     def inference(self, data):
         data["shape"] = str(data["array"].shape)

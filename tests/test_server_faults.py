@@ -10,7 +10,7 @@ from clients import slicer_post, wait_for
 from conftest import v1_base64
 
 from examples.threshold import ThresholdApp
-from tomaat.server.steps import GPU_LOCK
+from tomaat.server.runners import GPU_LOCK
 
 
 class Faulty(ThresholdApp):

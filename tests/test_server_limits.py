@@ -14,7 +14,7 @@ from requests_toolbelt import MultipartEncoder
 from twisted.internet.threads import deferToThread
 
 from examples.threshold import ThresholdApp
-from tomaat.server.steps import GPU_LOCK
+from tomaat.server.runners import GPU_LOCK
 
 
 def _post_file(url: str, name: str, filename: str, data: bytes, threshold: str = "100"):

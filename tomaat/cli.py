@@ -108,7 +108,7 @@ def _on_ray(service: TomaatService, target: str, ray: dict) -> None:
     """The service's steps in Ray Serve replicas, each of which loads TARGET itself (so it must exist there too)."""
     import os
 
-    from .server.ray_steps import RayOptions, RaySteps
+    from .server.ray_runner import RayOptions, RayRunner
 
     path, name = split_spec(target)
     where = (os.path.abspath(path) if os.path.exists(path) else path) + (f":{name}" if name else "")
@@ -123,7 +123,7 @@ def _on_ray(service: TomaatService, target: str, ray: dict) -> None:
     }
     try:
         options = RayOptions(**{k: v for k, v in given.items() if v is not None}).check()
-        service.run_steps_on(RaySteps(where, options, timeout=service.config.app_timeout))
+        service.run_on(RayRunner(where, options, timeout=service.config.app_timeout))
     except ValueError as error:
         raise click.UsageError(str(error)) from None
 

@@ -1,7 +1,7 @@
 """One prediction, start to finish, on a worker thread: fields -> data -> app's steps -> output items.
 
-docs/architecture.md walks a volume through it. The app's steps run where a steps object says (steps.py: this process, under the GPU lock for
-inference; ray_steps.py: Ray Serve replicas); parsing, decoding and encoding stay here.
+docs/architecture.md walks a volume through it. The app's steps run where its runner says (runners.py: this process, under the GPU lock for
+inference; ray_runner.py: Ray Serve replicas); parsing, decoding and encoding stay here.
 """
 
 from __future__ import annotations
@@ -38,15 +38,15 @@ def grid_of(element, volumes: dict):
 class Prediction:
     """One prediction as a line: body -> fields -> decoded inputs -> the app's data (as the request's conventions
     have it) -> steps -> output items, with raw contents. How the items are written on the wire is not decided
-    here (rendering.py), nor where the steps run (steps.py)."""
+    here (rendering.py), nor where the steps run (runners.py)."""
 
     def __init__(
-        self, app, inputs, outputs, steps, max_fields: int, limits: Limits, decoded: Budget, stored=None, decoders=None
+        self, app, inputs, outputs, runner, max_fields: int, limits: Limits, decoded: Budget, stored=None, decoders=None
     ):
         self.app = app
         self.inputs = inputs
         self.outputs = outputs
-        self.steps = steps
+        self.runner = runner
         self.max_fields = int(max_fields)
         self.limits = limits
         self.decoded = decoded  # the service's budget of decoded input bytes
@@ -73,7 +73,7 @@ class Prediction:
             del fields
             volumes = {e.destination: decoded[e.destination] for e in self.inputs if e.wire_type == "volume"}
             del decoded
-            data = self.steps(data, timings, watch)
+            data = self.runner(data, timings, watch)
             with timings.stage("encode"):
                 return [conventions.item(self._item(element, data, volumes, conventions)) for element in self.outputs]
 

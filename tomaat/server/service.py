@@ -35,7 +35,7 @@ from .delayed import DelayedResults
 from .metrics import Metrics
 from .prediction import Prediction
 from .routes import PredictionRoutes
-from .steps import Steps, local_steps
+from .runners import Runner, local_runner
 from .volume_store import StoredVolumes
 from .worker import Worker
 
@@ -82,7 +82,7 @@ class TomaatService(Daemon):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self.steps: Steps = local_steps(self.app)
+        self.runner: Runner = local_runner(self.app)
         self.announcer = None
         self.fingerprint = None
         self.port = None
@@ -112,10 +112,10 @@ class TomaatService(Daemon):
             self.decoders,
         )
         self.prediction = Prediction(
-            self.app, self.input_interface, self.output_interface, self.steps, config.max_fields, self.limits,
+            self.app, self.input_interface, self.output_interface, self.runner, config.max_fields, self.limits,
             decoded, self.volumes, self.decoders,
         )  # fmt: skip
-        self.metrics = Metrics(self.worker, self.budget, self.steps.batcher, volumes=self.volumes)
+        self.metrics = Metrics(self.worker, self.budget, self.runner.batcher, volumes=self.volumes)
         self.worker.observers.append(self.metrics.observe)
 
     def configure(self, **changes) -> None:
@@ -163,7 +163,7 @@ class TomaatService(Daemon):
             max_points=config.max_points,
             max_transform_parameters=config.max_transform_parameters,
             tls_fingerprint=self.fingerprint,
-            steps=self.steps.describe(),
+            steps=self.runner.describe(),
             volume_store=self.volumes.describe(),
             binary_answers=True,
         )
@@ -177,7 +177,7 @@ class TomaatService(Daemon):
             "delayed_results": len(self.delayed),
             "stored_volumes": len(self.volumes),
             "version": str(self.description.get("version", "")),
-            "steps": self.steps.describe(),
+            "steps": self.runner.describe(),
         }
 
     @property
@@ -211,7 +211,7 @@ class TomaatService(Daemon):
         endpoint = self._endpoint()
         scratch.remove_orphans()
         page.load()
-        max_batch = self.steps.max_batch
+        max_batch = self.runner.max_batch
         if max_batch > config.threads:
             log.warning(
                 "the app's max_batch is %d but the service has %d worker threads, each holding one request: "
@@ -243,8 +243,8 @@ class TomaatService(Daemon):
             self._start_announcing()
         return self.port
 
-    def run_steps_on(self, steps: Steps) -> None:
-        """Run the app's steps elsewhere (ray_steps.RaySteps): set before the service listens."""
+    def run_on(self, runner: Runner) -> None:
+        """Run the app's steps elsewhere (ray_runner.RayRunner): set before the service listens."""
         if self.port is not None:
             raise RuntimeError("where a service's steps run is fixed once it listens")
         if self.app.data_contract == UPSTREAM and any(
@@ -254,14 +254,14 @@ class TomaatService(Daemon):
                 "an app with upstream TOMAAT's data contract reads its volumes from files on this machine, which "
                 "replicas elsewhere cannot open: give it our contract (contract='rich') to run it on Ray"
             )
-        self.steps = steps
+        self.runner = runner
         self._build()
 
     async def _setup_app(self) -> None:
         """The app's setup() once (or the replicas' start), before the port opens, on a worker thread."""
         device = self.config.device
         try:
-            await deferToThreadPool(self.reactor, self.pool, self.steps.setup, device)
+            await deferToThreadPool(self.reactor, self.pool, self.runner.setup, device)
         except Exception as error:
             log.exception("the app's setup(%r) failed", device)
             raise RuntimeError(f"the app's setup failed ({type(error).__name__}: {error})") from None
@@ -284,7 +284,7 @@ class TomaatService(Daemon):
         self.delayed.clear()
         self.volumes.clear()
         self.decoders.close()
-        self.steps.close()
+        self.runner.close()
 
     async def _drain(self, grace: float) -> bool:
         """Wait until every accepted request is answered and written, or grace runs out; whether it was."""

@@ -1,9 +1,9 @@
-"""Where the app's three steps run: in this process (here), or in Ray Serve replicas (ray_steps.py).
+"""Where the app's three steps run: in this process (here), or in Ray Serve replicas (ray_runner.py).
 
-The prediction (prediction.py) decodes a request into the app's `data`, hands it to a steps object, and
-encodes what comes back; a steps object runs preprocess, inference and postprocess and says how long
-each took. `LocalSteps` holds the GPU lock around inference only, so while one request holds the GPU
-the others preprocess and postprocess in parallel. An app with `max_batch > 1` gets `BatchedSteps`
+The prediction (prediction.py) decodes a request into the app's `data`, hands it to a runner, and
+encodes what comes back; a runner runs preprocess, inference and postprocess and says how long
+each took. `LocalRunner` holds the GPU lock around inference only, so while one request holds the GPU
+the others preprocess and postprocess in parallel. An app with `max_batch > 1` gets `BatchedRunner`
 instead: the same, except that concurrent requests' inference is run in batches (batching.py).
 """
 
@@ -24,8 +24,8 @@ log = logging.getLogger("tomaat.server")
 GPU_LOCK = threading.Lock()
 
 
-class Steps(Protocol):
-    """What the prediction and the service need of wherever the app's steps run (LocalSteps, BatchedSteps, RaySteps).
+class Runner(Protocol):
+    """What the prediction and the service need of wherever the app's steps run (LocalRunner, BatchedRunner, RayRunner).
 
     `setup` runs once, before the port opens, off the reactor; calls then come from worker threads, any number at
     once; `close` once, at shutdown. `describe` is read on the reactor, so it must not wait on anything.
@@ -79,7 +79,7 @@ def app_batch_step(app, items: list[dict]) -> list[dict]:
     return list(results)
 
 
-class LocalSteps:
+class LocalRunner:
     """The app's steps on the calling worker thread; inference under the GPU lock, one request at a time."""
 
     max_batch = 1
@@ -123,15 +123,15 @@ class LocalSteps:
         pass
 
 
-def local_steps(app, gpu_lock=None) -> LocalSteps:
-    """The steps object for an app run in this process (by the service, or in a Ray Serve replica):
+def local_runner(app, gpu_lock=None) -> LocalRunner:
+    """The runner for an app run in this process (by the service, or in a Ray Serve replica):
     batched when the app asks for batches (max_batch > 1), else one request at a time as always."""
     max_batch, _ = batch_settings(app)
-    return BatchedSteps(app, gpu_lock) if max_batch > 1 else LocalSteps(app, gpu_lock)
+    return BatchedRunner(app, gpu_lock) if max_batch > 1 else LocalRunner(app, gpu_lock)
 
 
-class BatchedSteps(LocalSteps):
-    """LocalSteps whose inference goes through a Batcher: concurrent requests share the model's passes.
+class BatchedRunner(LocalRunner):
+    """LocalRunner whose inference goes through a Batcher: concurrent requests share the model's passes.
 
     Preprocess and postprocess still run on each request's own thread, in parallel; batches run one
     at a time under the same GPU lock as unbatched apps, so services in one process still share the GPU.

@@ -1,9 +1,9 @@
 """The app's three steps in Ray Serve replicas, for a service that outgrows one GPU or one machine.
 
 The Twisted front end keeps everything else (HTTP, limits, parsing, decoding, validation, encoding,
-metrics, announcing); `RaySteps` puts the decoded `data` into Ray's object store once and hands its
+metrics, announcing); `RayRunner` puts the decoded `data` into Ray's object store once and hands its
 reference to a replica, which runs preprocess, inference and postprocess (each replica loads the app
-once, on its own GPU, and batches concurrent requests itself when the app asks: steps.py). A replica
+once, on its own GPU, and batches concurrent requests itself when the app asks: runners.py). A replica
 or node lost mid-request is retried once on another replica; a second loss is a clean 503.
 
 Security (docs/security.md): the cluster is always run with Ray's token authentication. A local
@@ -193,8 +193,8 @@ class Replica:
 
     def __init__(self, target: str, device: str, gpus: float):
         from .loader import load
+        from .runners import local_runner
         from .service import TomaatService
-        from .steps import local_steps
 
         found = load(target)
         service = found if isinstance(found, TomaatService) else None
@@ -202,7 +202,7 @@ class Replica:
         outputs = service.output_interface if service else self.app.output_interface
         self.fields = tuple(element.field for element in outputs)  # what goes back: the outputs, not all of data
         self.app.setup("cuda" if gpus and device == "auto" else device)
-        self.steps = local_steps(self.app)
+        self.runner = local_runner(self.app)
         self.pid = os.getpid()
 
     async def run(self, data: dict) -> tuple[dict, dict, int]:
@@ -213,12 +213,12 @@ class Replica:
         from .timings import Timings, Watch
 
         timings = Timings()
-        done = await asyncio.to_thread(self.steps, _unpacked(data), timings, Watch())
+        done = await asyncio.to_thread(self.runner, _unpacked(data), timings, Watch())
         return _packed({key: done[key] for key in self.fields if key in done}), dict(timings), self.pid
 
 
-class RaySteps:
-    """The steps object of a service whose steps run in Ray Serve replicas (see the module's docstring).
+class RayRunner:
+    """The runner of a service whose steps run in Ray Serve replicas (see the module's docstring).
 
     Each replica batches its own concurrent requests (max_ongoing_requests); none are batched here."""
 
@@ -367,7 +367,7 @@ class RaySteps:
 
 def build_app(args: dict):
     """The steps as a Serve application, for a cluster that runs them itself: a KubeRay RayService names
-    `tomaat.server.ray_steps:build_app` in its serveConfigV2, with args {"app": "/app/my_app.py"} (the file or
+    `tomaat.server.ray_runner:build_app` in its serveConfigV2, with args {"app": "/app/my_app.py"} (the file or
     module, as `tomaat serve` takes it), optionally "device" and "gpus"; replicas and GPUs per replica come
     from its deployments section. Front ends started with `--ray ADDRESS` find it and use it."""
     from ray import serve
