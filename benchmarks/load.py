@@ -47,7 +47,16 @@ def volume_field() -> str:
 def bench_predictions(total: int, clients: int, env: dict) -> bool:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "tomaat", "serve", "examples/threshold.py", "--no-tls", "--listen-address", "127.0.0.1"]
+    command = [
+        sys.executable,
+        "-m",
+        "tomaat",
+        "serve",
+        "examples/threshold.py",
+        "--no-tls",
+        "--listen-address",
+        "127.0.0.1",
+    ]
     command += ["--port", str(port), "--threads", "8"]
     server = start(command, url, env)
     fields = {"images": (None, volume_field()), "threshold": (None, "300")}
