@@ -47,17 +47,8 @@ def volume_field() -> str:
 def bench_predictions(total: int, clients: int, env: dict) -> bool:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "tomaat",
-        "serve",
-        "examples/threshold.py",
-        "--no-tls",
-        "--listen-address",
-        "127.0.0.1",
-    ]
-    command += ["--port", str(port), "--threads", "8"]
+    command = [sys.executable, "-m", "tomaat", "serve", "examples/threshold.py", "--no-tls"]
+    command += ["--listen-address", "127.0.0.1", "--port", str(port), "--threads", "8"]
     server = start(command, url, env)
     fields = {"images": (None, volume_field()), "threshold": (None, "300")}
     errors, latencies, warm = 0, [], min(50, total // 5)

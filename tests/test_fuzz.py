@@ -6,11 +6,11 @@ import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_protocol_inputs import decode_field
 
 from tomaat.errors import RequestError
 from tomaat.files.limits import Allowance, Limits
 from tomaat.protocol.elements import Checkbox, Fiducials, RadioButton, Slider, Transform, Volume
-from tomaat.protocol.inputs import decode_field
 from tomaat.registry.announcement import check_announcement, check_withdrawal, read_object
 
 ELEMENTS = [

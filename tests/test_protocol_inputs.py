@@ -12,9 +12,18 @@ from scratch_checks import no_scratch_left, private_tempdir  # noqa: F401 (an au
 
 from tomaat.errors import RequestError, UnreadableVolume
 from tomaat.files import confined
+from tomaat.protocol.codecs import input_codec
 from tomaat.protocol.elements import Checkbox, Fiducials, RadioButton, Slider, Transform, Volume
-from tomaat.protocol.inputs import decode_field, decode_fields
+from tomaat.protocol.inputs import decode_fields
 from tomaat.protocol.volumes import sniff_format
+
+
+def decode_field(element, raw, allowance=None):
+    """One field as the server reads it: its element type's codec, charged to the allowance."""
+    from tomaat.files.limits import Allowance
+
+    return input_codec(element).read(element, raw, element.where(), allowance or Allowance())
+
 
 # --- scratch folders: none may be left behind -----------------------------------------------------
 

@@ -11,10 +11,6 @@ from ..files.limits import Allowance
 from .codecs import input_codec
 
 
-def decode_field(element, raw: bytes, allowance: Allowance | None = None):
-    return input_codec(element).read(element, raw, element.where(), allowance or Allowance())
-
-
 def decode_fields(
     interface, fields: dict[str, bytes], allowance: Allowance | None = None, given: dict | None = None
 ) -> dict:
@@ -32,7 +28,8 @@ def decode_fields(
     order = sorted(interface, key=lambda e: e.heavy)
     decoded = {}
     for e in order:
-        decoded[e.destination] = (
-            given[e.destination] if e.destination in given else decode_field(e, fields[e.destination], allowance)
-        )
+        if e.destination in given:
+            decoded[e.destination] = given[e.destination]
+        else:
+            decoded[e.destination] = input_codec(e).read(e, fields[e.destination], e.where(), allowance)
     return decoded
