@@ -22,6 +22,7 @@ from twisted.internet import defer
 
 from tomaat import LabelVolume, PlainText, Slider, TomaatApp, Volume
 from tomaat.client import AsyncClient
+from tomaat.client.errors import ServerError
 from tomaat.errors import AppFailure, AppTimeout
 from tomaat.server.batching import Batcher, Expired
 from tomaat.server.runners import GPU_LOCK, BatchedRunner, LocalRunner, local_runner
@@ -200,7 +201,9 @@ def test_a_real_delay_holds_a_lone_request_for_about_max_delay_ms():
     assert 0.049 <= caller.timings["lock_wait"] < 5.0  # the two clocks may differ by microseconds
 
 
-def test_a_failing_batch_fails_exactly_its_requests_and_the_next_batch_runs():
+def test_a_failing_batch_fails_only_its_culprit_and_the_next_batch_runs():
+    """One client's request that makes the model raise (a volume of another shape, values it chokes on) must
+    not fail the requests of other clients batched with it: they are run again alone and answered."""
     model = Model(hold={0}, fail={13})
     batcher = Batcher(model, max_batch=2)
     first = Caller(batcher, 0)
@@ -210,14 +213,50 @@ def test_a_failing_batch_fails_exactly_its_requests_and_the_next_batch_runs():
     model.release.set()
     for caller in [first, *failing, *fine]:
         caller.join()
-    assert model.batches == [[0], [13, 1], [2, 3]]
+    assert model.batches == [[0], [13, 1], [13], [1], [2, 3]]  # the failed batch, then each of its requests alone
     assert first.result == {"item": 0, "double": 0}
-    assert all(isinstance(caller.error, RuntimeError) for caller in failing)
-    assert failing[0].error is not failing[1].error  # each request raises its own copy
+    culprit, innocent = failing
+    assert isinstance(culprit.error, RuntimeError) and culprit.result is None
+    assert innocent.error is None and innocent.result == {"item": 1, "double": 2}
     assert [caller.result for caller in fine] == [{"item": 2, "double": 4}, {"item": 3, "double": 6}]
 
 
-def test_a_result_list_of_the_wrong_length_fails_its_batch():
+def test_every_request_of_a_batch_that_fails_alone_too_gets_its_own_error():
+    model = Model(hold={0}, fail={13, 14})
+    batcher = Batcher(model, max_batch=2)
+    first = Caller(batcher, 0)
+    running(model, 1)
+    failing = queue(batcher, [13, 14])
+    model.release.set()
+    for caller in [first, *failing]:
+        caller.join()
+    assert model.batches == [[0], [13, 14], [13], [14]]
+    assert all(isinstance(caller.error, RuntimeError) for caller in failing)
+    assert failing[0].error is not failing[1].error  # each request raises its own copy
+
+
+def test_what_a_failed_batch_wrote_into_its_items_is_not_seen_when_they_run_again():
+    seen = []
+
+    def model(items):
+        seen.append([dict(item) for item in items])
+        for item in items:
+            item["touched"] = True  # an app writing its outputs into data before it fails
+        if len(items) > 1:
+            raise RuntimeError("this batch fails")
+        return items
+
+    gpu = threading.Lock()
+    batcher = Batcher(model, max_batch=2, lock=gpu)
+    with gpu:
+        callers = queue(batcher, [{"n": 1}, {"n": 2}])
+    for caller in callers:
+        caller.join()
+    assert seen == [[{"n": 1}, {"n": 2}], [{"n": 1}], [{"n": 2}]]  # each retry starts from the request's own data
+    assert [caller.result for caller in callers] == [{"n": 1, "touched": True}, {"n": 2, "touched": True}]
+
+
+def test_a_result_list_of_the_wrong_length_runs_each_request_again_alone():
     calls = []
 
     def short(items):
@@ -230,8 +269,8 @@ def test_a_result_list_of_the_wrong_length_fails_its_batch():
         callers = queue(batcher, [1, 2])
     for caller in callers:
         caller.join()
-    assert calls == [[1, 2]]
-    assert all(isinstance(caller.error, ValueError) and "gave 1 results" in str(caller.error) for caller in callers)
+    assert calls == [[1, 2], [1], [2]]
+    assert [caller.result for caller in callers] == [{"item": 1}, {"item": 2}]
     assert Caller(batcher, 3).join().result == {"item": 3}
 
 
@@ -456,3 +495,50 @@ async def test_concurrent_requests_over_http_are_batched_and_each_gets_its_own_l
     metrics = service.metrics.render().decode()
     assert f"tomaat_batch_size_count {float(len(app.sizes))}" in metrics
     assert "tomaat_batch_size_sum 5.0" in metrics
+
+
+class StackingThreshold(BatchedThreshold):
+    """Stacks its batch into one array as a model does (volumes of another shape cannot go in together), and
+    chokes on a threshold of 666, standing for values that make a model raise."""
+
+    def inference_batch(self, items):
+        self.sizes.append(len(items))
+        if len(self.sizes) == 1:
+            assert self.release.wait(DEADLINE), "the test never released the first batch"
+        stacked = np.stack([item["array"] for item in items])  # ValueError for volumes of different shapes
+        if any(item["threshold"] == 666 for item in items):
+            raise FloatingPointError("the model diverged on these values")
+        for item, array in zip(items, stacked, strict=True):
+            item["mask"] = (array >= item["threshold"]).astype(np.uint8)
+        return items
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_clients_request_fails_only_itself_not_the_requests_batched_with_it(serve, tmp_path):
+    """Three good requests, one of another shape and one poisoned, queued into one batch of four: the
+    poisoned one fails (500) and every other gets its own labels, the one of another shape included."""
+    app = StackingThreshold()
+    service = await serve(app, threads=8)
+    batcher = service.runner.batcher
+    client = AsyncClient(service.url, known_hosts=str(tmp_path / "kh.json"))
+    cases = [((14, 12, 10), 100), ((14, 12, 10), 600), ((14, 12, 10), 666), ((14, 12, 10), 950), ((13, 11, 9), 100)]
+
+    async def one(size, threshold):
+        try:
+            return await client.predict({"images": make_phantom(size), "threshold": threshold})
+        except ServerError as error:
+            return error
+
+    answers = defer.gatherResults([defer.Deferred.fromCoroutine(one(*case)) for case in cases], consumeErrors=True)
+    await wait_for(lambda: app.sizes and app.sizes[0] + batcher.waiting == 5, what="the other requests queued")
+    app.release.set()
+    results = await answers
+    assert app.sizes[:2] == [1, 4]  # the first alone, then the four together, which failed and ran again alone
+    for (size, threshold), result in zip(cases, results, strict=True):
+        if threshold == 666:
+            assert isinstance(result, ServerError) and result.status == 500
+            continue
+        image = make_phantom(size)
+        expected = (sitk.GetArrayFromImage(image) >= threshold).astype(np.uint8)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(result["labels"]), expected)
+        assert_same_grid(result["labels"], image)

@@ -57,8 +57,10 @@ class Batcher:
       waited `max_delay_ms` since it arrived, or until `max_batch` wait, whichever is first. A request
       that already waited that long for a busy model goes at once; with 0 nothing is ever delayed.
     - A request whose `expired()` is true when a batch is formed is left out and its `run` raises Expired.
-    - If `run_batch` raises, or returns a list of another length, every request of that batch raises
-      (a copy of) that error, and the next batch runs as usual.
+    - If `run_batch` raises, or returns a list of another length, each request of that batch is run again
+      alone, so only a request that fails on its own raises (a copy of) its error: one client's volume of
+      another shape, or values the model chokes on, cannot fail the other clients' requests batched with it.
+      Each attempt gets shallow copies of the items, so what a failed batch wrote into them is not seen again.
     - `lock` (the GPU lock) is held around each batch; `on_batch(size)` is told each batch's size.
     """
 
@@ -130,9 +132,9 @@ class Batcher:
                     with self._cond:
                         batch = self._take()
                     started = time.perf_counter()
-                    results, error = self._run(batch) if batch else ([], None)
+                    outcomes = self._run(batch) if batch else []
                     ended = time.perf_counter()
-                self._deliver(batch, results, error, started, ended)
+                self._deliver(batch, outcomes, started, ended)
                 batch = []
         except BaseException as error:  # never leave a caller waiting on a dispatcher that is gone
             log.exception("the batcher stopped unexpectedly; its waiting requests fail")
@@ -173,17 +175,26 @@ class Batcher:
         self._drop_expired()
         return [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
 
-    def _run(self, batch: list[_Slot]) -> tuple[list, BaseException | None]:
+    def _attempt(self, batch: list[_Slot]) -> tuple[list, BaseException | None]:
         try:
-            results = self.run_batch([slot.item for slot in batch])
+            results = self.run_batch([copy.copy(slot.item) for slot in batch])
             if not isinstance(results, (list, tuple)) or len(results) != len(batch):
                 raise ValueError(f"a batch of {len(batch)} items gave {_described(results)}")
             return list(results), None
         except Exception as error:
             return [None] * len(batch), error
 
-    def _deliver(self, batch: list[_Slot], results: list, error, started: float, ended: float) -> None:
-        for slot, result in zip(batch, results, strict=True):
+    def _run(self, batch: list[_Slot]) -> list[tuple[object, BaseException | None]]:
+        """(result, error) for each request: the batch's, or, when the batch failed, each request's alone."""
+        results, error = self._attempt(batch)
+        if error is None or len(batch) == 1:
+            return [(result, error) for result in results]
+        log.warning("a batch of %d requests failed; each is run again alone, so only its culprit fails", len(batch))
+        alone = [self._attempt([slot]) for slot in batch]
+        return [(results[0], error) for results, error in alone]
+
+    def _deliver(self, batch: list[_Slot], outcomes: list, started: float, ended: float) -> None:
+        for slot, (result, error) in zip(batch, outcomes, strict=True):
             slot.result, slot.error = result, error
             slot.started, slot.ended, slot.size = started, ended, len(batch)
             slot.done.set()
