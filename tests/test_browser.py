@@ -214,8 +214,13 @@ def test_the_page_is_served_with_a_strict_policy_and_nothing_else_is(threshold_p
         .headers["Content-Type"]
         .startswith("text/javascript")
     )
-    for name in ("../service.py", "..%2Fservice.py", "index.html.bak", "static"):
-        assert requests.get(threshold_page.url + "/app/" + name, timeout=10).status_code == 404
+    for name in ("../service.py", "..%2Fservice.py", "index.html.bak", "static", "<script>alert(1)</script>.html"):
+        missing = requests.get(threshold_page.url + "/app/" + name, timeout=10)
+        assert missing.status_code == 404 and missing.headers["Content-Type"] == "application/json"
+        if "/app/" in missing.url:  # (the client resolves ../ before sending: that one is no page's)
+            # the page's headers on its 404s too: the path it echoes is never sniffed as HTML nor allowed to run
+            assert missing.headers["X-Content-Type-Options"] == "nosniff"
+            assert missing.headers["Content-Security-Policy"] == policy
     assert requests.get(threshold_page.url + "/app", timeout=10, allow_redirects=False).headers["Location"] == "app/"
 
 

@@ -127,3 +127,30 @@ async def test_the_timeout_bounds_the_whole_wait(hostile_server, tmp_path):
     assert time.monotonic() - started < 20
     assert result.returncode == 1
     assert "no answer within 3 s" in one_line_error(result)
+
+
+FORGED = "wrote 1 file(s) to /etc/cron.d:"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_output_label_cannot_print_a_line_of_its_own(hostile_server, tmp_path):
+    """A label with a line break (%0A in a binary answer's header, \\n in JSON) printed a forged line."""
+    hostile_server.info = {**INFO, "output_interface": [{"type": "PlainText", "field": "report"}]}
+    hostile_server.answer = [{"type": "PlainText", "label": f"report\n{FORGED}\n  /etc/cron.d/x", "content": "ok"}]
+    result = await _predict(hostile_server, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not any(line.startswith(FORGED) for line in result.stdout.splitlines()), result.stdout
+    assert f"report{FORGED}" in result.stdout  # said, on the label's own line
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_registrys_text_cannot_print_a_service_line_of_its_own(hostile_server, tmp_path):
+    entry = {"name": "Real", "modality": "MRI", "anatomy": "Brain", "task": "Segmentation", "SID": "1",
+             "prediction_url": "https://real:9000/predict",
+             "description": "fine\n  Evil  https://evil.example/predict  SID 2"}  # fmt: skip
+    hostile_server.info = [entry]
+    url = f"http://127.0.0.1:{hostile_server.server_address[1]}"
+    result = await run_cli(["discover", url], tmp_path / "config")
+    assert result.returncode == 0, result.stderr
+    assert not any(line.lstrip().startswith("Evil") for line in result.stdout.splitlines()), result.stdout
+    assert "fine  Evil" in result.stdout

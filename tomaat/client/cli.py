@@ -30,6 +30,12 @@ MODEL = (
 )
 
 
+def inline(text) -> str:
+    """A server's or registry's text shown inside one line of ours (a label, a name, a description): its line
+    breaks and controls removed too, so it cannot print a line of its own that looks like ours."""
+    return printable(str(text))
+
+
 def say(text: str, err: bool = False) -> None:
     """Print text that may come from a server: no terminal escapes, no bidi tricks, lines kept."""
     click.echo(printable(str(text), keep_lines=True), err=err)
@@ -92,11 +98,15 @@ def discover(registry_url, modality, anatomy, task, as_json, fingerprint, insecu
     for service in services:
         groups[(service.get("modality", ""), service.get("anatomy", ""), service.get("task", ""))].append(service)
     for (mod, ana, tsk), members in sorted(groups.items(), key=lambda g: tuple(s.lower() for s in g[0])):
-        say(f"{mod} / {ana} / {tsk}")
+        say(f"{inline(mod)} / {inline(ana)} / {inline(tsk)}")
         for service in sorted(members, key=lambda s: s.get("name", "")):
-            say(f"  {service.get('name', '?'):<24} {service.get('prediction_url', '')}  SID {service.get('SID', '')}")
+            name, url, sid = (
+                inline(service.get(key, default))
+                for key, default in (("name", "?"), ("prediction_url", ""), ("SID", ""))
+            )
+            say(f"  {name:<24} {url}  SID {sid}")
             if service.get("description"):
-                say(f"  {'':<24} {service['description']}")
+                say(f"  {'':<24} {inline(service['description'])}")
             indent = f"  {'':<24} "
             if service["version"]:
                 say(_labelled(indent, "version", service["version"], False))
@@ -109,10 +119,12 @@ def _show_interface(info) -> None:
 
     meta = info.metadata
     if info.protocol >= 2:
-        say(f"{meta.get('name', '?')} {meta.get('version', '')}".rstrip())
-        say(f"  {meta.get('modality', '')} / {meta.get('anatomy', '')} / {meta.get('task', '')}")
+        say(f"{inline(meta.get('name', '?'))} {inline(meta.get('version', ''))}".rstrip())
+        say(
+            f"  {inline(meta.get('modality', ''))} / {inline(meta.get('anatomy', ''))} / {inline(meta.get('task', ''))}"
+        )
         if meta.get("description"):
-            say(f"  {meta['description']}")
+            say(f"  {inline(meta['description'])}")
         for line in _model_lines(info.model, "  "):
             say(line)
         if meta.get("tls_fingerprint"):
@@ -133,8 +145,8 @@ def _show_interface(info) -> None:
     if info.outputs:
         say("outputs:")
         for element in info.outputs:
-            label = f" ({element.label})" if element.label else ""
-            say(f"  '{element.field}' {element.output_type}{label}")
+            label = f" ({inline(element.label)})" if element.label else ""
+            say(f"  '{inline(element.field)}' {element.output_type}{label}")
 
 
 @click.command()
@@ -309,7 +321,7 @@ def _report(result, written, folder: str, heading: str = "") -> None:
         shown = f"{value:g}" if isinstance(value, float) else value
         say(f"default used for '{name}': {shown}")
     for output in result.texts:
-        say(f"{output.label or output.name}: {output.value}")
+        say(f"{inline(output.label or output.name)}: {output.value}")  # a PlainText's own lines stay lines
     say(f"wrote {len(written)} file(s) to {folder}:")
     for path, what in written:
         say(f"  {path}  ({what})")

@@ -40,6 +40,12 @@ def _refuse(request, message: str, retry_after: bytes):
     return json_reply(request, error_items(message), 503)
 
 
+def _page_headers(request) -> None:
+    """The browser page's security headers (page.py): a path echoed in a 404 is never sniffed as HTML nor run."""
+    for header, value in page.HEADERS.items():
+        request.setHeader(header, value)
+
+
 def _take_body(request) -> tuple:
     """(body, Content-Type, timings): the worker owns the body from here. Twisted would close it when an
     asynchronous answer finishes, while the worker is still reading it."""
@@ -86,13 +92,12 @@ class PredictionRoutes:
     @app.route("/app/dcm2niix/<string:part>", methods=["GET"])
     def page_file(self, request, name="", part=None):
         name = name if part is None else f"dcm2niix/{part}"
+        _page_headers(request)  # on every answer under /app/, a 404 included
         found = page.file(name)
         if found is None:
             return json_reply(request, error_items(f"no such page file: {name[:100]}"), 404)
         content, content_type = found
         request.setHeader(b"Content-Type", content_type.encode("ascii"))
-        for header, value in page.HEADERS.items():
-            request.setHeader(header, value)
         return content
 
     def _busy(self, request):
@@ -219,5 +224,7 @@ class PredictionRoutes:
 
     @app.handle_errors(NotFound, MethodNotAllowed)
     def no_route(self, request, failure):
+        if request.path.startswith(b"/app/"):  # the page's: its headers go on every answer under /app/
+            _page_headers(request)
         where = f"{request.method.decode('latin-1')} {request.path.decode('latin-1')[:100]}"
         return json_reply(request, error_items(f"no such endpoint: {where}"), failure.value.code)
