@@ -120,3 +120,67 @@ def test_an_amplifying_upload_is_refused_within_its_limit(server, case):
     print(f"{case}: VmHWM +{grew / 2**20:.1f} MiB")
     assert grew < LIMIT, f"{case}: the server's peak memory grew by {grew / 2**20:.0f} MiB"
     assert _good(url).status_code == 200
+
+
+# ---- what a decode really holds, and what it is charged ---------------------------------------------------------
+
+MIB = 1024**2
+
+
+def _vm(key: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith(key + ":"))
+
+
+def _hundred_mib_files() -> dict[str, bytes]:
+    """A 100 MiB int16 volume (zeros: its compressed files are tiny) in every format a server takes."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from tomaat.protocol.volumes import write_image
+
+    image = sitk.GetImageFromArray(np.zeros((200, 512, 512), np.int16))
+    image.SetOrigin((-12.5, 3.0, 40.0))
+    image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    return {
+        "mha compressed": write_image(image, "mha", compress=True),
+        "mha": write_image(image, "mha", compress=False),
+        "nii.gz": write_image(image, "nii.gz"),
+        "nrrd": write_image(image, "nrrd"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["mha compressed", "mha", "nii.gz", "nrrd"])
+def test_a_decodes_peak_memory_is_within_a_fifth_of_what_it_was_charged(kind):
+    """A 0.2 MiB compressed file declaring 100 MiB held twice that while decoding (the inflated bytes and the
+    image at once) and was charged once: the budget bounded half of what decoding really holds."""
+    from tomaat.files.limits import Allowance, Limits
+    from tomaat.protocol.volumes import read_image
+
+    raw = _hundred_mib_files()[kind]
+    allowance = Allowance(Limits(max_decoded_bytes=10**10))
+    before = _vm("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # the kernel's reset of this process's VmHWM
+    image = read_image(raw, kind, allowance)
+    grown = _vm("VmHWM") - before
+    assert image.GetSize() == (512, 512, 200) and allowance.used == 100 * MIB
+    assert grown <= 1.2 * allowance.peak, f"{kind}: held {grown / MIB:.0f} MiB, charged {allowance.peak / MIB:.0f}"
+
+
+def test_the_decoded_budget_takes_a_decodes_peak_and_gives_its_transient_part_back():
+    from tomaat.errors import ServerBusy
+    from tomaat.files.limits import Allowance, Limits
+    from tomaat.net.body import Budget
+    from tomaat.protocol.volumes import read_image
+
+    raw = _hundred_mib_files()["nii.gz"]
+    tight = Budget(150 * MIB)  # holds the image, not the image and the decoder's output at once
+    with pytest.raises(ServerBusy, match="decoding as much as it can hold"):
+        read_image(raw, "images", Allowance(Limits(max_decoded_bytes=10**10), tight))
+    roomy = Budget(250 * MIB)
+    allowance = Allowance(Limits(max_decoded_bytes=10**10), roomy)
+    read_image(raw, "images", allowance)
+    assert (allowance.peak, roomy.used) == (200 * MIB, 100 * MIB)  # the copy's share given back after the decode
+    allowance.release()
+    assert roomy.used == 0

@@ -9,6 +9,7 @@ and against the process's (503 past it: it may fit once others finish).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from ..errors import ServerBusy, TooLarge
@@ -34,6 +35,7 @@ class Allowance:
         self.shared = shared
         self.decoders = decoders
         self.used = 0
+        self.peak = 0  # the most this request held at once, decoding included: what its memory really costs
 
     def charge(self, size: int, where: str) -> None:
         limit = self.limits.max_decoded_bytes
@@ -45,6 +47,21 @@ class Allowance:
         if self.shared is not None and not self.shared.take(size):
             raise ServerBusy("the server is decoding as much as it can hold; try again shortly")
         self.used += size
+        self.peak = max(self.peak, self.used)
+
+    @contextlib.contextmanager
+    def decoding(self, extra: int, where: str):
+        """While a decode holds `extra` bytes beyond what it keeps (an inflated file or a decoder's output, and the
+        image made from it, at once), they are charged to the process's budget too, and given back after: the
+        budget bounds what decoding really holds at its peak, not half of it."""
+        if self.shared is not None and extra and not self.shared.take(extra):
+            raise ServerBusy(f"{where}: the server is decoding as much as it can hold; try again shortly")
+        self.peak = max(self.peak, self.used + extra)
+        try:
+            yield
+        finally:
+            if self.shared is not None and extra:
+                self.shared.give(extra)
 
     def release(self) -> None:
         if self.shared is not None:

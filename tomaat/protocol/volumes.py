@@ -113,10 +113,14 @@ def read_image(raw: bytes, where: str = "volume", allowance: Allowance | None = 
     data, fmt = unwrap(raw, where)
     size, header = image_headers.check(data, fmt, where, allowance.limits.max_voxels)
     allowance.charge(size, where)
-    if header is not None:
-        return mha.read(data, header, where)
+    # An uncompressed MHA's image is made from the body itself, which the upload budget holds already; any other
+    # file is first inflated or decoded in full, then copied into the image: twice the size, for a moment.
+    transient = 0 if header is not None and not header.compressed else size
     try:
-        return confined.read_image(data, FORMATS[fmt], READERS[fmt], size, allowance.decoders)
+        with allowance.decoding(transient, where):
+            if header is not None:
+                return mha.read(data, header, where)
+            return confined.read_image(data, FORMATS[fmt], READERS[fmt], size, allowance.decoders)
     except confined.DecodeFailed as failure:
         raise UnreadableVolume(
             f"{where}: the {fmt} file could not be read (truncated or corrupt){_WHY[failure.reason]}; expected {EXPECTED}"
