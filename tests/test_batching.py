@@ -503,6 +503,7 @@ class StackingThreshold(BatchedThreshold):
 
     def inference_batch(self, items):
         self.sizes.append(len(items))
+        self.batches.append(sorted(item["threshold"] for item in items))
         if len(self.sizes) == 1:
             assert self.release.wait(DEADLINE), "the test never released the first batch"
         stacked = np.stack([item["array"] for item in items])  # ValueError for volumes of different shapes
@@ -518,6 +519,7 @@ async def test_one_clients_request_fails_only_itself_not_the_requests_batched_wi
     """Three good requests, one of another shape and one poisoned, queued into one batch of four: the
     poisoned one fails (500) and every other gets its own labels, the one of another shape included."""
     app = StackingThreshold()
+    app.batches = []
     service = await serve(app, threads=8)
     batcher = service.runner.batcher
     client = AsyncClient(service.url, known_hosts=str(tmp_path / "kh.json"))
@@ -529,11 +531,16 @@ async def test_one_clients_request_fails_only_itself_not_the_requests_batched_wi
         except ServerError as error:
             return error
 
-    answers = defer.gatherResults([defer.Deferred.fromCoroutine(one(*case)) for case in cases], consumeErrors=True)
-    await wait_for(lambda: app.sizes and app.sizes[0] + batcher.waiting == 5, what="the other requests queued")
+    # the first holds the model alone; the other four, the poisoned one among them, queue for the next batch
+    first = defer.Deferred.fromCoroutine(one(*cases[0]))
+    await wait_for(lambda: app.sizes == [1], what="the first request's batch to start")
+    others = [defer.Deferred.fromCoroutine(one(*case)) for case in cases[1:]]
+    answers = defer.gatherResults([first, *others], consumeErrors=True)
+    await wait_for(lambda: batcher.waiting == 4, what="the other four requests queued")
     app.release.set()
     results = await answers
-    assert app.sizes[:2] == [1, 4]  # the first alone, then the four together, which failed and ran again alone
+    # the four went in together and failed; each then ran alone, and only the poisoned one failed again
+    assert app.batches[:2] == [[100], [100, 600, 666, 950]] and sorted(app.batches[2:]) == [[100], [600], [666], [950]]
     for (size, threshold), result in zip(cases, results, strict=True):
         if threshold == 666:
             assert isinstance(result, ServerError) and result.status == 500
