@@ -82,3 +82,45 @@ async def test_health_answers_while_idle_connections_fill_the_caps(serve):
         for sock in socks:
             sock.close()
     assert (await slicer_post(service.url + "/predict", _large_fields())).status_code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_peer_trickling_its_answer_is_cut_off_when_the_callers_deadline_passes():
+    """The client, the announcer and the PACS loop read answers through one reader (net/http_client.py). A peer
+    that sends a byte a second would keep a connection open after the caller gave up; it is closed instead."""
+    import threading
+
+    from twisted.internet import defer, reactor
+
+    from tomaat.net.http_client import HttpClient
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    closed_after: list[float] = []
+
+    def trickle():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\nContent-Type: application/json\r\n\r\n")
+            began = time.monotonic()
+            try:
+                while time.monotonic() - began < 20:
+                    conn.sendall(b" ")
+                    time.sleep(0.1)
+            except OSError:  # the client closed the connection
+                closed_after.append(time.monotonic() - began)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    client = HttpClient(reactor)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/info"
+    started = time.monotonic()
+    try:
+        await client.get(url, timeout=1.0, limit=1 << 20)
+        raise AssertionError("a trickling answer was read whole")
+    except defer.TimeoutError:
+        pass
+    assert time.monotonic() - started < 3
+    await deferToThread(thread.join, 10)
+    listener.close()
+    assert closed_after and closed_after[0] < 3, closed_after  # not left sending for its 20 s

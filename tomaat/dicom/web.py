@@ -30,14 +30,10 @@ from urllib.parse import quote, urlsplit
 
 from OpenSSL import SSL
 from twisted.internet import defer, error
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
 
 from ..client.async_client import JSON_LIMIT
 from ..client.errors import ConnectionFailed, ValidationError
-from ..net.http_client import AnswerTooLarge, HttpClient, root_cause
+from ..net.http_client import AnswerTooLarge, HttpClient, receive, root_cause
 from ..protocol import untrusted_json
 
 if TYPE_CHECKING:
@@ -148,36 +144,6 @@ class _Received:
         self._chunks.clear()
 
 
-class _Body(Protocol):
-    """An answer's body handed to collect() as it arrives. Unlike treq.collect, cancelling `finished` (the
-    deadline) closes the connection, so a PACS trickling bytes is cut off, not left sending to no one."""
-
-    def __init__(self, collect: Callable[[bytes], None]):
-        self.collect = collect
-        self.finished: defer.Deferred[None] = defer.Deferred(lambda _: self._stop())
-
-    def _stop(self) -> None:
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.finished.called:
-            return
-        try:
-            self.collect(data)
-        except Exception:
-            self._stop()
-            self.finished.errback()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.finished.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):  # PotentialDataLoss: a body that ends when the PACS closes
-            self.finished.callback(None)
-        else:
-            self.finished.errback(reason)
-
-
 class Pacs:
     """One DICOMweb service. Every failure is a PacsUnreachable, PacsRefused or TimedOut naming the PACS.
 
@@ -241,9 +207,7 @@ class Pacs:
         async def exchange():
             response = await client.treq.request(method, self.url + path, headers=headers, **kwargs)
             kind = (response.headers.getRawHeaders(b"content-type") or [b""])[0].decode("latin-1")
-            body = _Body(collect)
-            response.deliverBody(body)
-            await body.finished
+            await receive(response, collect)
             return response.code, kind, chunks
 
         attempt = defer.Deferred.fromCoroutine(exchange())

@@ -12,11 +12,15 @@ so an announcer renewing every half hour holds nothing open in between.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import cast
 
 import treq
 from twisted.internet import defer
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgent
 
 JSON_HEADERS = {b"Content-Type": [b"application/json"]}
@@ -36,18 +40,55 @@ def root_cause(error: BaseException) -> BaseException:
     return root_cause(reasons[0].value) if reasons else error
 
 
+class _Body(Protocol):
+    """An answer's body handed to collect() as it arrives. Unlike treq.collect, cancelling `finished` (a
+    deadline) closes the connection, so a peer trickling bytes is cut off, not left sending to no one."""
+
+    def __init__(self, collect: Callable[[bytes], None]):
+        self.collect = collect
+        self.finished: defer.Deferred[None] = defer.Deferred(lambda _: self._stop())
+
+    def _stop(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished.called:
+            return
+        try:
+            self.collect(data)
+        except Exception:
+            self._stop()
+            self.finished.errback()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.finished.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):  # PotentialDataLoss: a body that ends when the peer closes
+            self.finished.callback(None)
+        else:
+            self.finished.errback(reason)
+
+
+async def receive(response, collect: Callable[[bytes], None]) -> None:
+    """Hand the body to collect() as it arrives; an exception collect() raises drops the connection and is raised
+    here, and cancelling (the caller's deadline) drops it too."""
+    body = _Body(collect)
+    response.deliverBody(body)
+    await body.finished
+
+
 async def read_body(response, limit: int | None) -> bytes:
-    if limit is None:
-        return await response.content()
+    """The whole body, at most `limit` bytes (AnswerTooLarge past it, the rest never read)."""
     chunks, size = [], [0]
 
     def collect(data: bytes) -> None:
         size[0] += len(data)
-        if size[0] > limit:
-            raise AnswerTooLarge(limit)  # treq drops the connection
+        if limit is not None and size[0] > limit:
+            raise AnswerTooLarge(limit)
         chunks.append(data)
 
-    await treq.collect(response, collect)
+    await receive(response, collect)
     return b"".join(chunks)
 
 
