@@ -213,7 +213,7 @@ def test_each_plain_option_of_serve_is_its_setting_as_declared():
     import dataclasses
 
     from tomaat.cli import SETTINGS, serve
-    from tomaat.config import described
+    from tomaat.config import option_help
     from tomaat.server.config import ServiceConfig
 
     fields = {field.name: field for field in dataclasses.fields(ServiceConfig)}
@@ -221,7 +221,7 @@ def test_each_plain_option_of_serve_is_its_setting_as_declared():
     for name in SETTINGS:
         option = options[name]
         assert option.opts == ["--" + name.replace("_", "-")]
-        assert option.help == described(fields[name]) and option.default is None  # None: the config's default
+        assert option.help == option_help(fields[name]) and option.default is None  # None: the config's default
     assert "(default 8 GiB; 0: no limit)" in options["max_decoded_total"].help
     assert options["threads"].type.name == "integer" and options["app_timeout"].type.name == "float"
 

@@ -7,7 +7,7 @@ import typing
 
 import click
 
-from .config import described, refuse_host
+from .config import option_help, refuse_host
 from .protocol.elements import InterfaceError
 from .server.config import ServiceConfig
 from .server.loader import LoadError, load, split_spec
@@ -41,7 +41,7 @@ def setting_options(config, names):
             kind = next((a for a in typing.get_args(hints[name]) if a is not type(None)), hints[name])
             option = click.option(
                 "--" + name.replace("_", "-"), name, type=kind if kind in (int, float) else str, default=None,
-                help=described(fields[name]),
+                help=option_help(fields[name]),
             )  # fmt: skip
             function = option(function)
         return function

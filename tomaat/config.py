@@ -42,7 +42,7 @@ def setting(
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def described(field: dataclasses.Field) -> str:
+def option_help(field: dataclasses.Field) -> str:
     """A setting's help with its default (and what 0 means), as an option's help text shows it."""
     meta = field.metadata
     default = meta.get("shown") or _shown(field.default)

@@ -4,8 +4,8 @@ Inside the server an answer is an `Outcome`: a status and output items whose con
 or the text itself for PlainText and Fiducials), or error items. Only here does it become bytes on the wire,
 as the request asked (`encoding_for`): JSON, whose file contents are base64 text, the v1 encoding every client
 reads; or, for a client whose Accept asks for multipart/mixed, a binary answer (protocol/binary_answers.py),
-one raw part per item. Errors are always JSON. A delayed answer is the JSON item naming the id to collect;
-the outcome itself is rendered when collected, as the collecting request asks.
+one raw part per item. Errors are always JSON. A delayed prediction's outcome is kept unrendered and rendered
+when collected, as the collecting request asks (the route answers the id itself, a small JSON item).
 
 `render` runs on a worker thread: an outcome's items can be hundreds of megabytes.
 """
@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 
 from ..protocol import binary_answers
-from ..protocol.answers import delayed_items, error_items
+from ..protocol.answers import error_items
 
 log = logging.getLogger("tomaat.server")
 
@@ -51,21 +51,12 @@ def encoding_for(accept: bytes | str | None) -> str:
     return BINARY if binary_answers.wants_binary(accept) else JSON
 
 
-def json_body(value) -> bytes:
-    return json.dumps(value).encode("utf-8")
-
-
 def json_answer(value, status: int = 200) -> Answer:
-    return Answer(status, json_body(value))
+    return Answer(status, json.dumps(value).encode("utf-8"))
 
 
 def error(status: int, message: str) -> Answer:
     return json_answer(error_items(message), status)
-
-
-def delayed(request_id: str, status: int = 200) -> Answer:
-    """The answer to a prediction whose result is kept to be collected from /responses."""
-    return json_answer(delayed_items(request_id), status)
 
 
 def json_ready(items: list) -> list:
