@@ -90,7 +90,7 @@ async def test_an_old_database_is_upgraded_in_place_and_keeps_its_services(db):
     assert schema_version(db) == 1
     registry = await start_registry(db)
     try:
-        assert schema_version(db) == store.SCHEMA_VERSION == 2
+        assert schema_version(db) == store.SCHEMA_VERSION == 3
         [entry] = await get_json(registry.url + "/discover")
         assert {name: entry[name] for name in V1_FIELDS} == {name: payload(key)[name] for name in V1_FIELDS}
         assert {name: entry[name] for name in metadata.FIELDS} == metadata.empty()  # the old row states none
@@ -101,7 +101,7 @@ async def test_an_old_database_is_upgraded_in_place_and_keeps_its_services(db):
         await registry.stop()
     registry = await start_registry(db)  # upgraded already: starting again changes nothing
     try:
-        assert schema_version(db) == 2
+        assert schema_version(db) == 3
         [entry] = await get_json(registry.url + "/discover")
         assert {name: entry[name] for name in MODEL} == MODEL
     finally:
@@ -128,7 +128,7 @@ async def test_registries_started_together_on_an_old_database_upgrade_it_once(db
         [defer.Deferred.fromCoroutine(start_registry(db)) for _ in range(3)], consumeErrors=True
     )
     try:
-        assert schema_version(db) == 2
+        assert schema_version(db) == 3
         for registry in started:
             assert len(await get_json(registry.url + "/discover")) == 1
     finally:
@@ -139,6 +139,6 @@ async def test_registries_started_together_on_an_old_database_upgrade_it_once(db
 def test_a_database_from_a_newer_registry_is_refused(db):
     opened = store.SyncStore(db)
     opened.run(store.create_schema)
-    opened.run(lambda tx: tx.execute("UPDATE registry_meta SET value = '3' WHERE name = 'schema_version'"))
-    with pytest.raises(RuntimeError, match="schema version 3, newer than this tomaat's"):
+    opened.run(lambda tx: tx.execute("UPDATE registry_meta SET value = '4' WHERE name = 'schema_version'"))
+    with pytest.raises(RuntimeError, match="schema version 4, newer than this tomaat's"):
         opened.run(store.create_schema)

@@ -5,7 +5,9 @@ What a server announces and withdraws, what the registry answers (the v1 shape
 defined once here, so the three cannot drift apart. The v1 fields are required,
 as TOMAAT-Slicer and upstream servers know them; the model metadata
 (protocol/metadata.py) is optional, so old servers announce as before and v1
-clients see only keys added to the entries they already read.
+clients see only keys added to the entries they already read. So is `access`, the methods a
+service asks its clients to prove themselves with: a client learns before its first request whether
+it needs a certificate or a token, and an open service sends nothing, exactly as before.
 """
 
 from __future__ import annotations
@@ -40,7 +42,12 @@ EXPECTED = {
     "anatomy": "the anatomy, e.g. prostate",
     "task": "the task, e.g. segmentation",
     "description": "a text describing the service (may be empty)",
+    "access": "a list of the access methods the service asks for, each at most once, among "
+    "certificate, oidc, token, network",
 }
+# The ways a service may identify its clients (tomaat/access/identity.py's METHODS, pinned by a test): kept
+# here too, so that a registry deployed on its own needs nothing of the server's.
+ACCESS_METHODS = ("certificate", "oidc", "token", "network")
 ANSWER_LIMIT = 1024 * 1024  # bytes of an /announce or /withdraw answer read; a real one is under 1 KiB
 DISCOVER_LIMIT = 64 * 1024 * 1024  # bytes of a /discover answer read: thousands of services
 
@@ -87,15 +94,42 @@ def field_problem(name: str, value) -> tuple[str | None, str | None]:
 # ---- requests -----------------------------------------------------------------------------------
 
 
-def announcement_body(public_url: str, service: Mapping, model: Mapping | None = None) -> dict:
-    """The fields a server announces: its endpoints under public_url, its v1 text fields, the metadata it states.
+def access_problem(value) -> tuple[list[str] | None, str | None]:
+    """(the methods, None) or (None, what is wrong) for an announced `access`; null and [] mean an open service.
 
-    Metadata left empty is not sent, so a server without any announces exactly what it did before.
+    Unknown names are refused rather than dropped: a client told less than the service asks for would
+    only find out at its first request, with a 401 it cannot explain.
+    """
+    if value is None:
+        return [], None
+    if not isinstance(value, list):
+        return None, f"invalid access: a JSON {type(value).__name__}; expected {EXPECTED['access']}"
+    if len(value) > len(ACCESS_METHODS):
+        return None, f"invalid access: {len(value)} methods; expected {EXPECTED['access']}"
+    for method in value:
+        if not isinstance(method, str) or method not in ACCESS_METHODS:
+            shown = _quote(method) if isinstance(method, str) else f"a JSON {type(method).__name__}"
+            return None, f"invalid access: {shown} is not an access method; expected {EXPECTED['access']}"
+    if len(set(value)) != len(value):
+        return None, f"invalid access: a method is named twice; expected {EXPECTED['access']}"
+    return list(value), None
+
+
+def announcement_body(
+    public_url: str, service: Mapping, model: Mapping | None = None, access: list[str] | None = None
+) -> dict:
+    """The fields a server announces: its endpoints under public_url, its v1 text fields, the metadata it states,
+    and the access methods it asks for.
+
+    Metadata left empty is not sent, nor is `access` for an open service, so a server without either
+    announces exactly what it did before.
     """
     base = public_url.rstrip("/")
-    fields = {name: str(service.get(name, "")) for name in TEXT_FIELDS}
+    fields: dict[str, object] = {name: str(service.get(name, "")) for name in TEXT_FIELDS}
     fields.update(prediction_url=base + "/predict", interface_url=base + "/interface")
     fields.update({name: value for name, value in (model or {}).items() if name in metadata.FIELDS and value})
+    if access:
+        fields["access"] = list(access)
     return fields
 
 
@@ -133,10 +167,12 @@ def accepted(code: int, parsed: Mapping) -> bool:
 
 def discover_item(service: Mapping) -> dict:
     """One /discover entry from a stored service: the v1 keys as v1 clients read them, then the metadata."""
-    item = {"api_key": ""}  # v1 clients expect the key, always empty
+    item: dict[str, object] = {"api_key": ""}  # v1 clients expect the key, always empty
     item.update({name: service[name] for name in ANNOUNCED})
     item.update(SID=service["sid"], creation_time=service["announced"])
     item.update({name: service.get(name, default) for name, default in metadata.empty().items()})
+    if service.get("access"):  # an open service's entry is exactly what it was before access existed
+        item["access"] = list(service["access"])
     return item
 
 
@@ -150,7 +186,8 @@ def parse_discover(data) -> list[dict]:
     """The entries of an untrusted /discover answer, each text key a string and the metadata shaped.
 
     ValueError when the answer is not a list; entries that are not objects are left out.
-    Other keys stay as the registry sent them, so a v1 registry's entries read as before.
+    Other keys stay as the registry sent them, so a v1 registry's entries read as before; `access` keeps only
+    the known methods, and goes when none is left.
     """
     if not isinstance(data, list):
         raise ValueError(f"a JSON {type(data).__name__}, not a list of services")
@@ -159,8 +196,19 @@ def parse_discover(data) -> list[dict]:
         if isinstance(entry, dict):
             item = {**entry, **{name: _text(entry.get(name, "")) for name in (*ANNOUNCED, "SID")}}
             item.update(metadata.parse(entry))
+            item.pop("access", None)
+            methods = parse_access(entry.get("access"))
+            if methods:
+                item["access"] = methods
             services.append(item)
     return services
+
+
+def parse_access(value) -> list[str]:
+    """The known access methods an untrusted entry names, each once, in its order; [] for anything else."""
+    if not isinstance(value, list):
+        return []
+    return list(dict.fromkeys(method for method in value if isinstance(method, str) and method in ACCESS_METHODS))
 
 
 def matches(service: Mapping, wanted: Mapping[str, str]) -> bool:

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..protocol import metadata
-from ..protocol.registry import ANNOUNCED, EXPECTED, LIMITS, field_problem
+from ..protocol.registry import ANNOUNCED, EXPECTED, LIMITS, access_problem, field_problem
 from ..protocol.text import CONTROL
 from .keys import looks_like_key
 
@@ -85,6 +85,11 @@ def check_announcement(data: dict) -> Checked:
     model, problems = metadata.checked(data)  # optional: absent fields are stored empty
     checked.fields.update(model)
     checked.problems.extend(problems)
+    access, problem = access_problem(data.get("access"))  # optional too: absent is an open service
+    if problem:
+        checked.problems.append(problem)
+    else:
+        checked.fields["access"] = access
     return checked
 
 

@@ -87,11 +87,18 @@ def main():
     show_default=True,
     help="Seconds an announcement stays listed without being renewed.",
 )
-def serve(port, interface, db, no_tls, cert, key, state_dir, expiry):
+@click.option(
+    "--private",
+    is_flag=True,
+    help="Serve /discover and the front page only to requests with 'Authorization: Bearer KEY', KEY a live "
+    "registry key (read-only keys included); /health stays open.",
+)
+def serve(port, interface, db, no_tls, cert, key, state_dir, expiry, private):
     """Run the registry daemon."""
     if bool(cert) != bool(key):
         raise click.UsageError("--cert and --key go together")
     options = {"port": port, "listen_address": interface, "db": db, "state_dir": state_dir, "expiry": expiry}
+    options.update(private=private or None)  # None: not given here, so a config's own value would stand
     options.update(tls=not no_tls, cert=cert, key=key)
     try:
         service = RegistryService(options)
@@ -102,21 +109,30 @@ def serve(port, interface, db, no_tls, cert, key, state_dir, expiry):
 
 @main.group()
 def keys():
-    """Issue, list and revoke the API keys that servers announce with."""
+    """Issue, list and revoke the API keys that servers announce with (and clients read a private registry with)."""
 
 
 @keys.command("create")
 @click.option("--owner", required=True, help="Who the key is for (shown in `keys list`), e.g. 'Lab X <jane@x.org>'.")
+@click.option(
+    "--read-only",
+    is_flag=True,
+    help="A key that reads a private registry (/discover, the front page) but cannot announce or withdraw.",
+)
 @db_option
-def keys_create(owner, db):
+def keys_create(owner, read_only, db):
     """Make a key and print it once, alone on stdout; only its hash is stored."""
     problem = owner_problem(owner)
     if problem:
         raise click.BadParameter(problem, param_hint="--owner")
     opened = _open(db)
     key = generate_key()
-    key_id = _run(opened, store.add_key, hash_key(key), owner.strip(), datetime.datetime.now(datetime.UTC).timestamp())
-    click.echo(f"Created key {key_id} for {owner.strip()}. It is shown only now: hand it over securely.", err=True)
+    kind = store.READ_ONLY if read_only else store.ANNOUNCE
+    now = datetime.datetime.now(datetime.UTC).timestamp()
+    key_id = _run(opened, store.add_key, hash_key(key), owner.strip(), now, kind)
+    click.echo(
+        f"Created key {key_id} ({kind}) for {owner.strip()}. It is shown only now: hand it over securely.", err=True
+    )
     click.echo(key)
 
 
@@ -124,7 +140,7 @@ def keys_create(owner, db):
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON list instead of a table.")
 def keys_list(db, as_json):
-    """Show each key's id, owner, creation, last use and announcements (never the key)."""
+    """Show each key's id, owner, kind, creation, last use and announcements (never the key)."""
     found = _run(_open(db), store.list_keys)
     if as_json:
         click.echo(json.dumps(found, indent=2))
@@ -132,11 +148,11 @@ def keys_list(db, as_json):
     if not found:
         click.echo("No keys yet: make one with `tomaat-registry keys create --owner NAME`.", err=True)
         return
-    rows = [("ID", "OWNER", "CREATED", "LAST USED", "SERVICES", "STATUS")]
+    rows = [("ID", "OWNER", "KIND", "CREATED", "LAST USED", "SERVICES", "STATUS")]
     for entry in found:
         status = f"revoked {_when(entry['revoked'])}" if entry["revoked"] is not None else "active"
         created, used = _when(entry["created"]), _when(entry["last_used"])
-        rows.append((entry["id"], entry["owner"], created, used, str(entry["services"]), status))
+        rows.append((entry["id"], entry["owner"], entry["kind"], created, used, str(entry["services"]), status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])

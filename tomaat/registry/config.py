@@ -19,6 +19,9 @@ class RegistryConfig(ListenConfig):
     expiry: float = setting(3600.0, "Seconds an announcement lives without renewal (upstream's value)", positive=True)
     max_body_bytes: int = setting(64 * 1024, "Largest request body; else 413", low=0)
     max_services_per_key: int = setting(100, "Live announcements one key may hold", low=0, off="no limit")
+    private: bool = setting(
+        False, "Require a registry key (Authorization: Bearer) to read /discover and the front page", shown="off"
+    )
     auth_failures: int = setting(
         10, "Failed authentications per client address per auth_window, then 429", low=0, off="no limit"
     )

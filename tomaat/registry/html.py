@@ -52,6 +52,14 @@ def _model(service: dict) -> str:
     return "".join(parts)
 
 
+def _access(service: dict) -> str:
+    """How the service asks its clients to prove who they are; nothing for an open service."""
+    methods = service.get("access") or []
+    if not methods:
+        return ""
+    return f'<div class="meta access">access: {escape(", ".join(methods))}</div>'
+
+
 def _page_link(prediction_url: str) -> str:
     """The browser page every tomaat prediction server serves beside /predict; older servers have none."""
     if not prediction_url.endswith("/predict"):
@@ -72,6 +80,7 @@ def _service(service: dict) -> str:
         + _page_link(service["prediction_url"])
         + (f'<div class="description">{description}</div>' if description else "")
         + _model(service)
+        + _access(service)
         + f'<div class="meta">last announced {_when(service["announced"])}</div></li>'
     )
 

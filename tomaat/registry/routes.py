@@ -3,6 +3,11 @@
 Answers keep the v1 shape `{"status": N, "error": "..."}`, N counting the
 problems, and carry a real HTTP status beside it for v2 callers. Nothing here
 touches the database directly: the store runs in its own threads.
+
+A private registry reads its list only to holders of a registry key, sent as a
+Bearer token (RFC 6750) because a GET has no body to carry `api_key` in; the
+key is checked exactly as an announcing one is (hashed, looked up, compared in
+constant time), and a wrong one counts towards the same failure throttle.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from ..protocol.registry import FILTERS, answer, discover_item, matches
 from . import store
 from .announcement import check_announcement, check_withdrawal, read_object
 from .html import render_page, sort_services
-from .keys import hash_key
+from .keys import hash_key, looks_like_key
 
 log = logging.getLogger("tomaat.registry")
 
 ENDPOINTS = "POST /announce, POST /withdraw, GET /discover, GET /health and GET /"
+REALM = 'Bearer realm="tomaat-registry"'
 
 
 def _answer(request, problems: list[str], status: int, **extra) -> bytes:
@@ -71,14 +77,14 @@ class RegistryRoutes:
         request.setHeader(b"Retry-After", b"30")
         return _answer(request, ["the registry's database is unavailable; try again later"], 503)
 
-    async def _unauthorized(self, request, url: str, what: str) -> bytes:
-        """401 for an unknown or revoked key; 429 once its address has failed too often lately (all processes)."""
-        client = _client(request)
+    async def _throttled(self, request) -> bytes | None:
+        """Count one failed authentication: the 429 once its address has failed too often lately (all processes),
+        the 503 when that cannot be counted, else None."""
         config = self.service.config
         try:
             wait = await self.service.store.run(
                 store.failed_authentication,
-                client,
+                _client(request),
                 self.service.now(),
                 config.auth_failures,
                 config.auth_window,
@@ -91,8 +97,63 @@ class RegistryRoutes:
                 f"too many requests with unknown or revoked keys from this address; try again in {math.ceil(wait)} s"
             )
             return _answer(request, [message], 429)
-        log.warning("%s of %s from %s refused: unknown or revoked API key", what, url, client)
+        return None
+
+    async def _unauthorized(self, request, url: str, what: str) -> bytes:
+        """401 for an unknown or revoked key; 429 once its address has failed too often lately."""
+        throttled = await self._throttled(request)
+        if throttled is not None:
+            return throttled
+        log.warning("%s of %s from %s refused: unknown or revoked API key", what, url, _client(request))
         return _answer(request, ["unknown or revoked api_key; ask the registry's operator for a valid key"], 401)
+
+    def _read_only(self, request, error: store.ReadOnlyKey, url: str, what: str) -> bytes:
+        log.warning("%s of %s from %s refused: %s", what, url, _client(request), error)
+        return _answer(request, [f"{error}; ask the registry's operator for a key that announces"], 403)
+
+    def _challenge(self, request, message: str, error: str = "") -> bytes:
+        challenge = REALM + (f', error="{error}"' if error else "")
+        request.setHeader(b"WWW-Authenticate", challenge.encode("ascii"))
+        return _answer(request, [message], 401)
+
+    async def _reader_refusal(self, request, what: str) -> bytes | None:
+        """None when this registry is open or the request holds a live registry key; else the answer refusing it.
+
+        No Authorization header is a 401 that is not counted (a first visit, not a guess); a header
+        without a live key is a failed authentication like an announcement's.
+        """
+        if not self.service.config.private:
+            return None
+        # the list, or the refusal to show it, is for this key's holder only: no shared cache may keep it
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"Vary", b"Authorization")
+        header = request.getHeader(b"authorization")
+        if header is None:
+            return self._challenge(
+                request,
+                f"this registry is private: {what} needs the header 'Authorization: Bearer KEY' with a registry key; "
+                "ask the registry's operator for one",
+            )
+        parts = header.decode("latin-1").split(None, 1)
+        token = parts[1].strip() if len(parts) == 2 and parts[0].lower() == "bearer" else ""
+        usable = looks_like_key(token)
+        key_id = None
+        if usable:
+            try:
+                key_id = await self.service.store.run(store.reader, hash_key(token), self.service.now())
+            except Exception as error:
+                return self._store_down(request, f"checking the key for {what}", error)
+        if key_id is not None:
+            return None
+        throttled = await self._throttled(request)
+        if throttled is not None:
+            return throttled
+        if not usable:
+            reason = "the Authorization header is not 'Bearer KEY' with a 64-hexadecimal-character registry key"
+        else:
+            reason = "unknown or revoked registry key; ask the registry's operator for a valid key"
+        log.warning("%s from %s refused: %s", what, _client(request), reason.split(";")[0])
+        return self._challenge(request, reason, "invalid_token")
 
     # ---- routes ---------------------------------------------------------------------------------
 
@@ -115,6 +176,8 @@ class RegistryRoutes:
         except store.TooManyServices as error:
             log.warning("announcement of %s from %s refused: %s", url, _client(request), error)
             return _answer(request, [f"{error}; withdraw one first or ask the registry's operator"], 403)
+        except store.ReadOnlyKey as error:
+            return self._read_only(request, error, url, "announcement")
         except Exception as error:
             return self._store_down(request, "an announcement", error)
         if sid is None:
@@ -130,6 +193,8 @@ class RegistryRoutes:
         url = checked.fields["prediction_url"]
         try:
             removed = await self.service.store.run(store.withdraw, hash_key(checked.api_key), url, self.service.now())
+        except store.ReadOnlyKey as error:
+            return self._read_only(request, error, url, "withdrawal")
         except Exception as error:
             return self._store_down(request, "a withdrawal", error)
         if removed is None:
@@ -144,6 +209,9 @@ class RegistryRoutes:
 
     @app.route("/discover", methods=["GET"])
     async def discover(self, request):
+        refusal = await self._reader_refusal(request, "GET /discover")
+        if refusal is not None:
+            return refusal
         wanted = {}
         for name in FILTERS:
             values = request.args.get(name.encode())
@@ -158,6 +226,9 @@ class RegistryRoutes:
 
     @app.route("/", methods=["GET"])
     async def index(self, request):
+        refusal = await self._reader_refusal(request, "GET /")
+        if refusal is not None:
+            return refusal
         try:
             services = await self._live()
         except Exception as error:

@@ -61,6 +61,7 @@ class RegistryService(Daemon[RegistryConfig]):
             "services": live,
             "store": self.database.kind,
             "expiry": self.expiry,
+            "private": self.config.private,  # so a client can say a key is needed before it is refused
             "version": __version__,
         }
 
@@ -123,4 +124,5 @@ class RegistryService(Daemon[RegistryConfig]):
         return []
 
     def started_message(self) -> str:
-        return f"registry serving on {self.url} (store: {self.database.describe()}, expiry {self.expiry:g} s)"
+        private = ", private: /discover and / need a registry key" if self.config.private else ""
+        return f"registry serving on {self.url} (store: {self.database.describe()}, expiry {self.expiry:g} s{private})"

@@ -7,7 +7,7 @@ failure anywhere inside it leaves no half-written row. The SQL is the subset
 both databases speak (upserts with ON CONFLICT, CHECK constraints); the few
 differences live in Database.
 
-Stored: a SHA-256 of each key, the key's owner and times, and the announced
+Stored: a SHA-256 of each key, the key's owner, kind and times, and the announced
 fields, which are public anyway. Never a key, never an image.
 """
 
@@ -25,13 +25,21 @@ from .announcement import OWNER_LIMIT
 from .keys import new_key_id, same_hash, service_id
 
 # 2: the model metadata columns (added in place to a version 1 database, see _UPGRADES)
-SCHEMA_VERSION = 2
+# 3: the services' access methods, and the keys' kind: a new version, not columns added quietly, because a
+#    registry that predates kinds would let a read-only key announce; it refuses a version 3 database instead
+SCHEMA_VERSION = 3
 _SCHEMA_LOCK = 7_243_101  # PostgreSQL advisory lock id: serialises schema creation across registry processes
-_STORED = (*LIMITS, *metadata.FIELDS)  # the announced fields, one column each
+ACCESS = "access"
+_STORED = (*LIMITS, *metadata.FIELDS, ACCESS)  # the announced fields, one column each
 _SERVICE_COLUMNS = ("sid", "key_id", *_STORED, "announced")
 # the accuracy list is kept as JSON text: the longest that MAX_RESULTS results of the longest texts
 # (each character escaped) and numbers encode to, with room to spare for the punctuation
 ACCURACY_LIMIT = metadata.MAX_RESULTS * (2 * sum(metadata.RESULT_TEXT.values()) + 100) + 2
+# the access methods as JSON text, NULL for an open service; every method once is under 50 characters
+ACCESS_LIMIT = 100
+# what a key may do: ANNOUNCE keys announce, withdraw and read a private registry; READ_ONLY keys only read it
+ANNOUNCE, READ_ONLY = "announce", "read-only"
+KINDS = (ANNOUNCE, READ_ONLY)
 
 
 def _text(name: str, limit: int, default: str | None = None) -> str:
@@ -45,12 +53,29 @@ def _metadata_columns() -> list[str]:
     return [*columns, _text(metadata.ACCURACY, ACCURACY_LIMIT, "[]")]
 
 
+def _access_column() -> str:
+    return f"{ACCESS} TEXT CHECK ({ACCESS} IS NULL OR length({ACCESS}) <= {ACCESS_LIMIT})"
+
+
+def _kind_column() -> str:
+    """With a default, so the keys issued before kinds existed stay what they were: keys that announce."""
+    return f"kind TEXT NOT NULL DEFAULT '{ANNOUNCE}' CHECK (kind IN ({', '.join(repr(kind) for kind in KINDS)}))"
+
+
 # from version N to N + 1, run in create_schema's transaction
-_UPGRADES = {1: [f"ALTER TABLE registry_services ADD COLUMN {column}" for column in _metadata_columns()]}
+_UPGRADES = {
+    1: [f"ALTER TABLE registry_services ADD COLUMN {column}" for column in _metadata_columns()],
+    2: [
+        f"ALTER TABLE registry_services ADD COLUMN {_access_column()}",
+        f"ALTER TABLE registry_keys ADD COLUMN {_kind_column()}",
+    ],
+}
 
 
 def _schema() -> list[str]:
-    service_fields = ",\n    ".join([*(_text(name, limit) for name, limit in LIMITS.items()), *_metadata_columns()])
+    service_fields = ",\n    ".join(
+        [*(_text(name, limit) for name, limit in LIMITS.items()), *_metadata_columns(), _access_column()]
+    )
     return [
         "CREATE TABLE IF NOT EXISTS registry_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
         f"""CREATE TABLE IF NOT EXISTS registry_keys (
@@ -59,7 +84,8 @@ def _schema() -> list[str]:
     {_text("owner", OWNER_LIMIT)},
     created DOUBLE PRECISION NOT NULL,
     last_used DOUBLE PRECISION,
-    revoked DOUBLE PRECISION
+    revoked DOUBLE PRECISION,
+    {_kind_column()}
 )""",
         f"""CREATE TABLE IF NOT EXISTS registry_services (
     sid TEXT PRIMARY KEY,
@@ -210,11 +236,14 @@ def create_schema(tx: Tx) -> int:
     return version
 
 
-def add_key(tx: Tx, key_hash: str, owner: str, now: float) -> str:
+def add_key(tx: Tx, key_hash: str, owner: str, now: float, kind: str = ANNOUNCE) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"unknown key kind {kind!r}; expected one of {', '.join(KINDS)}")
     tx.begin(write=True)
     key_id = new_key_id()
     tx.execute(
-        "INSERT INTO registry_keys (id, key_hash, owner, created) VALUES (?, ?, ?, ?)", (key_id, key_hash, owner, now)
+        "INSERT INTO registry_keys (id, key_hash, owner, created, kind) VALUES (?, ?, ?, ?, ?)",
+        (key_id, key_hash, owner, now, kind),
     )
     return key_id
 
@@ -222,21 +251,42 @@ def add_key(tx: Tx, key_hash: str, owner: str, now: float) -> str:
 def list_keys(tx: Tx) -> list[dict]:
     tx.begin()
     rows = tx.all(
-        "SELECT k.id, k.owner, k.created, k.last_used, k.revoked,"
+        "SELECT k.id, k.owner, k.kind, k.created, k.last_used, k.revoked,"
         " (SELECT COUNT(*) FROM registry_services s WHERE s.key_id = k.id)"
         " FROM registry_keys k ORDER BY k.created, k.id"
     )
-    names = ("id", "owner", "created", "last_used", "revoked", "services")
+    names = ("id", "owner", "kind", "created", "last_used", "revoked", "services")
     return [dict(zip(names, row, strict=True)) for row in rows]
 
 
-def _active_key(tx: Tx, key_hash: str) -> str | None:
+class ReadOnlyKey(Exception):
+    """A read-only key asked to change what the registry lists."""
+
+    def __init__(self, key_id: str):
+        super().__init__(f"key {key_id} is read-only: it may read this registry but not announce or withdraw")
+        self.key_id = key_id
+
+
+def _active_key(tx: Tx, key_hash: str, *, announcing: bool = True) -> str | None:
+    """The id of the live key with this hash, or None; ReadOnlyKey when announcing with a read-only one."""
     row = tx.one(
-        "SELECT id, key_hash FROM registry_keys WHERE key_hash = ? AND revoked IS NULL" + tx.for_update, (key_hash,)
+        "SELECT id, key_hash, kind FROM registry_keys WHERE key_hash = ? AND revoked IS NULL" + tx.for_update,
+        (key_hash,),
     )
     if row is None or not same_hash(row[1], key_hash):
         return None
+    if announcing and row[2] != ANNOUNCE:
+        raise ReadOnlyKey(row[0])
     return row[0]
+
+
+def reader(tx: Tx, key_hash: str, now: float) -> str | None:
+    """The id of the live key (of any kind) with this hash, its use recorded; None for an unknown or revoked key."""
+    tx.begin(write=True)
+    key_id = _active_key(tx, key_hash, announcing=False)
+    if key_id is not None:
+        tx.execute("UPDATE registry_keys SET last_used = ? WHERE id = ?", (now, key_id))
+    return key_id
 
 
 def revoke_key(tx: Tx, now: float, *, key_id: str | None = None, key_hash: str | None = None) -> dict | None:
@@ -262,7 +312,8 @@ class TooManyServices(Exception):
 
 
 def announce(tx: Tx, key_hash: str, fields: dict, now: float, max_services: int = 0, since: float = 0.0) -> str | None:
-    """Insert or refresh the service (key, prediction_url); its SID, or None for an unknown or revoked key.
+    """Insert or refresh the service (key, prediction_url); its SID, or None for an unknown or revoked key
+    (ReadOnlyKey for a read-only one).
 
     With max_services, a key already announcing that many other services live after `since`
     gets TooManyServices, so one leaked key cannot fill the registry.
@@ -294,11 +345,13 @@ def _encoded(fields: dict) -> list:
     """The announced fields as columns; metadata not announced is stored empty (an announcement replaces it all)."""
     model = {**metadata.empty(), **{name: fields[name] for name in metadata.FIELDS if name in fields}}
     model[metadata.ACCURACY] = json.dumps(model[metadata.ACCURACY], ensure_ascii=False)
-    return [*(fields[name] for name in LIMITS), *(model[name] for name in metadata.FIELDS)]
+    access = json.dumps(fields[ACCESS]) if fields.get(ACCESS) else None
+    return [*(fields[name] for name in LIMITS), *(model[name] for name in metadata.FIELDS), access]
 
 
 def withdraw(tx: Tx, key_hash: str, prediction_url: str, now: float) -> bool | None:
-    """True when removed, False when this key had no such service, None for an unknown or revoked key."""
+    """True when removed, False when this key had no such service, None for an unknown or revoked key
+    (ReadOnlyKey for a read-only one)."""
     tx.begin(write=True)
     key_id = _active_key(tx, key_hash)
     if key_id is None:
@@ -321,6 +374,7 @@ def live_services(tx: Tx, since: float) -> list[dict]:
     services = [dict(zip(names, row, strict=True)) for row in rows]
     for service in services:
         service[metadata.ACCURACY] = json.loads(service[metadata.ACCURACY])
+        service[ACCESS] = json.loads(service[ACCESS]) if service[ACCESS] else []
     return services
 
 
