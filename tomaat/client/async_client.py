@@ -14,6 +14,8 @@ with POST /volumes and predicts by its id from then on (see `predict`).
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
@@ -27,7 +29,8 @@ from ..protocol import answers, binary_answers, elements, stored_volumes, untrus
 from ..protocol import metadata as model_metadata
 from ..protocol import registry as wire
 from . import compression
-from .errors import ClientError, ConnectionFailed, ResultTimeout, ServerError, ValidationError
+from .credentials import ClientCertificate, Token, as_certificate, as_token
+from .errors import AccessRefused, ClientError, ConnectionFailed, ResultTimeout, ServerError, ValidationError
 from .requests import PreparedRequest, prepare
 from .results import Result
 from .trust import KnownHosts, TrustOnFirstUse
@@ -36,6 +39,9 @@ from .upload import ProgressProducer, multipart_body
 ENDPOINTS = ("/predict", "/interface", "/info", "/responses", "/health", "/discover", "/announce")
 JSON_LIMIT = 16 * 1024 * 1024  # bytes of an /info, /interface or /health answer read; results are not bounded here
 BINARY = b"multipart/mixed"  # the Accept header asking for a binary answer
+CREDENTIALS_HINT = "give a token or a client certificate"
+
+log = logging.getLogger("tomaat.client")
 
 
 @dataclass
@@ -126,6 +132,9 @@ class AsyncClient:
     `reuse`: None keeps volumes on a server that has a volume store when the server is far (as
     compression.py tells it) and the volume holds at least 256 KiB; True whenever the server has a
     store; False never. Stored volumes are left to expire on the server unless `forget()` or `close()`.
+    `token` (text or a credentials.Token) goes in an `Authorization: Bearer` header of every request to this
+    service; `client_cert` ((cert path, key path) or a credentials.ClientCertificate) is shown to a server that
+    asks for one. Neither appears in repr(), logs or errors.
     """
 
     def __init__(
@@ -140,6 +149,8 @@ class AsyncClient:
         result_timeout: float = 3600.0,
         compress: bool | None = None,
         reuse: bool | None = None,
+        token: Token | str | None = None,
+        client_cert: ClientCertificate | tuple[str, str] | None = None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -147,7 +158,13 @@ class AsyncClient:
         self.url = base_url(url)
         self.timeout = timeout
         self.result_timeout = result_timeout
-        self.trust = TrustOnFirstUse(KnownHosts(known_hosts), pinned=fingerprint, insecure=insecure)
+        self._token = as_token(token)
+        self.client_cert = as_certificate(client_cert)
+        self.trust = TrustOnFirstUse(
+            KnownHosts(known_hosts), pinned=fingerprint, insecure=insecure, client_cert=self.client_cert
+        )
+        if self._token is not None and urlsplit(self.url).scheme == "http" and not _loopback(self.url):
+            log.warning("tomaat: sending a token to %s over plain HTTP: anyone on the way can read it", self.url)
         self.http = HttpClient(reactor, self.trust, connect_timeout=timeout)
         self.compress = compress
         self.reuse = reuse
@@ -158,7 +175,34 @@ class AsyncClient:
         self._stored: dict[tuple, StoredVolume] = {}  # a volume's key (VolumeFile.key) -> where the server keeps it
         self._storing: dict[tuple, defer.DeferredLock] = {}  # concurrent calls upload a volume once
 
+    def __repr__(self) -> str:
+        shown = [f"token={'<hidden>' if self._token else None}"]
+        if self.client_cert is not None:
+            shown.append(f"client_cert={self.client_cert.cert_path!r}")
+        return f"AsyncClient({self.url!r}, {', '.join(shown)})"
+
     # ---- plumbing ------------------------------------------------------------------------------
+
+    def _authorized(self, kwargs: dict) -> dict:
+        """The request's keyword arguments with the token's header added (a copy: callers reuse theirs)."""
+        if self._token is None:
+            return kwargs
+        headers = dict(kwargs.get("headers") or {})
+        headers[b"Authorization"] = [self._token.authorization()]
+        return {**kwargs, "headers": headers}
+
+    def _server_error(self, body: bytes, status: int) -> ServerError:
+        """The server's refusal in its own words; a 401 or 403 also says what the client can do about it."""
+        message = _error_message(body, status)
+        if self._token is not None:
+            message = self._token.redact(message)  # a server that echoes the token does not get it printed
+        if status == 401:
+            if self._token is None and self.client_cert is None:
+                return AccessRefused(f"{self.url} needs credentials: {message}; {CREDENTIALS_HINT}", status)
+            return AccessRefused(f"{self.url} did not accept the credentials given: {message}", status)
+        if status == 403:
+            return AccessRefused(message, status)
+        return ServerError(message, status)
 
     def _off_reactor(self, work, *args):
         """Reading and encoding volumes, and decoding results, in the reactor's thread pool.
@@ -188,7 +232,9 @@ class AsyncClient:
     ):
         """(status, body bytes); the timeout covers connecting, sending and reading the answer, limit the body."""
         try:
-            return await self.http.request(method, self.url + path, timeout=timeout, limit=limit, **kwargs)
+            return await self.http.request(
+                method, self.url + path, timeout=timeout, limit=limit, **self._authorized(kwargs)
+            )
         except ClientError:
             raise
         except AnswerTooLarge as failure:
@@ -201,7 +247,7 @@ class AsyncClient:
     async def _json(self, method: str, path: str, what: str, limit: int = JSON_LIMIT, **kwargs):
         status, body = await self._request(method, path, what, timeout=self.timeout, limit=limit, **kwargs)
         if status >= 400:
-            raise ServerError(_error_message(body, status), status)
+            raise self._server_error(body, status)
         try:
             return status, untrusted_json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
@@ -228,7 +274,7 @@ class AsyncClient:
                     _, interface = await self._json("GET", "/interface", "asking for /interface")
                     self._info = ServiceInfo(1, elements.input_interface(interface))
                 else:
-                    raise ServerError(_error_message(body, status), status)
+                    raise self._server_error(body, status)
             except (elements.InterfaceError, TypeError, ValueError, AttributeError) as problem:
                 raise ServerError(f"the server's interface cannot be used: {str(problem)[:200]}") from None
         return self._info
@@ -357,7 +403,7 @@ class AsyncClient:
         """(status, Content-Type, body) of one exchange, as HttpClient.request but with the answer's type."""
 
         async def exchange():
-            response = await self.http.treq.request(method, self.url + path, **kwargs)
+            response = await self.http.treq.request(method, self.url + path, **self._authorized(kwargs))
             kind = (response.headers.getRawHeaders(b"content-type") or [b""])[0].decode("latin-1")
             return response.code, kind, await read_body(response, limit)
 
@@ -419,8 +465,12 @@ class AsyncClient:
         if status in (404, 405, 507):  # no store after all, or a full one: the volume goes with the request
             return None
         if status >= 400:  # the server's words, naming the input as an upload with the prediction would
-            message = _error_message(answer, status).replace("field 'volume' (volume)", f"field '{name}' (volume)", 1)
-            raise ServerError(message, status)
+            refusal = self._server_error(answer, status)
+            if type(refusal) is ServerError:
+                refusal = ServerError(
+                    refusal.message.replace("field 'volume' (volume)", f"field '{name}' (volume)", 1), status
+                )
+            raise refusal
         try:
             stored = untrusted_json.loads(answer.decode("utf-8"))
             volume_id, expires_in = stored["volume_id"], float(stored["expires_in"])
@@ -452,7 +502,7 @@ class AsyncClient:
 
     def _items(self, status: int, body: bytes) -> list:
         if status >= 400:
-            raise ServerError(_error_message(body, status), status)
+            raise self._server_error(body, status)
         try:
             items = untrusted_json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
@@ -517,6 +567,14 @@ def _body(info: ServiceInfo, prepared: PreparedRequest, references: dict, far: b
     return multipart_body(prepared.fields(info.protocol, parts))
 
 
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _margin(ttl: float) -> float:
     """How long before the server's expiry a stored volume is no longer named but uploaded again."""
     return min(10.0, 0.05 * ttl)
@@ -536,7 +594,10 @@ def _as_client_error(problem: BaseException) -> ClientError:
 async def discover(
     registry_url: str, modality=None, anatomy=None, task=None, *, reactor=None, timeout: float = 30.0, **trust
 ) -> list[dict]:
-    """The registry's live services, filtered without regard to case (here too, for v1 registries)."""
+    """The registry's live services, filtered without regard to case (here too, for v1 registries).
+
+    `trust` takes AsyncClient's fingerprint, insecure, known_hosts, and token and client_cert for a private
+    registry that asks for a read token."""
     client = AsyncClient(registry_url, reactor=reactor, timeout=timeout, **trust)
     wanted = {k: v for k, v in zip(wire.FILTERS, (modality, anatomy, task), strict=True) if v}
     query = ("?" + urlencode(wanted)) if wanted else ""

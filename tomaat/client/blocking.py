@@ -51,16 +51,18 @@ class Client:
     """`Client(url).info()`, `.interface()`, `.predict(**inputs)`: the AsyncClient's calls, waited for.
 
     Keyword arguments are those of AsyncClient (fingerprint, insecure,
-    known_hosts, timeout, result_timeout, compress, reuse). Volumes it stored on the
+    known_hosts, timeout, result_timeout, compress, reuse, token, client_cert). Volumes it stored on the
     server are left to expire there unless `forget()` or `close()` (or a `with` block).
     """
 
     def __init__(self, url: str, **options):
         _reactor_thread()
-        self._options = options
         self._async = _wait_plain(lambda: AsyncClient(url, **options))
         self.url = self._async.url
         self._calls = threading.local()  # what `filled` reports, per calling thread
+
+    def __repr__(self) -> str:
+        return repr(self._async).replace("AsyncClient", "Client", 1)  # the token hidden there too
 
     def info(self) -> ServiceInfo:
         return _wait(self._async.info, None)
@@ -112,6 +114,7 @@ def _wait_plain(function):
 
 
 def discover(registry_url: str, modality=None, anatomy=None, task=None, **options) -> list[dict]:
-    """The registry's live services, filtered by modality, anatomy and task (case-insensitive)."""
+    """The registry's live services, filtered by modality, anatomy and task (case-insensitive); options as for
+    Client (a private registry takes token, client_cert)."""
     _reactor_thread()
     return _wait(lambda: _discover(registry_url, modality, anatomy, task, **options), None)

@@ -7,6 +7,7 @@ stderr and a non-zero status, never a traceback.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -18,6 +19,7 @@ import click
 
 from ..protocol.metadata import LINES, describe_result
 from ..protocol.text import printable
+from .credentials import ENVIRONMENT
 from .errors import ClientError, ServerError, ValidationError
 
 DEFAULT_REGISTRY = "http://localhost:8001"
@@ -73,6 +75,73 @@ def trust_options(function):
     return function
 
 
+def credential_options(prefix: str = ""):
+    """--token, --token-file, --client-cert, --client-key (each after `--{prefix}` where another service's
+    options already hold those names, as `tomaat dicomweb predict` does for its PACS), handed to the command as
+    one `credentials` dict of AsyncClient keywords. TOMAAT_TOKEN is read when neither token option is given."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def command(*args, service_token, service_token_file, client_cert, client_key, **kwargs):
+            return function(
+                *args,
+                credentials=_credentials(service_token, service_token_file, client_cert, client_key, prefix),
+                **kwargs,
+            )
+
+        token, cert = f"--{prefix}token", f"--{prefix}client-cert"
+        options = (
+            click.option(
+                token,
+                "service_token",
+                metavar="TEXT",
+                help=f"Bearer token for the service; others see a command line, so prefer {token}-file or ${ENVIRONMENT}.",
+            ),
+            click.option(
+                f"{token}-file", "service_token_file", metavar="PATH", help=f"A file whose first line is the {token}."
+            ),
+            click.option(
+                cert, "client_cert", metavar="PEM", help="Client certificate for mutual TLS (its chain may follow it)."
+            ),
+            click.option(
+                f"--{prefix}client-key", "client_key", metavar="PEM", help=f"The unencrypted PEM key of {cert}."
+            ),
+        )
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _credentials(token, token_file, cert, key, prefix: str) -> dict:
+    from .credentials import ClientCertificate, resolve_token
+
+    if token is not None and token_file is not None:
+        raise click.UsageError(f"give --{prefix}token or --{prefix}token-file, not both")
+    if bool(cert) != bool(key):
+        raise click.UsageError(f"--{prefix}client-cert and --{prefix}client-key go together: give both or neither")
+    try:
+        return {
+            "token": resolve_token(token, token_file, warn=lambda line: say(line, err=True)),
+            "client_cert": ClientCertificate(cert, key) if cert else None,
+        }
+    except ClientError as error:
+        fail(error)
+        raise  # unreachable: fail() exits
+
+
+def access_line(methods, required=()) -> str | None:
+    """`access: token, oidc (predict, metrics need an identity)` from a service's /info or registry entry; None
+    for an open service. The values come from the network, so only text is shown, and inline."""
+    methods = [inline(m) for m in methods if isinstance(m, str) and m.strip()] if isinstance(methods, list) else []
+    required = [inline(r) for r in required if isinstance(r, str) and r.strip()] if isinstance(required, list) else []
+    if not methods:
+        return None
+    needs = f" ({', '.join(required)} {'needs' if len(required) == 1 else 'need'} an identity)" if required else ""
+    return f"access: {', '.join(methods)}{needs}"
+
+
 @click.command()
 @click.argument("registry_url", default=DEFAULT_REGISTRY, required=False)
 @click.option("--modality", help="Only services for this modality (case-insensitive).")
@@ -80,12 +149,15 @@ def trust_options(function):
 @click.option("--task", help="Only services doing this task.")
 @click.option("--json", "as_json", is_flag=True, help="Print the services as JSON.")
 @trust_options
-def discover(registry_url, modality, anatomy, task, as_json, fingerprint, insecure):
+@credential_options()
+def discover(registry_url, modality, anatomy, task, as_json, fingerprint, insecure, credentials):
     """List the services a registry knows, grouped by modality, anatomy and task."""
     from .blocking import discover as find
 
     try:
-        services = find(registry_url, modality, anatomy, task, fingerprint=fingerprint, insecure=insecure)
+        services = find(
+            registry_url, modality, anatomy, task, fingerprint=fingerprint, insecure=insecure, **credentials
+        )
     except ClientError as error:
         fail(error)
     if as_json:
@@ -112,6 +184,9 @@ def discover(registry_url, modality, anatomy, task, as_json, fingerprint, insecu
                 say(_labelled(indent, "version", service["version"], False))
             for line in _model_lines(service, indent):
                 say(line)
+            access = access_line(service.get("access"))
+            if access:
+                say(indent + access)
 
 
 def _show_interface(info) -> None:
@@ -129,6 +204,10 @@ def _show_interface(info) -> None:
             say(line)
         if meta.get("tls_fingerprint"):
             say(f"  TLS fingerprint: {meta['tls_fingerprint']}")
+        access = meta.get("access")
+        shown = access_line(access.get("methods"), access.get("required")) if isinstance(access, dict) else None
+        if shown:
+            say(f"  {shown}")
     else:
         say("a v1 server (no /info): only its inputs are known")
     say("inputs:")
@@ -152,12 +231,13 @@ def _show_interface(info) -> None:
 @click.command()
 @click.argument("url")
 @trust_options
-def interface(url, fingerprint, insecure):
+@credential_options()
+def interface(url, fingerprint, insecure, credentials):
     """Show a server's metadata and the inputs it accepts."""
     from .blocking import Client
 
     try:
-        _show_interface(Client(url, fingerprint=fingerprint, insecure=insecure).info())
+        _show_interface(Client(url, fingerprint=fingerprint, insecure=insecure, **credentials).info())
     except ClientError as error:
         fail(error)
 
@@ -272,7 +352,10 @@ class Progress:
     "a volume of 256 KiB or more that shrinks to 60% or less].",
 )
 @trust_options
-def predict(url, inputs, settings, out, prefer_async, volume_format, timeout, compress, fingerprint, insecure):
+@credential_options()
+def predict(
+    url, inputs, settings, out, prefer_async, volume_format, timeout, compress, fingerprint, insecure, credentials
+):
     """Send inputs to the server at URL and write each output into --out."""
     from .blocking import Client
 
@@ -284,6 +367,7 @@ def predict(url, inputs, settings, out, prefer_async, volume_format, timeout, co
         series = _dicom_folders(files)
         several = len(variations) > 1
         options = {"fingerprint": fingerprint, "insecure": insecure, "result_timeout": timeout, "compress": compress}
+        options.update(credentials)
         client = Client(url, reuse=True if several else None, **options)
         try:
             for variation, folder in zip(variations, folders, strict=True):

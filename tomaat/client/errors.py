@@ -28,6 +28,10 @@ class ServerError(ClientError):
         self.status = status
 
 
+class AccessRefused(ServerError):
+    """The service wants an identity (401) or one with another scope (403); the message says which."""
+
+
 class CertificateChanged(ClientError):
     """A known server showed a different certificate than the one remembered for it."""
 

@@ -16,10 +16,12 @@ import os
 import threading
 
 import click
+from OpenSSL import SSL
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from ..net.trust import FingerprintCreator, normalise_fingerprint
+from ..net.trust import FingerprintCreator, _is_address, normalise_fingerprint
+from .credentials import ClientCertificate
 from .errors import CertificateChanged
 
 log = logging.getLogger("tomaat.client")
@@ -70,12 +72,21 @@ class TrustOnFirstUse:
     `pinned` (from --trust) is written to the known hosts ahead of the first
     connection, so a stranger is refused even the first time. `insecure`
     accepts any certificate and remembers nothing: only by explicit choice.
+    `client_cert` is shown to servers that ask for one (mutual TLS); the
+    server's certificate is checked the same way with it or without.
     After a refusal, `refused` holds (netloc, remembered, shown) so the caller
     can say what happened; the TLS layer itself only reports a failed handshake.
     """
 
-    def __init__(self, known_hosts: KnownHosts | None = None, pinned: str | None = None, insecure: bool = False):
+    def __init__(
+        self,
+        known_hosts: KnownHosts | None = None,
+        pinned: str | None = None,
+        insecure: bool = False,
+        client_cert: ClientCertificate | None = None,
+    ):
         self.known_hosts = known_hosts or KnownHosts()
+        self.client_cert = client_cert
         self.pinned = normalise_fingerprint(pinned) if pinned else None
         self.insecure = insecure
         self.refused: tuple[str, str, str] | None = None
@@ -110,7 +121,9 @@ class TrustOnFirstUse:
     def creatorForNetloc(self, hostname, port):
         host = hostname.decode("ascii")
         netloc = f"{host}:{port}"
-        return FingerprintCreator(lambda shown: self._check(netloc, shown), host)
+        if self.client_cert is None:
+            return FingerprintCreator(lambda shown: self._check(netloc, shown), host)
+        return PresentingCreator(lambda shown: self._check(netloc, shown), host, self.client_cert)
 
     def refusal(self) -> CertificateChanged | None:
         """The error to raise for the last refused handshake, naming both fingerprints."""
@@ -126,3 +139,25 @@ class TrustOnFirstUse:
             f"If the server was really given a new certificate, remove {netloc} from {self.known_hosts.path} "
             "or pass --trust with the new fingerprint"
         )
+
+
+class PresentingCreator(FingerprintCreator):
+    """A FingerprintCreator whose connections also show a client certificate.
+
+    pyOpenSSL allows no change to a context once a connection uses it, so the certificate goes into a context
+    of its own here rather than onto the one FingerprintCreator makes.
+    """
+
+    def __init__(self, check, hostname: str, certificate: ClientCertificate):
+        super().__init__(check, hostname)
+        self.certificate = certificate
+
+    def clientConnectionForTLS(self, protocol):
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.set_verify(SSL.VERIFY_PEER, self._verify)
+        self.certificate.present(context)
+        connection = SSL.Connection(context, None)
+        connection.set_app_data(protocol)
+        if self.hostname and not _is_address(self.hostname):
+            connection.set_tlsext_host_name(self.hostname.encode("idna"))
+        return connection

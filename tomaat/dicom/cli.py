@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from ..client.cli import Progress, fail, pairs, say, trust_options
+from ..client.cli import Progress, credential_options, fail, pairs, say, trust_options
 from ..client.errors import ClientError
 
 
@@ -68,6 +68,7 @@ def dicomweb():
     help="Seconds the whole command may take: every PACS exchange and the prediction (exit status 1 past it).",
 )
 @trust_options
+@credential_options(prefix="server-")
 def predict(
     server_url,
     dicomweb_url,
@@ -83,11 +84,13 @@ def predict(
     timeout,
     fingerprint,
     insecure,
+    credentials,
 ):
     """Predict on a series from the PACS and store each label volume back in its study as a DICOM SEG."""
     from ..client.blocking import Client
     from . import loop
-    from .web import Deadline, Pacs, credentials
+    from .web import Deadline, Pacs
+    from .web import credentials as pacs_credentials  # `credentials` are the prediction server's
 
     if token and (user or password):
         raise click.UsageError("give --user/--password or --token, not both")
@@ -97,10 +100,10 @@ def predict(
     progress = _LoopProgress()
     deadline = Deadline(timeout)  # from here: the PACS's exchanges and the prediction server's share it
     try:
-        pacs = Pacs(dicomweb_url, credentials(user, password, token), deadline)
+        pacs = Pacs(dicomweb_url, pacs_credentials(user, password, token), deadline)
         # The volume is sent once, so it is not kept on the server for reuse (reuse=False); the timeouts are
         # what is left of the deadline, set again before each call (loop._served).
-        options = {"fingerprint": fingerprint, "insecure": insecure, "reuse": False}
+        options = {"fingerprint": fingerprint, "insecure": insecure, "reuse": False, **credentials}
         client = Client(server_url, timeout=min(30.0, timeout), result_timeout=timeout, **options)
         try:
             stored = loop.run(

@@ -27,14 +27,25 @@ def log_to_stdlib() -> None:
 
 
 def server_endpoint(reactor, config: ListenConfig):
-    """The endpoint a service listens on, and its certificate's fingerprint (None for plain HTTP)."""
+    """The endpoint a service listens on, and its certificate's fingerprint (None for plain HTTP).
+
+    An IPv6 listen_address gets an IPv6 socket. With `client_ca` (a PEM file of CAs) TLS asks clients for a
+    certificate those CAs signed; one without a certificate still connects (see tls.pem_options).
+    """
+    import ipaddress
+
     from twisted.internet import endpoints
 
     from . import tls
 
     port, interface = config.port, config.listen_address
+    try:
+        six = ipaddress.ip_address(interface).version == 6
+    except ValueError:
+        six = False
     if not config.tls:
-        return endpoints.TCP4ServerEndpoint(reactor, port, interface=interface), None
+        tcp = endpoints.TCP6ServerEndpoint if six else endpoints.TCP4ServerEndpoint
+        return tcp(reactor, port, interface=interface), None
     cert, key = config.cert, config.key
     if not (cert and key) and port:
         cert, key = tls.ensure_certificate(config.state_dir, port=port)  # one per port, kept
@@ -43,7 +54,10 @@ def server_endpoint(reactor, config: ListenConfig):
             cert_pem, key_pem = cert_file.read(), key_file.read()
     else:
         cert_pem, key_pem = tls.self_signed()  # a port chosen at random: nothing to keep it for
-    endpoint = endpoints.SSL4ServerEndpoint(reactor, port, tls.pem_options(cert_pem, key_pem), interface=interface)
+    client_ca = getattr(config, "client_ca", "") or ""
+    options = tls.pem_options(cert_pem, key_pem, tls.read_client_ca(client_ca) if client_ca else None)
+    # Twisted's listenSSL opens an IPv6 socket for an IPv6 interface by itself
+    endpoint = endpoints.SSL4ServerEndpoint(reactor, port, options, interface=interface)
     return endpoint, tls.fingerprint(cert_pem)
 
 
@@ -51,7 +65,9 @@ def local_url(config: ListenConfig, port) -> str:
     """How a process on this machine reaches a listening service (tests, logs, the demo)."""
     scheme = "https" if config.tls else "http"
     interface = config.listen_address
-    host = "127.0.0.1" if interface in ("0.0.0.0", "") else interface
+    host = "127.0.0.1" if interface in ("0.0.0.0", "") else "[::1]" if interface == "::" else interface
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address in a URL
     return f"{scheme}://{host}:{port.getHost().port}"
 
 

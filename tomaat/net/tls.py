@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+PEM = serialization.Encoding.PEM
+
 CERT_NAME = "tls-cert.pem"
 KEY_NAME = "tls-key.pem"
 
@@ -89,20 +91,69 @@ def ensure_certificate(folder: str, hostname: str = "localhost", port: int | Non
     return cert_path, key_path
 
 
-def pem_options(cert_pem: bytes, key_pem: bytes):
-    """Twisted TLS options serving the given PEM certificate and key."""
+def pem_options(cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes | None = None):
+    """Twisted TLS options serving the given PEM certificate and key.
+
+    With `client_ca_pem` (one or more CA certificates) a client is asked for a certificate, and one these CAs
+    did not sign fails the handshake; a client without one still connects (a token user), and the access gate
+    decides what it may do.
+    """
     from twisted.internet import ssl
 
     # cryptography objects: pyOpenSSL deprecates its own X509/PKey types here
     certificate = x509.load_pem_x509_certificate(cert_pem)
     private_key = serialization.load_pem_private_key(key_pem, password=None)
-    # Twisted annotates pyOpenSSL's PKey/X509 only; the pyOpenSSL Context it hands them to takes these too
-    return ssl.CertificateOptions(privateKey=private_key, certificate=certificate)  # type: ignore[arg-type]
+    if client_ca_pem is None:
+        # Twisted annotates pyOpenSSL's PKey/X509 only; the pyOpenSSL Context it hands them to takes these too
+        return ssl.CertificateOptions(privateKey=private_key, certificate=certificate)  # type: ignore[arg-type]
+    from OpenSSL import crypto
+
+    authorities = client_authorities(client_ca_pem)
+    # verify and caCerts, not trustRoot: Twisted ties trustRoot to requiring a certificate
+    options = ssl.CertificateOptions(
+        privateKey=private_key,  # type: ignore[arg-type]
+        certificate=certificate,  # type: ignore[arg-type]
+        verify=True,
+        caCerts=[crypto.X509.from_cryptography(ca) for ca in authorities],
+        requireCertificate=False,  # VERIFY_PEER without FAIL_IF_NO_PEER_CERT
+    )
+    # the CA names a client is told, so one with several certificates (a browser) offers the right one
+    context = options.getContext()
+    for authority in authorities:
+        context.add_client_ca(authority)
+    return options
 
 
-def server_options(cert_path: str, key_path: str):
+def client_authorities(pem: bytes) -> list[x509.Certificate]:
+    """The CA certificates of a client_ca file; ValueError naming what is wrong."""
+    try:
+        authorities = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        authorities = []
+    if not authorities:
+        raise ValueError(
+            "holds no PEM certificate; expected the PEM certificates of the CAs that sign client certificates"
+        )
+    return authorities
+
+
+def server_options(cert_path: str, key_path: str, client_ca: str | None = None):
     with open(cert_path, "rb") as cert, open(key_path, "rb") as key:
-        return pem_options(cert.read(), key.read())
+        cert_pem, key_pem = cert.read(), key.read()
+    return pem_options(cert_pem, key_pem, read_client_ca(client_ca) if client_ca else None)
+
+
+def read_client_ca(path: str) -> bytes:
+    """The PEM of a client_ca file, checked to hold certificates; ValueError in one line naming the file."""
+    try:
+        with open(path, "rb") as handle:
+            pem = handle.read()
+        client_authorities(pem)
+    except OSError as error:
+        raise ValueError(f"client_ca {path}: cannot be read ({error.strerror or error})") from None
+    except ValueError as error:
+        raise ValueError(f"client_ca {path}: {error}") from None
+    return pem
 
 
 def file_fingerprint(cert_path: str) -> str:
