@@ -95,7 +95,7 @@ async def test_metadata_routes_and_cors(serve):
     ):
         assert response.headers["Access-Control-Allow-Origin"] == "*"
         assert "Access-Control-Allow-Methods" in response.headers
-        assert response.headers["Access-Control-Allow-Headers"] == "*"
+        assert response.headers["Access-Control-Allow-Headers"] == "*, Authorization"
         assert "Access-Control-Max-Age" in response.headers
     missing = await call("GET", service.url + "/nowhere")
     assert missing.status_code == 404 and missing.json()[0]["label"] == "Error!"

@@ -126,4 +126,8 @@ def test_control_characters_and_overlong_labels_are_refused_and_plain_text_label
 def test_the_start_up_advice_leads_operators_to_set_ups_slicer_can_use():
     plain = TomaatService(app=SeedsApp(), tls=False)
     assert any("does not connect to plain-HTTP prediction servers" in line for line in plain.advice())
-    assert TomaatService(app=SeedsApp()).advice() == []  # HTTPS, the default
+    assert TomaatService(app=SeedsApp(), listen_address="127.0.0.1").advice() == []  # HTTPS, the default
+    # beyond loopback with no access rule, the operator is told that anyone reaching the port may use it
+    [open_warning] = TomaatService(app=SeedsApp()).advice()
+    assert "anyone who can reach this port" in open_warning
+    assert TomaatService(app=SeedsApp(), allow_from="10.0.0.0/8").advice() == []

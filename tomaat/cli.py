@@ -28,6 +28,9 @@ SETTINGS = (
     "max_decoded_total", "max_points", "max_transform_parameters", "decoders", "max_connections",
     "max_connections_per_address", "max_fields", "max_queue", "max_pending_bytes", "app_timeout", "idle_timeout",
     "receive_timeout", "shutdown_grace",
+    # who may use the service (docs/security.md)
+    "client_ca", "client_cert_scopes", "oidc_issuer", "oidc_audience", "oidc_jwks_url", "oidc_ca", "oidc_roles_claim",
+    "allow_from", "network_scopes", "max_per_identity", "audit_log", "audit_fsync", "audit_rotate_bytes",
 )  # fmt: skip
 
 
@@ -62,6 +65,10 @@ def setting_options(config, names):
     "--delayed", is_flag=True, help="Answer every prediction with a DelayedResponse (collect via /responses)."
 )
 @click.option("--announce", "registry", metavar="REGISTRY_URL", help="Announce this service to a registry.")
+@click.option("--closed-info", is_flag=True, help="/info and /interface need an identity too (default: open).")
+@click.option(
+    "--audit-optional", is_flag=True, help="Serve requests even when the audit log cannot be written (default: 503)."
+)
 @click.option(
     "--api-key-file", type=click.File("r"), help="File holding the registry API key (needed with --announce)."
 )
@@ -76,7 +83,7 @@ def setting_options(config, names):
 @click.option("--gpus-per-replica", type=float, default=None, help="GPUs each replica holds with --ray (default 0).")
 @click.option("--ray-node-ip", default=None, help="A local Ray instance's address (default 127.0.0.2).")
 @click.option("--ray-cpus", type=int, default=None, help="CPUs a local Ray instance may use (default: all).")
-def serve(target, no_tls, cert, key, state_dir, delayed, registry, api_key_file, **given):
+def serve(target, no_tls, cert, key, state_dir, delayed, registry, closed_info, audit_optional, api_key_file, **given):
     """Serve the app defined in FILE_OR_MODULE (a TomaatApp, a subclass, or a TomaatService)."""
     if bool(cert) != bool(key):
         raise click.UsageError("--cert and --key go together")
@@ -92,6 +99,10 @@ def serve(target, no_tls, cert, key, state_dir, delayed, registry, api_key_file,
         options["tls"] = False
     if delayed:
         options["delayed_responses"] = True
+    if closed_info:
+        options["open_info"] = False
+    if audit_optional:
+        options["audit_required"] = False
     ray = {name: given.pop(name) for name in RAY_OPTIONS}
     service = _service(target, options)
     if ray["ray_address"] is not None:
@@ -166,3 +177,10 @@ for _command in _CLIENT_COMMANDS:
 from .dicom.cli import dicomweb as _dicomweb  # noqa: E402
 
 main.add_command(_dicomweb)
+
+# ---- access (tomaat/access): tokens a server accepts, the audit log's check ---------------------------
+from .access.audit_cli import audit as _audit  # noqa: E402
+from .access.tokens_cli import tokens as _tokens  # noqa: E402
+
+main.add_command(_tokens)
+main.add_command(_audit)

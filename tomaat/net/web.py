@@ -22,7 +22,7 @@ from .body import BodyBuffer, Budget, OverBudget
 CORS_HEADERS = {
     b"Access-Control-Allow-Origin": b"*",
     b"Access-Control-Allow-Methods": b"GET, POST, OPTIONS",
-    b"Access-Control-Allow-Headers": b"*",
+    b"Access-Control-Allow-Headers": b"*, Authorization",  # the wildcard never covers Authorization (Fetch)
     b"Access-Control-Max-Age": b"86400",
 }
 
@@ -61,6 +61,8 @@ class TimedRequest(server.Request):
         if length is not None and length > self.channel.site.max_body_bytes:
             super().gotLength(0)
             self._refuse_too_large()
+        elif self._refused_early():
+            super().gotLength(0)
         else:  # charged to the budget by the bytes that arrive, chunked bodies too
             self.content = BodyBuffer(length, self.channel.site.budget)
 
@@ -81,10 +83,24 @@ class TimedRequest(server.Request):
             self.content = io.BytesIO()
             self._dropping = True
 
+    def _refused_early(self) -> bool:
+        """A request refused on its headers (the site's early_refusal: no identity for the route) before its
+        body is received: an anonymous client cannot make the server take in gigabytes to answer 401."""
+        early = self.channel.site.early_refusal
+        method, path = getattr(self.channel, "_command", None), getattr(self.channel, "_path", None)
+        if early is None or method is None or path is None:
+            return False
+        refusal = early(self, method, path)
+        if refusal is None:
+            return False
+        status = b"%d %s" % (refusal.status, http.RESPONSES.get(refusal.status, b"Refused"))
+        self._refuse(status, self.channel.site.refusal(refusal.message), headers=refusal.headers)
+        return True
+
     def _refuse_too_large(self):
         self._refuse(b"413 Request Entity Too Large", self.channel.site.too_large(self.channel.site.max_body_bytes))
 
-    def _refuse(self, status: bytes, answer, retry_after: int | None = None):
+    def _refuse(self, status: bytes, answer, retry_after: int | None = None, headers: dict | None = None):
         """Answer before the request is complete, which Twisted's Request cannot do, and hang up."""
         self._refused = True
         self.channel.request_arrived()
@@ -92,7 +108,7 @@ class TimedRequest(server.Request):
         head = [b"HTTP/1.1 " + status, b"Content-Type: application/json", b"Connection: close"]
         if retry_after is not None:
             head.append(b"Retry-After: %d" % retry_after)
-        head += [name + b": " + value for name, value in CORS_HEADERS.items()]
+        head += [name + b": " + value for name, value in {**CORS_HEADERS, **(headers or {})}.items()]
         head.append(b"Content-Length: %d" % len(body))
         self.channel.write(b"\r\n".join(head) + b"\r\n\r\n" + body.encode("utf-8"))
         self.channel.loseConnection()
@@ -227,6 +243,7 @@ class QuietSite(server.Site):
         connections: Connections | None = None,
         too_large=None,
         refusal=None,
+        early_refusal=None,
     ):
         super().__init__(CorsResource(klein_resource), timeout=idle_timeout or None)
         self.max_body_bytes = max_body_bytes
@@ -235,6 +252,7 @@ class QuietSite(server.Site):
         self.connections = connections if connections is not None else Connections()
         self.too_large = too_large or _too_large
         self.refusal = refusal or error_items
+        self.early_refusal = early_refusal  # (request, method, path) -> access.identity.Refused | None
 
     def log(self, request):
         pass

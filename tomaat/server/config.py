@@ -11,6 +11,8 @@ import dataclasses
 import os
 from typing import ClassVar
 
+from ..access.identity import SCOPES
+from ..access.network import NetworkError, parse_networks
 from ..config import ConfigError, ListenConfig, setting
 from ..files import confined
 from ..files.limits import DEFAULT_MAX_VOXELS
@@ -70,6 +72,27 @@ class ServiceConfig(ListenConfig):
     )
     app_timeout: float = setting(600.0, "Seconds from the app's first step to its answer, then 504", low=0, off="none")
     shutdown_grace: float = setting(30.0, "Seconds SIGTERM waits for requests in progress", low=0)
+    # Who may use the service (docs/security.md): none of these, and no token in state_dir, leaves it open.
+    client_ca: str = setting("", "PEM file of the CAs whose client certificates identify clients (mutual TLS)")
+    client_cert_scopes: str = setting("predict", "Scopes a verified client certificate grants, comma-separated")
+    oidc_issuer: str = setting("", "OIDC issuer whose access tokens identify clients (e.g. a Keycloak realm's URL)")
+    oidc_audience: str = setting("", "The audience (aud) OIDC access tokens must be issued for")
+    oidc_jwks_url: str = setting("", "Where the issuer's signing keys are", shown="the issuer's discovery")
+    oidc_ca: str = setting("", "PEM file of the CA that signed the issuer's certificate", shown="the system's CAs")
+    oidc_roles_claim: str = setting(
+        "realm_access.roles", "Dotted path of the roles in an OIDC token; a role named like a scope grants it"
+    )
+    allow_from: str = setting("", "Client networks identified by address alone (CIDR, comma-separated)")
+    network_scopes: str = setting("predict", "Scopes a client in allow_from gets, comma-separated")
+    open_info: bool = True  # /interface, /info and the page answer anyone; /health always does
+    max_per_identity: int | None = setting(
+        None, "Requests one identity may have in flight and queued, then 429", off="no cap",
+        shown="one fewer than the worker threads when access rules are set, else no cap",
+    )  # fmt: skip
+    audit_log: str = setting("", "File the audit log is appended to (rotated beside it)", shown="no audit log")
+    audit_fsync: str = setting("always", "When audit records reach the disk: always, interval (each second) or never")
+    audit_rotate_bytes: int = setting(64 * 1024**2, "Size at which the audit log is rotated", low=1024)
+    audit_required: bool = True  # a request that cannot be recorded is refused with 503
 
     ALIASES: ClassVar[dict[str, str]] = {"host": "public_url", "interface": "listen_address"}
     PASSED_THROUGH: ClassVar[frozenset[str]] = frozenset(DESCRIPTION + MODEL_METADATA)
@@ -83,6 +106,9 @@ class ServiceConfig(ListenConfig):
                 raise ConfigError("'announce' needs the registry's URL (e.g. https://registry:8001), not True")
             if source.get("announce") is False:  # upstream's way of saying "not announced"
                 source["announce"] = ""
+            for key in ("allow_from", "client_cert_scopes", "network_scopes"):  # a JSON list, as comma-separated text
+                if isinstance(source.get(key), (list, tuple)):
+                    source[key] = ",".join(str(item) for item in source[key])
             cleaned.append(source)
         return super().build(*cleaned)
 
@@ -90,6 +116,24 @@ class ServiceConfig(ListenConfig):
         super().check()
         if self.announce and not self.api_key.strip():
             raise ConfigError("announcing needs an api_key from the registry's operator")
+        if self.max_per_identity is not None and self.max_per_identity < 0:
+            raise ConfigError(f"setting 'max_per_identity' is {self.max_per_identity}; expected at least 0")
+        if self.audit_fsync not in ("always", "interval", "never"):
+            raise ConfigError(f"setting 'audit_fsync' is {self.audit_fsync!r}; expected always, interval or never")
+        for key in ("client_cert_scopes", "network_scopes"):
+            unknown = sorted(set(scope_list(getattr(self, key))) - set(SCOPES))
+            if unknown:
+                raise ConfigError(
+                    f"setting {key!r} names {', '.join(unknown)}; expected scopes among {', '.join(SCOPES)}"
+                )
+        if bool(self.oidc_issuer) != bool(self.oidc_audience):
+            raise ConfigError("'oidc_issuer' and 'oidc_audience' go together: tokens are checked for both")
+        if self.client_ca and not self.tls:
+            raise ConfigError("'client_ca' needs TLS: client certificates are presented in the TLS handshake")
+        try:
+            parse_networks([self.allow_from])
+        except NetworkError as error:
+            raise ConfigError(str(error)) from None
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ConfigError(f"'public_url' (upstream's 'host') is {self.public_url!r}; expected an http(s) URL")
 
@@ -98,6 +142,10 @@ class ServiceConfig(ListenConfig):
         """The largest body accepted: a body larger than the pending budget could never be taken in."""
         limit, pending = self.max_body_bytes, self.max_pending_bytes
         return min(limit, pending) if pending else limit
+
+
+def scope_list(text: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in text.split(",") if part.strip())
 
 
 def described(app, *sources) -> dict:

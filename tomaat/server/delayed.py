@@ -6,6 +6,7 @@ unguessable: a result is as private as the request that produced it.
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ class _Entry:
     outcome: Outcome | None = None  # None while the work runs
     timer: DelayedCall | None = None
     size: int = 0
+    owner: str = ""  # the identity that asked (tomaat/access): another one is told the id is unknown
 
 
 def _size(outcome: Outcome) -> int:
@@ -49,11 +51,11 @@ class DelayedResults:
         """No room for one more result: the caller answers 503 before starting the work."""
         return bool(self.max_count) and len(self._entries) >= self.max_count
 
-    def track(self, deferred) -> str:
+    def track(self, deferred, owner: str = "", request_id: str = "") -> str:
         """Start keeping what deferred fires with: an Outcome (worker.py), rendered when collected, as the
         collecting request asks (JSON or binary)."""
-        request_id = secrets.token_hex(16)
-        entry = self._entries[request_id] = _Entry()
+        request_id = request_id or secrets.token_hex(16)
+        entry = self._entries[request_id] = _Entry(owner=owner)
 
         def finished(outcome: Outcome):
             size = _size(outcome)
@@ -79,9 +81,12 @@ class DelayedResults:
         if entry is not None:
             self.held_bytes -= entry.size
 
-    def collect(self, request_id: str) -> Outcome | None:
-        """The outcome once done, None while running; KeyError for unknown, expired or collected ids."""
+    def collect(self, request_id: str, owner: str = "") -> Outcome | None:
+        """The outcome once done, None while running; KeyError for unknown, expired or collected ids, and for
+        another identity's, so that nobody learns that an id they were not given exists."""
         entry = self._entries[request_id]
+        if not hmac.compare_digest(entry.owner, owner):
+            raise KeyError(request_id)
         if entry.outcome is None:
             return None
         self._drop(request_id)

@@ -19,6 +19,7 @@ from ..protocol.inputs import decode_fields
 from ..protocol.outputs import output_item
 from .conventions import conventions_for
 from .form import read_fields
+from .gpu_lock import owned_by
 from .timings import Timings, Watch
 from .volume_store import take_fields
 
@@ -53,22 +54,36 @@ class Prediction:
         self.stored = stored  # the service's stored volumes (volume_store.py), which a volume field may name
         self.decoders = decoders  # the service's decoder processes (files/confined.py; None: the process's)
 
-    def run(self, body, content_type: str | None, timings: Timings, watch: Watch) -> list[dict]:
-        """The output items for a request body."""
+    def run(
+        self, body, content_type: str | None, timings: Timings, watch: Watch, owner: str = "", trail=None
+    ) -> list[dict]:
+        """The output items for a request body. `owner`: the identity whose stored volumes the request may name;
+        `trail`: the audit record's notes (audit_trail.py), when the service keeps an audit log."""
         allowance = Allowance(self.limits, self.decoded, self.decoders)
         try:
             with timings.stage("parse"):
                 fields = read_fields(body, content_type, self.max_fields)
-            return self.run_fields(fields, timings, watch, allowance)
+            if trail is not None:
+                trail.received(fields)
+            with owned_by(owner):  # the GPU lock's turns (gpu_lock.py)
+                items = self.run_fields(fields, timings, watch, allowance, owner, trail)
+            if trail is not None:
+                trail.answered(items)
+            return items
         finally:
             allowance.release()
 
-    def run_fields(self, fields: dict, timings: Timings, watch: Watch, allowance: Allowance) -> list[dict]:
+    def run_fields(
+        self, fields: dict, timings: Timings, watch: Watch, allowance: Allowance, owner: str = "", trail=None
+    ) -> list[dict]:
         """From the request's form fields on: what `tomaat check` runs without a server."""
         conventions = conventions_for(self.app, self.inputs, fields)
         with scratch_folder() if conventions.needs_files else contextlib.nullcontext() as folder:
             with timings.stage("decode"):
-                decoded = decode_fields(self.inputs, fields, allowance, take_fields(self.stored, self.inputs, fields))
+                given = take_fields(self.stored, self.inputs, fields, owner)
+                decoded = decode_fields(self.inputs, fields, allowance, given)
+                if trail is not None:
+                    trail.decoded(decoded)
                 data = conventions.to_app(self.inputs, decoded, fields, folder)
             del fields
             volumes = {e.destination: decoded[e.destination] for e in self.inputs if e.wire_type == "volume"}

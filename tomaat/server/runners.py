@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from typing import Protocol
 
 from ..errors import AppFailure, AppTimeout
 from .app import batch_settings
 from .batching import Batcher, Expired
+from .gpu_lock import FairLock
 
 log = logging.getLogger("tomaat.server")
 
-# One per process: every service in the process shares the accelerator.
-GPU_LOCK = threading.Lock()
+# One per process: every service in the process shares the accelerator, taken in turns by identity.
+GPU_LOCK = FairLock()
 
 
 class Runner(Protocol):

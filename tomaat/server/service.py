@@ -18,6 +18,11 @@ from twisted.internet import task
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from ..access.gate import Access
+from ..access.identity import PREDICT
+from ..access.network import parse_networks
+from ..access.shares import Shares
+from ..access.tokens import TokenStore
 from ..files import confined, scratch
 from ..files.limits import Limits
 from ..net import web
@@ -30,7 +35,8 @@ from ..protocol.registry import announcement_body
 from . import page
 from .announcer import Announcer
 from .app import UPSTREAM, TomaatApp, batch_settings
-from .config import DESCRIPTION, ServiceConfig, described
+from .audit_trail import Recorder
+from .config import DESCRIPTION, ServiceConfig, described, scope_list
 from .delayed import DelayedResults
 from .metrics import Metrics
 from .prediction import Prediction
@@ -43,6 +49,12 @@ log = logging.getLogger("tomaat.server")
 
 _LOADING: contextvars.ContextVar[list | None] = contextvars.ContextVar("tomaat_loading", default=None)
 PROTOCOL_VERSION = 2
+# The scope each body-taking route needs, for refusing before the body is read (the routes check it again).
+ROUTE_SCOPES = {
+    (b"POST", b"/predict"): "predict",
+    (b"POST", b"/volumes"): "predict",
+    (b"POST", b"/responses"): "predict",
+}
 
 
 class _DaemonThread(threading.Thread):
@@ -86,6 +98,7 @@ class TomaatService(Daemon):
         self.announcer = None
         self.fingerprint = None
         self.port = None
+        self.stopped = False
         self._build()
 
     def _build(self) -> None:
@@ -117,6 +130,51 @@ class TomaatService(Daemon):
         )  # fmt: skip
         self.metrics = Metrics(self.worker, self.budget, self.runner.batcher, volumes=self.volumes)
         self.worker.observers.append(self.metrics.observe)
+        self.access = self._access()
+        self.shares = Shares()
+        self.recorder: Recorder | None = None  # made when the service listens, if it keeps an audit log
+
+    def _access(self) -> Access:
+        """The access rules the settings and the state folder's tokens make (docs/security.md)."""
+        config = self.config
+        oidc = None
+        if config.oidc_issuer:
+            from ..access.oidc import OidcVerifier
+            from ..net.http_client import HttpClient
+            from ..net.trust import trust_certificate
+
+            http = HttpClient(self.reactor, tls=trust_certificate(config.oidc_ca)) if config.oidc_ca else None
+            oidc = OidcVerifier(
+                self.reactor,
+                issuer=config.oidc_issuer,
+                audience=config.oidc_audience,
+                jwks_url=config.oidc_jwks_url,
+                roles_claim=config.oidc_roles_claim,
+                http=http,
+            )
+        return Access(
+            tokens=TokenStore(config.state_dir),
+            oidc=oidc,
+            certificates=bool(config.client_ca),
+            certificate_scopes=scope_list(config.client_cert_scopes),
+            networks=parse_networks([config.allow_from]),
+            network_scopes=scope_list(config.network_scopes),
+        )
+
+    def scope_of(self, scope: str) -> str | None:
+        """The scope a route needs now, None when it is open: /info's follow open_info, the others the rules."""
+        if scope == "info":
+            scope = PREDICT if not self.config.open_info else ""
+        return scope if scope and scope in self.access.required() else None
+
+    def share_cap(self) -> int:
+        """Requests one identity may have in flight and queued (max_per_identity). By default, once identities are
+        checked, one fewer than the worker threads, so that no identity holds them all and another's request
+        starts at once; none on an open server, where everyone is one identity."""
+        cap = self.config.max_per_identity
+        if cap is None:
+            return max(1, self.config.threads - 1) if self.access.required() else 0
+        return cap
 
     def configure(self, **changes) -> None:
         """New settings over the current ones (what `tomaat serve`'s options do to a service a file built)."""
@@ -167,6 +225,9 @@ class TomaatService(Daemon):
             volume_store=self.volumes.describe(),
             binary_answers=True,
         )
+        access = self.access.describe()
+        if access["methods"]:  # an open server's /info is as it was
+            info["access"] = access
         return info
 
     def health(self) -> dict:
@@ -193,7 +254,7 @@ class TomaatService(Daemon):
         config, public = self.config, self.public_url
         if not config.public_url:
             log.info("announcing as %s (set the public URL to change it)", public)
-        payload = announcement_body(public, self.description, self.model_metadata())
+        payload = announcement_body(public, self.description, self.model_metadata(), self.access.methods() or None)
         pin = config.registry_fingerprint
         self.announcer = Announcer(
             self.reactor,
@@ -223,6 +284,7 @@ class TomaatService(Daemon):
         self.pool.start()
         try:
             await self._setup_app()
+            await self._start_access()
         except Exception:
             self.pool.stop()
             raise
@@ -233,6 +295,7 @@ class TomaatService(Daemon):
             idle_timeout=config.idle_timeout,
             budget=self.budget,
             connections=web.Connections(config.max_connections, config.max_connections_per_address),
+            early_refusal=self._early_refusal,
         )
         try:
             self.port = await endpoint.listen(site)
@@ -257,6 +320,43 @@ class TomaatService(Daemon):
         self.runner = runner
         self._build()
 
+    async def _start_access(self) -> None:
+        """The issuer's keys fetched and the audit log opened before the port opens."""
+        if self.access.oidc is not None:
+            await self.access.oidc.start()
+        if self.config.audit_log:
+            from ..access.audit import AuditLog
+
+            audit_log = AuditLog(
+                self.config.audit_log, fsync=self.config.audit_fsync, rotate_bytes=self.config.audit_rotate_bytes
+            )
+            audit_log.open()
+            service = {
+                "name": str(self.description.get("name", "")),
+                "version": str(self.description.get("version", "")),
+            }
+            self.recorder = Recorder(audit_log, self.config.audit_required, self.reactor, self.pool, service)
+            seq, head = audit_log.head
+            log.info("audit log %s: record %d, chain head %s", self.config.audit_log, seq, head)
+
+    def _early_refusal(self, request, method: bytes, path: bytes):
+        """Before a body is read (net/web.py): a request its route's scope refuses at once, or None."""
+        scope = ROUTE_SCOPES.get((method, path.split(b"?", 1)[0].rstrip(b"/")))
+        if scope is None and method == b"DELETE" and path.startswith(b"/volumes/"):
+            scope = "predict"
+        if scope is None:
+            return None
+        scope = self.scope_of(scope)
+        refusal = self.access.early(request, scope) if scope is not None else None
+        if refusal is not None:
+            route = f"{method.decode('latin-1')} {path.decode('latin-1')[:100]}"
+            log.info("%s %d (before its body): %s", route, refusal.status, refusal.message)
+            if self.recorder is not None:
+                address = getattr(request.getClientAddress(), "host", "")
+                record = {"identity": None, "method": None, "address": address, "route": route}
+                self.recorder.record({**record, "status": refusal.status})
+        return refusal
+
     async def _setup_app(self) -> None:
         """The app's setup() once (or the replicas' start), before the port opens, on a worker thread."""
         device = self.config.device
@@ -268,6 +368,9 @@ class TomaatService(Daemon):
         _reclaim_sigterm()
 
     async def stop(self):
+        if self.stopped:  # a test, then its fixture; a signal, then the reactor's shutdown
+            return
+        self.stopped = True
         if self.announcer is not None:
             await self.announcer.stop()  # withdraw while still serving, never raises
             self.announcer = None
@@ -285,6 +388,15 @@ class TomaatService(Daemon):
         self.volumes.clear()
         self.decoders.close()
         self.runner.close()
+        if self.access.oidc is not None:
+            await self.access.oidc.stop()
+            if self.access.oidc.http is not None and not self.access.oidc.owns_http:
+                await self.access.oidc.http.close()
+        if self.recorder is not None:
+            seq, head = self.recorder.log.head
+            log.info("audit log closed at record %d, chain head %s", seq, head)
+            self.recorder.log.close()
+            self.recorder = None
 
     async def _drain(self, grace: float) -> bool:
         """Wait until every accepted request is answered and written, or grace runs out; whether it was."""
@@ -298,6 +410,11 @@ class TomaatService(Daemon):
 
     def advice(self) -> list[str]:
         lines = []
+        if not self.access.required() and self.config.listen_address not in ("127.0.0.1", "::1", "localhost"):
+            lines.append(
+                "anyone who can reach this port may use this service: no access rule is set (tokens, OIDC, client "
+                "certificates or allow_from; docs/security.md)"
+            )
         if not self.config.tls:
             lines.append(
                 "TOMAAT-Slicer does not connect to plain-HTTP prediction servers: serve HTTPS (the default) for Slicer"

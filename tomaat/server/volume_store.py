@@ -24,6 +24,7 @@ run on the reactor. Ids are logged by their first 8 characters only.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import secrets
 import threading
@@ -61,6 +62,7 @@ class _Stored:
     size: int
     last_used: float
     timer: DelayedCall | None = None
+    owner: str = ""  # the identity that stored it (tomaat/access): to another one it does not exist
 
 
 class _Reservation:
@@ -172,10 +174,12 @@ class StoredVolumes:
             self._reserved_bytes -= size
             self._reserved_count -= int(slot)
 
-    def receive(self, body, content_type: str | None, timings, watch=None) -> Upload:
+    def receive(self, body, content_type: str | None, timings, watch=None, trail=None) -> Upload:
         """POST /volumes on a worker thread: the one `volume` part, decoded and checked as /predict does."""
         with timings.stage("parse"):
             fields = read_fields(body, content_type, self.max_fields)
+        if trail is not None:
+            trail.received(fields)
         raw = fields.get(FIELD)
         if raw is None:
             raise RequestError(f"missing field {FIELD!r}; {GIVEN}")
@@ -185,6 +189,8 @@ class StoredVolumes:
         try:
             with timings.stage("decode"):
                 image = input_codec(UPLOAD).read(UPLOAD, raw, UPLOAD.where(), allowance)
+            if trail is not None:
+                trail.decoded({FIELD: image})
         except BaseException:
             allowance.reservation.release()
             raise
@@ -192,7 +198,7 @@ class StoredVolumes:
 
     # ---- the reactor ---------------------------------------------------------------------------
 
-    def put(self, upload: Upload) -> tuple[str, int]:
+    def put(self, upload: Upload, owner: str = "") -> tuple[str, int]:
         """Keep a decoded upload; (its id, its decoded bytes). On the reactor."""
         reservation = upload.reservation
         if self._closed:
@@ -207,7 +213,7 @@ class StoredVolumes:
             self._reserved_count -= int(reservation.slot)
             reservation.slot, reservation.size = False, 0
             self.held_bytes += size
-            entry = self._entries[volume_id] = _Stored(upload.image, size, self.clock.seconds())
+            entry = self._entries[volume_id] = _Stored(upload.image, size, self.clock.seconds(), owner=owner)
         reservation.allowance.used = 0  # the decoded budget's charge is the store's now, given back on drop
         entry.timer = self.clock.callLater(self.ttl, self._expire, volume_id)
         log.info("stored volume %s (%d bytes); %d held, %d bytes", short(volume_id), size, len(self), self.held_bytes)
@@ -233,10 +239,15 @@ class StoredVolumes:
             self.shared.give(entry.size)
         return entry
 
-    def delete(self, volume_id: str) -> bool:
+    def _owned(self, volume_id: str, owner: str) -> _Stored | None:
+        """Under the lock: the entry, if `owner` stored it; another identity's volume is as unknown as a wrong id."""
+        entry = self._entries.get(volume_id)
+        return entry if entry is not None and hmac.compare_digest(entry.owner, owner) else None
+
+    def delete(self, volume_id: str, owner: str = "") -> bool:
         """DELETE /volumes/<id>: whether it was held. On the reactor."""
         with self._lock:
-            if volume_id not in self._entries:
+            if self._owned(volume_id, owner) is None:
                 return False
             entry = self._drop(volume_id)
         if entry.timer is not None and entry.timer.active():
@@ -257,12 +268,12 @@ class StoredVolumes:
 
     # ---- predictions, on worker threads --------------------------------------------------------
 
-    def take(self, volume_id: str, where: str):
+    def take(self, volume_id: str, where: str, owner: str = ""):
         """A copy-on-write copy of a stored volume for one prediction, restarting its time to live."""
         import SimpleITK as sitk
 
         with self._lock:
-            entry = self._entries.get(volume_id)
+            entry = self._owned(volume_id, owner)
             if entry is None:
                 raise RequestError(f"{where}: {stored_volumes.unknown(volume_id)}", 404)
             entry.last_used = self.clock.seconds()
@@ -275,7 +286,7 @@ def _number(value: float):
     return int(value) if float(value).is_integer() else value
 
 
-def take_fields(store: StoredVolumes | None, inputs, fields: dict) -> dict:
+def take_fields(store: StoredVolumes | None, inputs, fields: dict, owner: str = "") -> dict:
     """{destination: image} for the volume fields whose value is `volume_id:<id>`; 400 for a malformed id,
     404 for one the store does not hold, or when the server keeps no volumes."""
     taken = {}
@@ -293,5 +304,5 @@ def take_fields(store: StoredVolumes | None, inputs, fields: dict) -> dict:
                 f"{where}: {stored_volumes.unknown(volume_id)} (this server keeps no volumes: its volume_ttl is 0)",
                 404,
             )
-        taken[element.destination] = store.take(volume_id, where)
+        taken[element.destination] = store.take(volume_id, where, owner)
     return taken
