@@ -3,7 +3,8 @@
 // (textContent), never as HTML; nothing is fetched from another origin. Where the server keeps volumes
 // (/info's volume_store), the scan is uploaded once (POST /volumes) and named by its id from then on, so a
 // run with only a parameter changed sends a few hundred bytes; to a far server a .nii or an uncompressed
-// .mha is compressed in the browser first (CompressionStream), as the Python client does.
+// .mha is compressed in the browser first (CompressionStream), as the Python client does. Where the service
+// guards predictions (/info's access), the page asks for an access token first and sends it with every request.
 import { NVImage, NVMesh, Niivue } from "./niivue.js";
 
 const base = new URL("..", window.location.href); // the service's root: /app/ is one level below it
@@ -36,6 +37,109 @@ function setStatus(text, isError = false) {
   const status = $("status");
   status.textContent = isError ? `error: ${text}` : text;
   status.classList.toggle("error", isError);
+}
+
+// ---- signing in: an access token, for this tab only -----------------------------------------------------
+
+// The token lives in sessionStorage: it goes with the tab (not to other tabs, not to the disk after the browser
+// closes, as localStorage would), and only ever in the Authorization header, never in a URL, where proxies,
+// logs and the history would keep it. It is never written to the console or into the page.
+const TOKEN_KEY = "tomaat-access-token";
+const METHOD_WORDS = {
+  token: "an access token it issued",
+  oidc: "an access token from your identity provider",
+  certificate: "a client certificate",
+  network: "computers on the networks it trusts",
+};
+const signin = { waiting: null };
+
+function token() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY);
+  } catch {
+    return null; // storage turned off: no token, so the sign-in stays
+  }
+}
+
+function authorization() {
+  const held = token();
+  return held ? { Authorization: `Bearer ${held}` } : {};
+}
+
+// A refusal the page acts on: 401 asks for a token again; anything else is said on the status line.
+class Refusal extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function refuseOn(answer) {
+  const problem = serverMessage(answer.status, answer.text);
+  if (problem) throw new Refusal(answer.status, problem);
+}
+
+// Shows the sign-in (the stored token forgotten) and resolves once a token is given, or the user goes on
+// without one where the server also lets in certificates or networks (then the server decides).
+function askForToken(message = "", methods = null) {
+  try {
+    sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // nothing stored
+  }
+  if (methods) {
+    const words = methods.map((method) => METHOD_WORDS[method] || method);
+    $("signin-note").textContent = `This service lets in ${words.join(", or ")}.`;
+    $("anonymous").hidden = !methods.some((method) => method === "certificate" || method === "network");
+  }
+  $("signin-message").textContent = message;
+  $("signin-message").hidden = !message;
+  $("signed-in").hidden = true;
+  $("signin").hidden = false;
+  $("token").value = "";
+  $("token").focus();
+  return new Promise((resolve) => {
+    signin.waiting = resolve;
+  });
+}
+
+function signedIn() {
+  $("signin").hidden = true;
+  $("token").value = "";
+  $("signed-in").hidden = token() === null;
+  const resolve = signin.waiting;
+  signin.waiting = null;
+  if (resolve) resolve();
+}
+
+function setUpSignIn() {
+  $("signin").addEventListener("submit", (event) => {
+    event.preventDefault(); // the policy forbids form submissions anyway (form-action 'none')
+    const given = $("token").value.trim();
+    if (!/^[\x21-\x7e]+$/.test(given)) {
+      $("signin-message").textContent = "enter the access token: one line of letters, digits and punctuation";
+      $("signin-message").hidden = false;
+      return;
+    }
+    try {
+      sessionStorage.setItem(TOKEN_KEY, given);
+    } catch {
+      $("signin-message").textContent = "this browser keeps no session storage for this page; allow it to sign in";
+      $("signin-message").hidden = false;
+      return;
+    }
+    signedIn();
+  });
+  $("anonymous").addEventListener("click", signedIn);
+  $("signout").addEventListener("click", () => {
+    Object.keys(state.stored).forEach(forget); // with the token still there: they are ours to delete
+    try {
+      sessionStorage.removeItem(TOKEN_KEY);
+    } catch {
+      // nothing stored
+    }
+    window.location.reload(); // nothing of this sign-in stays in the page
+  });
 }
 
 // ---- the viewer: NiiVue on WebGL2, or a plain canvas slice where WebGL2 is missing ------------------------
@@ -420,6 +524,7 @@ function send(path, body, started, what = "uploading") {
     const progress = $("progress");
     let timer = null;
     request.open("POST", new URL(path, base));
+    for (const [name, value] of Object.entries(authorization())) request.setRequestHeader(name, value);
     request.responseType = "text";
     request.upload.addEventListener("progress", (event) => {
       if (!event.lengthComputable) return;
@@ -532,8 +637,7 @@ async function storedId(name, started) {
   body.append("volume", blob, filename);
   const answer = await send("volumes", body, started, "uploading the volume");
   if (answer.status === 507 || answer.status === 404) return null;
-  const problem = serverMessage(answer.status, answer.text);
-  if (problem) throw new Error(problem);
+  refuseOn(answer);
   const stored = JSON.parse(answer.text);
   state.stored[name] = { key: fileKey(file), id: String(stored.volume_id), ttl: Number(stored.expires_in) };
   keep(name, performance.now());
@@ -544,7 +648,7 @@ async function storedId(name, started) {
 function forget(name) {
   const held = state.stored[name];
   delete state.stored[name];
-  if (held) fetch(new URL(`volumes/${held.id}`, base), { method: "DELETE", keepalive: true }).catch(() => {});
+  if (held) fetch(new URL(`volumes/${held.id}`, base), { method: "DELETE", keepalive: true, headers: authorization() }).catch(() => {});
 }
 
 // The server's time to live restarts with each prediction that takes the volume; ours ends a little earlier.
@@ -567,10 +671,9 @@ async function collect(id, started) {
     await wait(pause);
     const body = new FormData();
     body.append("request_id", id);
-    const response = await fetch(new URL("responses", base), { method: "POST", body });
+    const response = await fetch(new URL("responses", base), { method: "POST", body, headers: authorization() });
     const answer = { status: response.status, text: await response.text() };
-    const problem = serverMessage(answer.status, answer.text);
-    if (problem) throw new Error(problem);
+    refuseOn(answer);
     const items = JSON.parse(answer.text);
     if (delayedId(items) === null) return items;
   }
@@ -690,8 +793,7 @@ async function run() {
   const started = performance.now();
   try {
     const answer = await predict(started);
-    const problem = serverMessage(answer.status, answer.text);
-    if (problem) throw new Error(problem);
+    refuseOn(answer);
     let items = JSON.parse(answer.text);
     const id = delayedId(items);
     if (id !== null) items = await collect(id, started);
@@ -699,11 +801,55 @@ async function run() {
     setStatus(`${items.length} output(s) shown in ${((performance.now() - started) / 1000).toFixed(2)} s: done`);
     mark("done");
   } catch (error) {
-    console.error(error);
+    console.error(error.message || String(error)); // the server's words or ours: never a header or the token
     setStatus(error.message || String(error), true);
+    if (error.status === 401) signInAgain(error.message);
   } finally {
     $("progress").hidden = true;
-    button.disabled = false;
+    button.disabled = signin.waiting !== null;
+  }
+}
+
+// A 401 after signing in (the token revoked, expired or mistyped): the scan and settings stay; Run waits for a
+// token again.
+function signInAgain(message) {
+  askForToken(message).then(() => {
+    $("run").disabled = false;
+    setStatus("signed in: Run again");
+  });
+}
+
+// /info, with the token once one is needed: a closed /info answers 401, an open one says what is guarded.
+async function loadInfo() {
+  let asked = false; // once the user went on without a token, the server decides (a certificate, a network)
+  for (;;) {
+    const response = await fetch(new URL("info", base), { headers: authorization() });
+    if (response.status === 401) {
+      const message = serverMessage(401, await response.text());
+      setStatus("sign in to use this service");
+      if (token() === null) {
+        $("signin-note").textContent = message; // "this service needs an identity: token ...": the methods
+        await askForToken();
+      } else {
+        await askForToken(message); // the stored token was refused: revoked, expired or mistyped
+      }
+      asked = true;
+      continue;
+    }
+    if (!response.ok) {
+      $("signed-in").hidden = token() === null; // a token without the scope (403): another one is a sign-out away
+      throw new Error(serverMessage(response.status, await response.text()));
+    }
+    const info = await response.json();
+    const access = { methods: [], required: [], ...info.access };
+    if (!asked && token() === null && access.required.includes("predict")) {
+      setStatus("sign in to use this service");
+      await askForToken("", access.methods);
+      asked = true;
+      continue; // again, with the token: every request carries it
+    }
+    $("signed-in").hidden = token() === null;
+    return info;
   }
 }
 
@@ -711,9 +857,8 @@ async function start() {
   const canvas = $("canvas");
   state.viewer = hasWebGL2() ? await new NiiVueViewer().attach(canvas) : new CanvasViewer().attach(canvas);
   document.body.dataset.viewer = state.viewer instanceof NiiVueViewer ? "niivue" : "canvas";
-  const response = await fetch(new URL("info", base));
-  if (!response.ok) throw new Error(`the service's /info answered HTTP ${response.status}`);
-  state.info = await response.json();
+  setUpSignIn();
+  state.info = await loadInfo();
   measureDistance();
   buildForm(state.info);
   $("opacity").addEventListener("input", () => state.viewer.opacity(Number($("opacity").value)));
