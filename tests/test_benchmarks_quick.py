@@ -64,3 +64,8 @@ def test_links_benchmark_quick_mode_times_all_three_requests_through_the_link():
     for row in ("(a) v1, base64 MHA multipart", "(b) our client, first request", "(c) same client, new threshold"):
         assert re.search(rf"^dsl\s+{re.escape(row)}\s+[0-9.]+\s+[0-9,]+\s+[0-9,]+\s+[0-9.]+x$", out, re.M), out
     assert "goals: (b) >= 3x faster than (a) on dsl" in out
+
+
+def test_first_request_benchmark_quick_mode_times_a_fresh_server():
+    out = _quick("benchmarks.first_request")
+    assert "first/tenth" in out and "median first/tenth" in out

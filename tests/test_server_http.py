@@ -185,3 +185,14 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_read(serve, phantom
         files={"images": ("a.nii.gz", image_bytes(small, ".nii.gz")), "threshold": (None, "1")},
     )
     assert response.status_code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_decoders_are_ready_before_the_port_opens(serve, phantom):
+    service = await serve(ThresholdApp(), decoders=2, threads=4)
+    ready = service.decoders.decoders
+    assert len(ready) == 2 and all(decoder.process.poll() is None for decoder in ready)
+    files = {"images": ("scan.nii.gz", image_bytes(phantom, ".nii.gz"), "application/octet-stream")}
+    answer = await call("POST", service.url + "/predict", files=files, data={"threshold": "250"})
+    assert answer.status_code == 200
+    assert {decoder.pid for decoder in service.decoders.decoders} == {decoder.pid for decoder in ready}  # none new

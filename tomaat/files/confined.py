@@ -195,6 +195,30 @@ class DecoderPool:
             self._all.add(decoder)
         return decoder
 
+    def warm(self, count: int | None = None) -> int:
+        """Start decoders before any file needs one, at once, so that no request waits the ~0.4 s a decoder takes
+        to load its readers and confine itself (the server does this before its port opens). Returns how many
+        are ready; one that fails to start is left to start on demand, where its failure is a request's."""
+        wanted = min(self.size, self.size if count is None else max(0, int(count)))
+        with self._lock:
+            missing = wanted - len(self._all)
+        started: list[_Decoder] = []
+
+        def start() -> None:
+            try:
+                started.append(self._start())
+            except DecodeFailed as failure:
+                log.warning("a decoder process could not be started ahead (%s); one starts on demand", failure.reason)
+
+        threads = [threading.Thread(target=start, name="tomaat-decoder-start") for _ in range(max(0, missing))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with self._lock:
+            self._idle.extend(started)
+            return len(self._all)
+
     def _discard(self, decoder: _Decoder) -> None:
         with self._lock:
             self._all.discard(decoder)

@@ -282,11 +282,15 @@ class TomaatService(Daemon):
                 config.threads,
             )
         self.pool.start()
+        # decoders start while the app sets up, so the first request finds them ready (files/confined.py)
+        warming = deferToThreadPool(self.reactor, self.pool, self.decoders.warm, min(config.decoders, config.threads))
         try:
             await self._setup_app()
+            await warming
             await self._start_access()
         except Exception:
             self.pool.stop()
+            self.decoders.close()
             raise
         site = web.QuietSite(
             PredictionRoutes(self).app.resource(),
