@@ -69,3 +69,8 @@ def test_links_benchmark_quick_mode_times_all_three_requests_through_the_link():
 def test_first_request_benchmark_quick_mode_times_a_fresh_server():
     out = _quick("benchmarks.first_request")
     assert "first/tenth" in out and "median first/tenth" in out
+
+
+def test_brain_extraction_benchmark_quick_mode_matches_deepbet():
+    out = _quick("benchmarks.brain_extraction")
+    assert "masks equal voxel for voxel" in out

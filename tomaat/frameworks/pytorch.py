@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
 from .base import Model
+from .trusted_files import refuse_untrusted
 
 
 class TorchModel(Model):
@@ -15,12 +17,20 @@ class TorchModel(Model):
     `half=True` runs in float16 on CUDA (half the memory, tensor cores); on the CPU
     it is ignored, because float16 3D convolutions there are slow or missing.
 
+    The model goes onto its device at `setup(device)`, which an app's own `setup`
+    calls with the device the server picked ("auto", "cpu", "cuda:1"); a TorchScript
+    file is read only then, straight onto that device. `device=` places it at
+    construction instead, and a model used before any setup goes to "auto" (CUDA
+    when available). Files are refused from places other users can write
+    (`trusted_files`): loading TorchScript runs the code inside it.
+
     An exported program is PyTorch's successor to TorchScript (torch 2.13 warns on
     `torch.jit.load`). It runs only the shapes it was exported for, so those
     shapes drive the sliding window: fixed spatial dimensions are the window
     (given or checked), and a fixed batch size is filled with zeros when the
     last windows do not make a whole batch. Export in `eval()` mode: an
-    exported program keeps the mode it was traced in.
+    exported program keeps the mode it was traced in. Its weights are read at
+    construction (on the CPU, to learn those shapes) and moved at setup.
     """
 
     channels_last = False
@@ -38,30 +48,61 @@ class TorchModel(Model):
         import torch
 
         self._torch = torch
-        if device in (None, "auto"):  # "auto": the service's default device setting (TomaatApp.setup)
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        self.half = half and self.device.type == "cuda"
-        self.dtype = torch.float16 if self.half else torch.float32
+        self._half = half
+        self._lock = threading.Lock()
+        self._placed = False
+        self._choose(device)  # until setup: what "auto" would pick, so `half` reads as it will be
+        self.model = self._script = self._program = self._module = None
         if isinstance(model, (str, os.PathLike)):
             path = os.fspath(model)
-            model = torch.export.load(path) if path.endswith(".pt2") else torch.jit.load(path, map_location=self.device)
+            refuse_untrusted(path)
+            if path.endswith(".pt2"):
+                model = torch.export.load(path)
+            else:
+                self._script = path
         self.fixed_batch = None
         if isinstance(model, torch.export.ExportedProgram):
             batch, spatial = _input_shape(model)
             window = _window(window, spatial)
             if batch is not None:
                 self.fixed_batch = batch_size = batch
-            if self.device.type != "cpu":
-                from torch.export.passes import move_to_device_pass  # a submodule `import torch` does not load
-
-                model = move_to_device_pass(model, self.device)
-            self.model = model.module().to(self.dtype)  # an exported module has no train/eval switch
-        else:
-            self.model = model.to(self.device, self.dtype).eval()
+            self._program = model
+        elif self._script is None:
+            self._module = model
         super().__init__(window, overlap, batch_size, blend)
+        if device is not None:
+            self.setup(device)
+
+    def _choose(self, device: str | None) -> None:
+        torch = self._torch
+        if device in (None, "auto"):  # "auto": the service's default device setting (TomaatApp.setup)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.half = self._half and self.device.type == "cuda"
+        self.dtype = torch.float16 if self.half else torch.float32
+
+    def setup(self, device: str = "auto") -> None:
+        """Put the model on `device` (read a TorchScript file onto it): call from the app's setup(device)."""
+        torch = self._torch
+        with self._lock:
+            self._choose(device)
+            if self._program is not None:
+                program = self._program
+                if self.device.type != "cpu":
+                    from torch.export.passes import move_to_device_pass  # a submodule `import torch` does not load
+
+                    program = move_to_device_pass(program, self.device)
+                self.model = program.module().to(self.dtype)  # an exported module has no train/eval switch
+            elif self._script is not None:
+                refuse_untrusted(self._script)  # again: the file may have moved since the app was built
+                self.model = torch.jit.load(self._script, map_location=self.device).to(self.dtype).eval()
+            else:
+                self.model = self._module.to(self.device, self.dtype).eval()
+            self._placed = True
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        if not self._placed:
+            self.setup("auto")
         torch = self._torch
         size = self.fixed_batch or len(batch)
         outputs = []
