@@ -53,7 +53,19 @@ def setting_options(config, names):
 
 
 @main.command()
-@click.argument("target", metavar="FILE_OR_MODULE[:NAME]")
+@click.argument("target", metavar="FILE_OR_MODULE[:NAME]", required=False)
+@click.option(
+    "--nnunet", "nnunet_folder", type=click.Path(exists=True, file_okay=False), metavar="RESULTS_FOLDER",
+    help="Serve a trained nnU-Net v2 folder (plans.json, dataset.json, fold_*) with nnU-Net's own inference.",
+)  # fmt: skip
+@click.option("--folds", default=None, help="With --nnunet: the folds to ensemble, e.g. 0,1,2 (default: all trained).")
+@click.option(
+    "--checkpoint", default=None, help="With --nnunet: the checkpoint's file name (default checkpoint_final.pth)."
+)
+@click.option(
+    "--bundle", "bundle_folder", type=click.Path(exists=True, file_okay=False), metavar="BUNDLE_FOLDER",
+    help="Serve a MONAI bundle (configs/inference.json, models/model.pt) with its own inference config.",
+)  # fmt: skip
 @click.option("--host", callback=refuse_host, expose_value=False, hidden=True)
 @click.option("--no-tls", is_flag=True, help="Serve plain HTTP instead of HTTPS.")
 @click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate (default: self-signed).")
@@ -83,8 +95,16 @@ def setting_options(config, names):
 @click.option("--gpus-per-replica", type=float, default=None, help="GPUs each replica holds with --ray (default 0).")
 @click.option("--ray-node-ip", default=None, help="A local Ray instance's address (default 127.0.0.2).")
 @click.option("--ray-cpus", type=int, default=None, help="CPUs a local Ray instance may use (default: all).")
-def serve(target, no_tls, cert, key, state_dir, delayed, registry, closed_info, audit_optional, api_key_file, **given):
-    """Serve the app defined in FILE_OR_MODULE (a TomaatApp, a subclass, or a TomaatService)."""
+def serve(
+    target, nnunet_folder, folds, checkpoint, bundle_folder, no_tls, cert, key, state_dir, delayed, registry,
+    closed_info, audit_optional, api_key_file, **given,
+):  # fmt: skip
+    """Serve the app defined in FILE_OR_MODULE (a TomaatApp, a subclass, or a TomaatService), or a trained model
+    folder as it is (--nnunet, --bundle)."""
+    if sum(bool(x) for x in (target, nnunet_folder, bundle_folder)) != 1:
+        raise click.UsageError("give one of FILE_OR_MODULE, --nnunet RESULTS_FOLDER or --bundle BUNDLE_FOLDER")
+    if (folds or checkpoint) and not nnunet_folder:
+        raise click.UsageError("--folds and --checkpoint go with --nnunet")
     if bool(cert) != bool(key):
         raise click.UsageError("--cert and --key go together")
     if bool(registry) != bool(api_key_file):
@@ -104,7 +124,12 @@ def serve(target, no_tls, cert, key, state_dir, delayed, registry, closed_info, 
     if audit_optional:
         options["audit_required"] = False
     ray = {name: given.pop(name) for name in RAY_OPTIONS}
-    service = _service(target, options)
+    if nnunet_folder or bundle_folder:
+        if ray["ray_address"] is not None:  # replicas load TARGET themselves; a folder's app is made here
+            raise click.UsageError("--ray serves a FILE_OR_MODULE; wrap the folder in an app file to run it on Ray")
+        service = _model_folder_service(nnunet_folder, folds, checkpoint, bundle_folder, options)
+    else:
+        service = _service(target, options)
     if ray["ray_address"] is not None:
         _on_ray(service, target, ray)
     elif any(value is not None for value in ray.values()):
@@ -137,6 +162,22 @@ def _on_ray(service: TomaatService, target: str, ray: dict) -> None:
         service.run_on(RayRunner(where, options, timeout=service.config.app_timeout))
     except ValueError as error:
         raise click.UsageError(str(error)) from None
+
+
+def _model_folder_service(nnunet_folder, folds, checkpoint, bundle_folder, options: dict) -> TomaatService:
+    """A trained model folder served as it is: an app made from its own description (docs/deep-learning.md)."""
+    try:
+        if nnunet_folder:
+            from .frameworks.nnunet import nnunet_app
+
+            app = nnunet_app(nnunet_folder, folds=folds, checkpoint=checkpoint)
+        else:
+            from .frameworks.monai_bundle import bundle_app
+
+            app = bundle_app(bundle_folder)
+        return TomaatService(app=app, **options)
+    except (ImportError, InterfaceError, TypeError, ValueError, RuntimeError, OSError) as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _service(target: str, options: dict) -> TomaatService:
