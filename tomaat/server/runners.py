@@ -13,7 +13,7 @@ import contextlib
 import logging
 from typing import Protocol
 
-from ..errors import AppFailure, AppTimeout
+from ..errors import AppFailure, AppTimeout, RequestError
 from .app import batch_settings
 from .batching import Batcher, Expired
 from .gpu_lock import FairLock
@@ -48,9 +48,12 @@ class Runner(Protocol):
 
 
 def app_step(app, step: str, data: dict) -> dict:
-    """One of the app's steps; its failure is the app's, logged here and told to the client without details."""
+    """One of the app's steps; its failure is the app's, logged here and told to the client without details,
+    except a RequestError the app raises on purpose to tell the client what is wrong with its input (a 4xx)."""
     try:
         result = getattr(app, "run_" + step)(data)
+    except RequestError:
+        raise
     except Exception:
         log.exception("the app's %s step failed", step)
         raise AppFailure(f"the service failed during {step}; the error is in the server log") from None
