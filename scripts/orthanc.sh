@@ -15,6 +15,10 @@
 # picked from the folder's path, so that two checkouts' or two folders' servers never share one),
 # TOMAAT_ORTHANC_USER and TOMAAT_ORTHANC_PASSWORD (both or neither: HTTP basic authentication),
 # TOMAAT_ORTHANC_WAIT (seconds to wait for the server). Two instances need two folders.
+# Opt-in, for the DICOM gateway's tests (docs/gateway.md): TOMAAT_ORTHANC_DICOM_PORT turns Orthanc's DICOM server
+# on at that port, with AE title TOMAAT_ORTHANC_AET (default ORTHANC); it then takes C-ECHO and C-STORE only from
+# the modalities declared, by AE title and host: TOMAAT_ORTHANC_MODALITIES (a JSON object, Orthanc's
+# DicomModalities, default {}) or later through its REST API (PUT /modalities/NAME).
 # The storage is a test store: a restart may keep what it holds; scripts/stop-services.sh stops the server
 # (--delete also deletes the folder, emptying it).
 set -euo pipefail
@@ -25,6 +29,9 @@ AUTH_USER=${TOMAAT_ORTHANC_USER:-}
 # A test store reachable from this machine only; the password exists to test basic authentication.
 AUTH_PASSWORD=${TOMAAT_ORTHANC_PASSWORD:-}
 WAIT=${TOMAAT_ORTHANC_WAIT:-60}
+DICOM_PORT=${TOMAAT_ORTHANC_DICOM_PORT:-}
+DICOM_AET=${TOMAAT_ORTHANC_AET:-ORTHANC}
+MODALITIES=${TOMAAT_ORTHANC_MODALITIES:-"{}"}
 
 say() { echo "orthanc.sh: $*" >&2; }
 fail() {
@@ -38,6 +45,13 @@ if [[ -n $PORT ]]; then
     PORT=$((10#$PORT))
     ((PORT != 8042 && PORT != 4242)) || fail "TOMAAT_ORTHANC_PORT must not be $PORT, the system Orthanc's port"
 fi
+if [[ -n $DICOM_PORT ]]; then
+    [[ $DICOM_PORT =~ ^[0-9]+$ ]] && ((10#$DICOM_PORT > 0 && 10#$DICOM_PORT < 65536)) || fail "TOMAAT_ORTHANC_DICOM_PORT must be a port number, got '$DICOM_PORT'"
+    DICOM_PORT=$((10#$DICOM_PORT))
+    ((DICOM_PORT != 4242)) || fail "TOMAAT_ORTHANC_DICOM_PORT must not be 4242, the system Orthanc's port"
+fi
+[[ $DICOM_AET =~ ^[A-Za-z0-9._-]{1,16}$ ]] || fail "TOMAAT_ORTHANC_AET must be 1 to 16 letters, digits, '.', '_' or '-', got '$DICOM_AET'"
+[[ $MODALITIES == \{*\} && $MODALITIES != *\\* ]] || fail "TOMAAT_ORTHANC_MODALITIES must be a JSON object without backslashes, got '$MODALITIES'"
 [[ $WAIT =~ ^[0-9]+$ ]] || fail "TOMAAT_ORTHANC_WAIT must be a number of seconds, got '$WAIT'"
 [[ -n $AUTH_USER || -z $AUTH_PASSWORD ]] || fail "TOMAAT_ORTHANC_PASSWORD is set but TOMAAT_ORTHANC_USER is not"
 [[ -z $AUTH_USER || -n $AUTH_PASSWORD ]] || fail "TOMAAT_ORTHANC_USER is set but TOMAAT_ORTHANC_PASSWORD is not"
@@ -151,6 +165,24 @@ else
     AUTH_JSON="\"AuthenticationEnabled\": false,
   \"RegisteredUsers\": {},"
 fi
+if [[ -n $DICOM_PORT ]]; then
+    # Orthanc 1.10 binds its DICOM server to every address too: only declared modalities (AE title and host,
+    # loopback in the tests) may echo or store, and nothing may query or retrieve.
+    DICOM_JSON="\"DicomServerEnabled\": true,
+  \"DicomAet\": \"$DICOM_AET\",
+  \"DicomPort\": $DICOM_PORT,
+  \"DicomCheckCalledAet\": true,
+  \"DicomCheckModalityHost\": true,
+  \"DicomAlwaysAllowEcho\": false,
+  \"DicomAlwaysAllowStore\": false,
+  \"DicomAlwaysAllowFind\": false,
+  \"DicomAlwaysAllowGet\": false,
+  \"DicomAlwaysAllowMove\": false,
+  \"DicomModalities\": $MODALITIES,"
+else
+    DICOM_JSON="\"DicomServerEnabled\": false,
+  \"DicomModalities\": {},"
+fi
 # Orthanc 1.10 has no option to bind its HTTP server to one address (HttpBindAddresses came in a later release):
 # it listens on all of them, and RemoteAccessAllowed false refuses every client but this machine's loopback.
 cat >"$CONFIG.new" <<JSON
@@ -168,8 +200,7 @@ cat >"$CONFIG.new" <<JSON
   "RemoteAccessAllowed": false,
   "SslEnabled": false,
   $AUTH_JSON
-  "DicomServerEnabled": false,
-  "DicomModalities": {},
+  $DICOM_JSON
   "OrthancPeers": {},
   "ExecuteLuaEnabled": false,
   "RestApiWriteToFileSystemEnabled": false,

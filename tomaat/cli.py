@@ -9,6 +9,7 @@ import click
 
 from .config import option_help, refuse_host
 from .protocol.elements import InterfaceError
+from .server.app import TomaatApp
 from .server.config import ServiceConfig
 from .server.loader import LoadError, load, split_spec
 from .server.service import TomaatService
@@ -170,7 +171,7 @@ def _model_folder_service(nnunet_folder, folds, checkpoint, bundle_folder, optio
         if nnunet_folder:
             from .frameworks.nnunet import nnunet_app
 
-            app = nnunet_app(nnunet_folder, folds=folds, checkpoint=checkpoint)
+            app: TomaatApp = nnunet_app(nnunet_folder, folds=folds, checkpoint=checkpoint)
         else:
             from .frameworks.monai_bundle import bundle_app
 
@@ -225,3 +226,8 @@ from .access.tokens_cli import tokens as _tokens  # noqa: E402
 
 main.add_command(_tokens)
 main.add_command(_audit)
+
+# ---- the DICOM gateway (tomaat/gateway): C-STORE in, results out ---------------------------------------
+from .gateway.cli import gateway as _gateway  # noqa: E402
+
+main.add_command(_gateway)

@@ -24,6 +24,7 @@ import json
 import math
 import os
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -170,7 +171,7 @@ class BundleApp(TomaatApp):
         self.output_interface = [
             LabelVolume("labels", self.task or "segmentation", inputs[0].destination, _segments(metadata))
         ]
-        self._loaded = None
+        self._loaded: dict[str, Any] | None = None
         workflow = self._workflow()  # reads the config only: a missing part is refused before the server starts
         missing = [key for key in NEEDED if key not in workflow.parser]
         if missing:
@@ -186,13 +187,13 @@ class BundleApp(TomaatApp):
             what = " ".join(str(error).split()) or type(error).__name__
             raise ValueError(f"the bundle at {self.root}: {os.path.basename(self.config)}: {what}") from None
 
-    def setup(self, device: str) -> None:
+    def setup(self, device_name: str) -> None:
         """Instantiate the bundle's parts on the server's device and load its weights (weights_only: no pickle code)."""
         monai = _monai()
         torch = monai.torch
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(device)
+        if device_name == "auto":
+            device_name = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device_name)
         workflow = self._workflow()
         workflow.parser["bundle_root"] = self.root  # set even where the config leaves them out
         workflow.parser["device"] = device

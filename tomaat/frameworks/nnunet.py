@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -134,7 +136,7 @@ def segments(dataset: dict, label_manager) -> list[Segment]:
         values = list(label_manager.regions_class_order)
         if len(names) != len(values):
             raise ValueError(f"dataset.json names {len(names)} regions but regions_class_order has {len(values)}")
-        pairs = zip(values, names, strict=True)
+        pairs: Iterable[tuple[Any, Any]] = zip(values, names, strict=True)
     else:
         pairs = ((value, name) for name, value in labels.items() if name != "ignore" and value != 0)
     return [Segment(int(value), _segment_name(name)) for value, name in pairs]

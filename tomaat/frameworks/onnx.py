@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -64,9 +65,9 @@ class OnnxModel(Model):
         self._providers, self._output, self._threads = providers, output, threads
         self._window_given, self._batch_given = window, batch_size
         self._lock = threading.Lock()
-        self.session = None
-        self.device = None
-        self.fixed_batch = None
+        self.session: Any = None
+        self.device: str | None = None
+        self.fixed_batch: int | None = None
         super().__init__(window, overlap, batch_size, blend)
         if device is not None:
             self.setup(device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,10 @@ class TorchModel(Model):
         self._lock = threading.Lock()
         self._placed = False
         self._choose(device)  # until setup: what "auto" would pick, so `half` reads as it will be
-        self.model = self._script = self._program = self._module = None
+        self.model: Any = None
+        self._script: str | None = None
+        self._program: Any = None
+        self._module: Any = None
         if isinstance(model, (str, os.PathLike)):
             path = os.fspath(model)
             refuse_untrusted(path)
@@ -60,7 +64,7 @@ class TorchModel(Model):
                 model = torch.export.load(path)
             else:
                 self._script = path
-        self.fixed_batch = None
+        self.fixed_batch: int | None = None
         if isinstance(model, torch.export.ExportedProgram):
             batch, spatial = _input_shape(model)
             window = _window(window, spatial)
