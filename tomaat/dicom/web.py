@@ -166,6 +166,8 @@ class Pacs:
         self._headers = dict(headers or {})
         self._multipart = DICOMwebClient(self.url)  # for its multipart coding only; it never connects
         self._http: HttpClient | None = None
+        # where a refused request's message says credentials come from; the gateway names its own settings
+        self.credentials_hint = "--user/--password or --token, or TOMAAT_DICOMWEB_USER/_PASSWORD/_TOKEN"
 
     # ---- exchanges ---------------------------------------------------------------------------------
 
@@ -232,8 +234,7 @@ class Pacs:
         if status in (401, 403):
             given = "the credentials were refused" if "Authorization" in self._headers else "it needs credentials"
             raise PacsRefused(
-                f"the PACS at {self.url} answered HTTP {status} {doing}: {given} "
-                "(--user/--password or --token, or TOMAAT_DICOMWEB_USER/_PASSWORD/_TOKEN)"
+                f"the PACS at {self.url} answered HTTP {status} {doing}: {given} ({self.credentials_hint})"
             )
         if status == 404:
             raise PacsRefused(f"the PACS at {self.url} answered HTTP 404 {doing}: no such resource")
@@ -321,9 +322,9 @@ class Pacs:
 
     # ---- STOW-RS ----------------------------------------------------------------------------------
 
-    def store(self, study: str, instances: list[bytes]) -> None:
+    def store(self, study: str, instances: list[bytes], what: str = "the segmentation") -> None:
         """Store the instances in one STOW-RS request, so a refusal stores none of them (where the PACS allows)."""
-        doing = "storing the segmentation"
+        doing = f"storing {what}"
         content_type = f'multipart/related; type="application/dicom"; boundary="{_BOUNDARY}"'
         body = self._multipart._encode_multipart_message(instances, content_type)
         status, _, chunks = self._exchange(
@@ -332,7 +333,7 @@ class Pacs:
             doing,
             accept="application/dicom+json",
             limit=STOW_ANSWER_LIMIT,
-            late=f"it may have stored the segmentation: look in study {study} before running the command again",
+            late=f"it may have stored {what}: look in study {study} before running the command again",
             data=body,
             headers={"Content-Type": content_type},
         )
@@ -345,7 +346,7 @@ class Pacs:
         if failed is not None:
             reason = _value(failed, "00081197") if isinstance(failed, dict) else None  # FailureReason
             shown = f" (failure reason {reason})" if isinstance(reason, (int, str)) else ""
-            raise PacsRefused(f"the PACS at {self.url} refused to store the segmentation{shown}")
+            raise PacsRefused(f"the PACS at {self.url} refused to store {what}{shown}")
 
 
 def _in_reactor(make, left: float):

@@ -36,7 +36,7 @@ def _tls(config: Config) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
 
 @click.group()
 def gateway():
-    """A DICOM gateway: series in by C-STORE, results (SEG, RTSTRUCT, SR) back by C-STORE (docs/gateway.md)."""
+    """A DICOM gateway: series in by C-STORE, results (SEG, RTSTRUCT, SR) out by C-STORE or STOW-RS (docs/gateway.md)."""
 
 
 @gateway.command()
@@ -107,7 +107,7 @@ def status_(config_path, as_json):
     from .status import listing
 
     config = _config(config_path)
-    rows = listing(Spool(config.spool, config.spool_max_bytes, owner=False))
+    rows = listing(Spool(config.spool, config.spool_max_bytes, owner=False), config.retention)
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
@@ -119,6 +119,8 @@ def status_(config_path, as_json):
         line = f"{row['series_uid']}  {row['state']:<9} from {row['calling_ae']:<16} {row['instances']} instances"
         if row["results"]:
             line += f", {row['sent']}/{row['results']} results sent"
+        if "deleted_in_s" in row:
+            line += f", deleted in {row['deleted_in_s']:g} s"
         if row["error"]:
             line += f"  ({row['error'][:120]})"
         click.echo(line)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 OUTPUTS = ("seg", "rtstruct", "sr")
 MATCH_KEYS = ("modality", "series_description", "body_part", "calling_ae")
@@ -28,13 +29,38 @@ class Node:
 
 
 @dataclass(frozen=True)
+class Stow:
+    """A DICOMweb service that results are stored in by STOW-RS.
+
+    Credentials stay in files, read at each sending (a rotated token is picked up without a restart) and
+    never copied into the configuration or a journal; TLS is checked against the system's CAs, as the
+    PACS loop checks its PACS.
+    """
+
+    url: str
+    user: str | None = None
+    password_file: str | None = None
+    token_file: str | None = None
+    timeout: float = 300.0  # one sending: connecting, the upload and the answer together
+
+    def headers(self) -> dict:
+        from ..dicom.web import credentials
+
+        if self.token_file:
+            return credentials(token=_first_line(self.token_file))
+        if self.user is not None:
+            return credentials(self.user, _first_line(self.password_file) if self.password_file else "")
+        return {}
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     match: dict[str, tuple[str, ...]]  # key -> glob patterns (any may match), all keys must match
     server: str
     settings: dict[str, str]
     outputs: tuple[str, ...]
-    send_to: str  # "sender" or a destination's name
+    send_to: dict[str, tuple[str, ...]]  # output -> "sender" or destinations' names, each sent the output
     fingerprint: str | None = None
 
 
@@ -65,13 +91,19 @@ class Config:
     spool_max_bytes: int
     quiet_seconds: float
     callers: dict[str, Node]
-    destinations: dict[str, Node]
+    destinations: dict[str, Node | Stow]
     rules: tuple[Rule, ...]
     unmatched: str = "drop"
     retry: Retry = field(default_factory=Retry)
     status_host: str = "127.0.0.1"
     status_port: int | None = None
     tls: Tls | None = None
+    retention: float | None = None  # seconds a failed or held series stays in the spool; None: until removed
+
+
+def _first_line(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.readline().rstrip("\r\n")
 
 
 def _ae(value, where: str) -> str:
@@ -115,6 +147,88 @@ def _node(value, where: str, port_needed: bool = True) -> Node:
     )
 
 
+def _stow(value: dict, where: str, base: str) -> Stow:
+    known = {"kind", "url", "user", "password_file", "token_file", "timeout"}
+    unknown = set(value) - known
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown setting {sorted(unknown)[0]!r}; expected some of {', '.join(sorted(known))}"
+        )
+    url = _text(value.get("url"), f"{where}.url").strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"{where}.url {url!r}: expected a DICOMweb base URL, e.g. https://pacs.hospital/dicom-web")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"{where}.url: expected no credentials in the URL; give user and password_file, or token_file"
+        )
+    user, token = value.get("user"), value.get("token_file")
+    if token is not None and (user is not None or "password_file" in value):
+        raise ConfigError(f"{where}: give user and password_file (basic) or token_file (bearer), not both")
+    if "password_file" in value and user is None:
+        raise ConfigError(f"{where}.password_file: expected user beside it")
+    files = {}
+    for key in ("password_file", "token_file"):
+        if value.get(key) is not None:
+            path = os.path.join(base, _text(value[key], f"{where}.{key}"))
+            try:
+                _first_line(path)
+            except (OSError, ValueError) as error:
+                problem = error.strerror if isinstance(error, OSError) else "not text"
+                raise ConfigError(
+                    f"{where}.{key} {value[key]!r}: cannot be read ({problem}); expected a file whose first line is the {key.removesuffix('_file')}"
+                ) from None
+            files[key] = path
+    return Stow(
+        url=url,
+        user=_text(user, f"{where}.user") if user is not None else None,
+        timeout=_number(value.get("timeout", 300.0), f"{where}.timeout", 1),
+        **files,
+    )
+
+
+def _destination(value, where: str, base: str) -> Node | Stow:
+    if not isinstance(value, dict):
+        return _node(value, where)
+    kind = value.get("kind", "cstore")
+    if kind == "stowrs":
+        return _stow(value, where, base)
+    if kind != "cstore":
+        raise ConfigError(f'{where}.kind {kind!r}: expected "cstore" (ae_title, host, port) or "stowrs" (url)')
+    return _node({k: v for k, v in value.items() if k != "kind"}, where)
+
+
+def _send_to(value, outputs: list | None, where: str, destinations: dict) -> tuple[dict[str, tuple[str, ...]], list]:
+    """(output -> destinations, outputs): one destination (or a list) for all outputs, or one per output."""
+
+    def names(given, at: str) -> tuple[str, ...]:
+        listed = [given] if isinstance(given, str) else given
+        if not isinstance(listed, list) or not listed:
+            raise ConfigError(f'{at} {given!r}: expected "sender", a destination\'s name, or a list of them')
+        for name in listed:
+            if name != "sender" and name not in destinations:
+                raise ConfigError(
+                    f'{at} {name!r}: expected "sender" or one of destinations ({", ".join(destinations) or "none declared"})'
+                )
+        return tuple(dict.fromkeys(listed))
+
+    if isinstance(value, dict):
+        if not value or set(value) - set(OUTPUTS):
+            raise ConfigError(
+                f"{where} {value!r}: expected an object of outputs ({', '.join(OUTPUTS)}) and where each goes"
+            )
+        routes = {kind: names(to, f"{where}.{kind}") for kind, to in value.items()}
+        missing = [kind for kind in outputs or () if kind not in routes]
+        if missing:
+            raise ConfigError(
+                f"{where}: output {missing[0]!r} is made but sent nowhere; expected it among send_to's keys"
+            )
+        return routes, outputs if outputs is not None else list(routes)
+    outputs = outputs if outputs is not None else ["seg"]
+    to = names(value, where)
+    return {kind: to for kind in outputs if kind in OUTPUTS}, outputs
+
+
 def _patterns(value, where: str) -> tuple[str, ...]:
     values = [value] if isinstance(value, str) else value
     if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
@@ -122,7 +236,7 @@ def _patterns(value, where: str) -> tuple[str, ...]:
     return tuple(values)
 
 
-def _rule(value, index: int, destinations: dict[str, Node]) -> Rule:
+def _rule(value, index: int, destinations: dict[str, Node | Stow]) -> Rule:
     where = f"rules[{index}]"
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected an object with match, server and outputs")
@@ -136,14 +250,11 @@ def _rule(value, index: int, destinations: dict[str, Node]) -> Rule:
     settings = value.get("set", {})
     if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
         raise ConfigError(f"{where}.set {settings!r}: expected an object of input names and values")
-    outputs = value.get("outputs", ["seg"])
-    if not isinstance(outputs, list) or not outputs or not set(outputs) <= set(OUTPUTS):
+    outputs = value.get("outputs")
+    if outputs is not None and (not isinstance(outputs, list) or not outputs or not set(outputs) <= set(OUTPUTS)):
         raise ConfigError(f"{where}.outputs {outputs!r}: expected a list of some of {', '.join(OUTPUTS)}")
-    send_to = value.get("send_to", "sender")
-    if send_to != "sender" and send_to not in destinations:
-        raise ConfigError(
-            f'{where}.send_to {send_to!r}: expected "sender" or one of destinations ({", ".join(destinations) or "none declared"})'
-        )
+    send_to, outputs = _send_to(value.get("send_to", "sender"), outputs, f"{where}.send_to", destinations)
+    send_to = {kind: to for kind, to in send_to.items() if kind in outputs}
     server = _text(value.get("server"), f"{where}.server")
     if not server.startswith(("http://", "https://")):
         raise ConfigError(f"{where}.server {server!r}: expected a prediction server's http(s) URL")
@@ -165,7 +276,7 @@ def parse(data: dict, base: str = ".") -> Config:
         raise ConfigError("the configuration: expected a JSON object")
     known = {
         "ae_title", "listen", "spool", "quiet_seconds", "callers", "destinations", "rules", "unmatched", "retry",
-        "status", "tls",
+        "status", "tls", "retention",
     }  # fmt: skip
     unknown = set(data) - known
     if unknown:
@@ -180,9 +291,11 @@ def parse(data: dict, base: str = ".") -> Config:
             'callers: expected an object of the AE titles allowed to send, e.g. {"ORTHANC": {"host": "127.0.0.1", "port": 4242}}'
         )
     destinations = data.get("destinations", {})
-    if not isinstance(destinations, dict):
-        raise ConfigError("destinations: expected an object of names and {ae_title, host, port}")
-    nodes = {name: _node(v, f"destinations.{name}") for name, v in destinations.items()}
+    if not isinstance(destinations, dict) or "sender" in destinations:
+        raise ConfigError(
+            'destinations: expected an object of names (not "sender") and {ae_title, host, port} or {"kind": "stowrs", "url"}'
+        )
+    nodes = {name: _destination(v, f"destinations.{name}", base) for name, v in destinations.items()}
     rules = data.get("rules")
     if not isinstance(rules, list) or not rules:
         raise ConfigError("rules: expected a list of routing rules (the first that matches a series is used)")
@@ -224,6 +337,7 @@ def parse(data: dict, base: str = ".") -> Config:
         status_host=_text(status.get("host", "127.0.0.1"), "status.host"),
         status_port=_port(status["port"], "status.port") if "port" in status else None,
         tls=Tls(*(path(tls[k], f"tls.{k}") for k in ("certificate", "key", "ca"))) if tls else None,
+        retention=_number(data["retention"], "retention", 0) if data.get("retention") is not None else None,
     )
 
 

@@ -1,7 +1,9 @@
-"""Results out by C-STORE (pynetdicom), one association for a batch's results.
+"""Results out by C-STORE (pynetdicom), one association for a batch's results, or by STOW-RS, one request.
 
 The files are the gateway's own results, sent as they lie on disk (pynetdicom reads only their file
-meta information to pick the presentation context, and sends the rest unparsed).
+meta information to pick the presentation context, and sends the rest unparsed). STOW-RS goes through
+the PACS loop's client (tomaat.dicom.web: treq, one deadline for the whole exchange, a capped answer),
+so the gateway has no HTTP code of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE
 
-from .config import Node
+from .config import Node, Stow
 
 log = logging.getLogger("tomaat.gateway")
 
@@ -47,3 +49,28 @@ def send(
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def store(name: str, destination: Stow, study_uid: str, paths: list[str], what: str) -> None:
+    """STOW-RS the files to `destination` (destinations.`name`) in one request; SendFailed naming why not.
+
+    One request, so the destination stores all or (where it can) none; sent again after a failure or a
+    kill, the same SOP Instance UIDs arrive again and the destination keeps one copy of each.
+    """
+    from ..client.errors import ClientError
+    from ..dicom.web import Deadline, Pacs
+
+    try:
+        headers = destination.headers()
+    except OSError as error:
+        raise SendFailed(f"destinations.{name}: its credentials file cannot be read ({error.strerror})") from None
+    instances = []
+    for path in paths:
+        with open(path, "rb") as handle:
+            instances.append(handle.read())
+    try:
+        pacs = Pacs(destination.url, headers, Deadline(destination.timeout, f"destinations.{name}.timeout"))
+        pacs.credentials_hint = f"user and password_file, or token_file, of destinations.{name}"
+        pacs.store(study_uid, instances, what)
+    except ClientError as error:
+        raise SendFailed(str(error)) from None

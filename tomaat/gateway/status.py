@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .spool import OPEN, Spool
+from .spool import OPEN, TERMINAL, Spool
 
 
 class Metrics:
@@ -32,12 +33,31 @@ class Metrics:
         self.refused = Counter(
             "tomaat_gateway_instances_refused_full", "Instances refused: the spool was full", registry=registry
         )
+        self.expired = Counter(
+            "tomaat_gateway_series_expired",
+            "Failed or held series deleted from the spool after the retention time",
+            registry=registry,
+        )
+        kept = {
+            state: Gauge(
+                f"tomaat_gateway_series_{state}_kept",
+                f"Series {state} and still in the spool (until deleted, or the retention time passes)",
+                registry=registry,
+            )
+            for state in ("failed", "held")
+        }
+        for state, gauge in kept.items():
+            gauge.set_function(_counting(spool, state))
         in_progress = Gauge(
             "tomaat_gateway_series_in_progress", "Series in the spool, not yet sent or failed", registry=registry
         )
         spool_bytes = Gauge("tomaat_gateway_spool_bytes", "Bytes the spool holds", registry=registry)
         in_progress.set_function(lambda: sum(1 for j in series(spool) if j["state"] not in ("failed", "held")))
         spool_bytes.set_function(lambda: spool.bytes)
+
+
+def _counting(spool: Spool, state: str) -> Callable[[], float]:
+    return lambda: sum(1 for j in series(spool) if j["state"] == state)
 
 
 def series(spool: Spool) -> list[dict]:
@@ -51,8 +71,10 @@ def series(spool: Spool) -> list[dict]:
     return found
 
 
-def listing(spool: Spool) -> list[dict]:
+def listing(spool: Spool, retention: float | None = None) -> list[dict]:
+    """One row a batch; a failed or held one says, with a retention, in how many seconds it is deleted."""
     rows = []
+    now = time.time()
     for journal in series(spool):
         batch = journal["batch"]
         try:
@@ -64,12 +86,15 @@ def listing(spool: Spool) -> list[dict]:
             "calling_ae": journal["calling_ae"],
             "state": journal["state"],
             "instances": count,
-            "results": len(journal.get("results", [])),
+            "results": len(journal.get("deliveries", journal.get("results", []))),  # a result to 2 places: 2
             "sent": len(journal.get("sent", [])),
             "attempts": journal.get("attempts", 0),
             "error": journal.get("error", ""),
             "age_s": round(time.time() - journal.get("created", time.time()), 1),
         })  # fmt: skip
+        if retention is not None and journal["state"] in TERMINAL:
+            since = journal.get(journal["state"], journal.get("created", now))
+            rows[-1]["deleted_in_s"] = round(max(0.0, since + retention - now), 1)
     return rows
 
 

@@ -5,8 +5,12 @@ gateway killed anywhere resumes from the last step it finished: a series receive
 is predicted again (nothing of it was sent), results built are sent as they are (the same SOP Instance
 UIDs), results acknowledged are not sent again. A step that fails is tried again after a delay that
 doubles (retry in the configuration), and after the last try the batch is `failed`, logged as an
-error and counted in the metrics; its instances are deleted, its journal kept for `gateway status`.
+error and counted in the metrics; its instances are deleted, its journal kept for `gateway status`
+(and, with `retention`, deleted that long after, as a held batch is).
 Input that can never work (a series that is not one volume, a request the service refuses) fails at once.
+
+Each result goes to each destination its rule names for its kind (a "delivery"); the journal records
+each delivery acknowledged, so one destination that is down delays only what goes to it.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from typing import Any
 from ..client.errors import ValidationError
 from ..dicom.errors import DicomError
 from . import rules
-from .config import Config, Node, Rule
-from .sender import SendFailed, send
-from .spool import Spool
+from .config import Config, Node, Rule, Stow
+from .sender import SendFailed, send, store
+from .spool import TERMINAL, Spool
 
 log = logging.getLogger("tomaat.gateway")
 
@@ -66,6 +70,9 @@ class Worker:
         now = time.time()
         for batch in self.spool.batches():
             journal = self.spool.journal(batch)
+            if journal["state"] in TERMINAL:
+                self._expire(batch, journal, now)
+                continue
             if journal.get("next_try", 0) > now:
                 continue
             if journal["state"] == "received":
@@ -75,6 +82,23 @@ class Worker:
                 self._send(batch, journal)
                 return True
         return False
+
+    def _expire(self, batch: str, journal: dict, now: float) -> None:
+        """Delete a failed or held batch, journal and all, once it was kept for the configured retention."""
+        retention = self.config.retention
+        since = journal.get(journal["state"], journal.get("created", now))  # the time it failed / was held
+        if retention is None or now - since < retention:
+            return
+        self.spool.remove(batch)
+        log.warning(
+            "series %s: %s %.0f s ago, deleted from the spool (retention %g s)",
+            journal["series_uid"],
+            journal["state"],
+            now - since,
+            retention,
+        )
+        if self.metrics:
+            self.metrics.expired.inc()
 
     def _failed(self, batch: str, journal: dict, reason: str) -> None:
         journal.update(state="failed", error=reason, failed=time.time())
@@ -108,7 +132,7 @@ class Worker:
         rule = rules.route(self.config.rules, journal)
         if rule is None:
             if self.config.unmatched == "hold":
-                journal["state"] = "held"
+                journal.update(state="held", held=time.time())
                 self.spool.save(batch, journal)
                 log.warning(
                     "series %s from %s matched no rule: held in the spool (batch %s)",
@@ -122,8 +146,8 @@ class Worker:
             if self.metrics:
                 self.metrics.unmatched.inc()
             return
-        destination = self._destination(rule, journal)
-        if destination is None:
+        sender = self._sender(journal)
+        if sender is None and any("sender" in to for to in rule.send_to.values()):
             self._failed(
                 batch,
                 journal,
@@ -139,21 +163,25 @@ class Worker:
         except Exception as problem:  # noqa: BLE001 - a server down or slow: worth another try
             self._again(batch, journal, f"{type(problem).__name__}: {str(problem)[:300]}")
             return
-        names = []
+        names, deliveries = [], []
         for index, (kind, data) in enumerate(built):
             name = f"{index:02d}-{kind}.dcm"
             self.spool.add_result(batch, name, data)
             names.append(name)
-        journal.update(state="built", rule=rule.name, results=names, sent=[], attempts=0, next_try=0,
-                       destination={"ae_title": destination.ae_title, "host": destination.host, "port": destination.port})  # fmt: skip
+            for to in rule.send_to[kind]:
+                node = sender if to == "sender" else self.config.destinations[to]
+                delivery: dict[str, Any] = {"result": name, "to": to}
+                if isinstance(node, Node):  # the node as it is now: a C-STORE destination's address is kept
+                    delivery["node"] = {"ae_title": node.ae_title, "host": node.host, "port": node.port}
+                deliveries.append(delivery)
+        journal.update(state="built", rule=rule.name, results=names, deliveries=deliveries, sent=[], attempts=0,
+                       next_try=0)  # fmt: skip
         journal.pop("error", None)
         self.spool.save(batch, journal)
         if not names:
             log.info("series %s: no results to send", journal["series_uid"])
 
-    def _destination(self, rule: Rule, journal: dict) -> Node | None:
-        if rule.send_to != "sender":
-            return self.config.destinations[rule.send_to]
+    def _sender(self, journal: dict) -> Node | None:
         caller = self.config.callers.get(journal["calling_ae"])
         return caller if caller is not None and caller.port else None
 
@@ -185,40 +213,69 @@ class Worker:
         return built
 
     def _send(self, batch: str, journal: dict) -> None:
-        node = Node(**journal["destination"])
-        unsent = [name for name in journal["results"] if name not in journal["sent"]]
-
-        def done(path: str) -> None:
-            journal["sent"].append(os.path.basename(path))
-            self.spool.save(batch, journal)
-
-        try:
-            if unsent:  # none left when the gateway was stopped between the last acknowledgement and the clean-up
-                send(
-                    self.config.ae_title,
-                    node,
-                    [self.spool.path(batch, "results", n) for n in unsent],
-                    done,
-                    self.ssl_context,
+        deliveries = _deliveries(journal)
+        unsent: dict[str, list[dict]] = {}  # destination -> its deliveries not yet acknowledged, in order
+        for delivery in deliveries:
+            if _key(delivery) not in journal["sent"]:
+                unsent.setdefault(delivery["to"], []).append(delivery)
+        problems = []
+        for to, items in unsent.items():  # none left when the gateway was stopped before the clean-up
+            try:
+                self._deliver(batch, journal, to, items)
+            except SendFailed as problem:
+                problems.append(str(problem))
+            except Exception as problem:  # noqa: BLE001 - a socket, TLS or file error: tried again, then failed visibly
+                problems.append(
+                    f"sending to {_where(self.config, items[0])}: {type(problem).__name__}: {str(problem)[:200]}"
                 )
-        except SendFailed as problem:
-            self._again(batch, journal, str(problem))
-            return
-        except Exception as problem:  # noqa: BLE001 - a socket, TLS or file error: tried again, then failed visibly
-            self._again(
-                batch,
-                journal,
-                f"sending to {node.ae_title} at {node.host}:{node.port}: {type(problem).__name__}: {str(problem)[:200]}",
-            )
+        if problems:
+            self._again(batch, journal, "; ".join(problems))
             return
         self.spool.remove(batch)
         log.info(
-            "series %s: %d result(s) sent to %s at %s:%d; spool cleaned",
+            "series %s: %d result(s) sent to %s; spool cleaned",
             journal["series_uid"],
             len(journal["results"]),
-            node.ae_title,
-            node.host,
-            node.port,
+            ", ".join(dict.fromkeys(_where(self.config, d) for d in deliveries)) or "nowhere",
         )
         if self.metrics:
             self.metrics.sent.inc()
+
+    def _deliver(self, batch: str, journal: dict, to: str, items: list[dict]) -> None:
+        """Send one destination's results; each acknowledged one is journalled at once."""
+        by_path = {self.spool.path(batch, "results", d["result"]): d for d in items}
+
+        def done(path: str) -> None:
+            journal["sent"].append(_key(by_path[path]))
+            self.spool.save(batch, journal)
+
+        if "node" in items[0]:
+            send(self.config.ae_title, Node(**items[0]["node"]), list(by_path), done, self.ssl_context)
+            return
+        destination = self.config.destinations.get(to)
+        if not isinstance(destination, Stow):
+            raise SendFailed(f"destinations.{to}: no longer a STOW-RS destination in the configuration")
+        kinds = [d["result"].split("-", 1)[1].removesuffix(".dcm").upper() for d in items]
+        store(to, destination, journal["study_uid"], list(by_path), f"the results ({', '.join(kinds)})")
+        for path in by_path:
+            done(path)
+
+
+def _deliveries(journal: dict) -> list[dict]:
+    """The batch's deliveries; a journal from before rules could route outputs apart sent all to one node."""
+    if "deliveries" in journal:
+        return journal["deliveries"]
+    return [{"result": name, "to": "", "node": journal["destination"]} for name in journal["results"]]
+
+
+def _key(delivery: dict) -> str:
+    """How `sent` records a delivery (a journal from before rules could route outputs apart: its file name)."""
+    return f"{delivery['result']} to {delivery['to']}" if delivery["to"] else delivery["result"]
+
+
+def _where(config: Config, delivery: dict) -> str:
+    if "node" in delivery:
+        node = delivery["node"]
+        return f"{node['ae_title']} at {node['host']}:{node['port']}"
+    destination = config.destinations.get(delivery["to"])
+    return destination.url if isinstance(destination, Stow) else f"destinations.{delivery['to']}"
