@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 import pydicom
 import pytest
 from browser_support import ROOT, Served
-
-from tests.orthanc_support import make_ct_series, to_bytes
+from orthanc_support import make_ct_series, to_bytes
 
 TIMEOUT = 3.0  # the command's --timeout in the deadline cases
 SLACK = 1.0  # how far past the deadline the PACS may see the connection still open

@@ -17,8 +17,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from browser_support import ROOT, Served
-
-from tests.orthanc_support import (
+from orthanc_support import (
     AUTH,
     COMPRESSORS,
     DICOMWEB_AUTH_URL,

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
-
-from tests.orthanc_support import (
+from orthanc_support import (
     AUTH,
     DICOMWEB_AUTH_URL,
     DICOMWEB_URL,
