@@ -75,6 +75,11 @@ def post_in_background(url: str) -> dict:
     return outcome
 
 
+def request_folders(scratch) -> list[str]:
+    """The requests' scratch folders, not the decoders' (started with the server, before its port opens)."""
+    return [name for name in os.listdir(scratch) if "-decoder-" not in name]
+
+
 def wait(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -96,7 +101,7 @@ def test_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_0(tmp_
     scratch = tmp_path / "scratch"
     try:
         outcome = post_in_background(f"http://127.0.0.1:{port}")
-        wait(lambda: os.listdir(scratch), 20, "the request to reach the app")
+        wait(lambda: request_folders(scratch), 20, "the request to reach the app")
         process.send_signal(signal.SIGTERM)
         wait(lambda: refuses_connections(port), 5, "the port to close")
         assert "response" not in outcome  # still running while new connections are refused
@@ -117,14 +122,15 @@ def test_the_next_start_removes_what_a_sigkilled_process_left_in_the_temp_area(t
     scratch = tmp_path / "scratch"
     try:
         post_in_background(f"http://127.0.0.1:{port}")
-        wait(lambda: os.listdir(scratch), 20, "the request to reach the app")
+        wait(lambda: request_folders(scratch), 20, "the request to reach the app")
         process.kill()
         process.communicate(timeout=10)
-        [left] = os.listdir(scratch)
-        assert left.startswith(f"tomaat-{process.pid}-")
+        left = os.listdir(scratch)  # the request's folder and the decoders'
+        assert left and all(name.startswith(f"tomaat-{process.pid}-") for name in left)
         restarted = start(tmp_path, port)
         try:
-            assert os.listdir(scratch) == []
+            assert not [name for name in os.listdir(scratch) if name.startswith(f"tomaat-{process.pid}-")]
+            assert request_folders(scratch) == []
         finally:
             restarted.send_signal(signal.SIGTERM)
             restarted.communicate(timeout=20)
