@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 
+from twisted.internet.defer import DeferredList
 from twisted.internet.threads import deferToThreadPool
 
 log = logging.getLogger("tomaat.server")
@@ -70,6 +71,7 @@ class Recorder:
         self.failure: str | None = None
         self.failed_at = 0.0
         self._lock = threading.Lock()
+        self._pending: set = set()  # records on their way to the log (reactor thread only)
 
     @property
     def refusing(self) -> bool:
@@ -101,4 +103,15 @@ class Recorder:
 
     def record(self, record: dict):
         """From the reactor: a Deferred firing with write()'s answer."""
-        return deferToThreadPool(self.reactor, self.pool, self.write, record)
+        written = deferToThreadPool(self.reactor, self.pool, self.write, record)
+        self._pending.add(written)
+
+        def done(result):
+            self._pending.discard(written)
+            return result
+
+        return written.addBoth(done)
+
+    def drain(self):
+        """A Deferred firing once every record asked for so far is written (the service awaits it at stop)."""
+        return DeferredList(list(self._pending), consumeErrors=True)

@@ -270,9 +270,10 @@ class PredictionRoutes:
         request.trail = Trail()
         return request.trail
 
-    def _record_delayed(self, outcome: Outcome, request) -> Outcome:
-        # the result is kept either way: it was asked for and computed, and its collection is recorded too
-        self.service.recorder.record(self._record(request, outcome.status, delayed=True))
+    def _record_delayed(self, outcome: Outcome, request):
+        """The work's record, written before its result can be collected (whose collection is recorded too)."""
+        written = self.service.recorder.record(self._record(request, outcome.status, delayed=True))
+        return written.addCallback(lambda _: outcome)
         return outcome
 
     def _send(self, answer: Answer, request):

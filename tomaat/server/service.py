@@ -381,7 +381,10 @@ class TomaatService(Daemon):
         if self.port is not None:
             await self.port.stopListening()
             self.port = None
-        if await self._drain(self.config.shutdown_grace):
+        drained = await self._drain(self.config.shutdown_grace)
+        if self.recorder is not None:
+            await self.recorder.drain()  # the last answers' records, written before the log is closed
+        if drained:
             self.pool.stop()
         else:
             log.warning(
