@@ -10,17 +10,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import pytest_twisted
 import SimpleITK as sitk
 from conftest import assert_same_grid
+from test_cli_serve import free_port, wait_until_up
 from twisted.internet.threads import deferToThread
 
 pytest.importorskip("nnunetv2")
@@ -104,26 +103,6 @@ async def test_served_folder_equals_nnunet_predict_from_files(serve, tmp_path, c
     assert refused.value.status == 400
     assert "field 'flair' has size (20, 20, 10)" in str(refused.value)
     assert "expected all channels on one grid" in str(refused.value)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_up(url: str, process, timeout: float) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()
-        try:
-            if requests.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise AssertionError(f"server at {url} did not come up within {timeout}s")
 
 
 @pytest_twisted.ensureDeferred
