@@ -2,11 +2,13 @@
 
 Starts the threshold example server and the floor (benchmarks/floor.py) as
 subprocesses and prints the median end-to-end latency of (a) tomaat's own
-client (a binary v2 part), (b) a v1 client (base64 MHA in a multipart form,
-JSON with base64 back, as TOMAAT-Slicer sends), (c) the floor; the ratios
-a/c and b/c; the server's time per stage; its peak memory growth for one request.
-With --tls the whole run is repeated over HTTPS and the TLS/plain ratios printed,
-so both figures of each ratio come from the same minutes of a noisy machine.
+client (a binary v2 part) from the MHA's bytes and (a') from its file, (b) a v1
+client (base64 MHA in a multipart form, JSON with base64 back, as TOMAAT-Slicer
+sends), (c) the floor; the ratios to the floor; the server's time per stage; its
+peak memory growth for one request. With --tls an HTTPS server and an HTTPS floor
+run beside the plain ones and every client's requests are interleaved over all of
+them, so "HTTPS ours / HTTP floor" and the TLS/plain ratios come from the same
+minutes of a noisy machine.
 Usage: python -m benchmarks.latency [--size 256] [--tls] [--runs N] [--quick]
 """
 
@@ -25,14 +27,14 @@ import requests
 import SimpleITK as sitk
 from requests_toolbelt import MultipartEncoder
 
-from benchmarks.support import PeakMemory, free_port, median_ms, stage_sums, start, stop, tomaat_serve
+from benchmarks.support import PeakMemory, cpu_seconds, free_port, median_ms, stage_sums, start, stop, tomaat_serve
 
 STAGES = ("receive", "parse", "decode", "preprocess", "lock_wait", "inference", "postprocess", "encode", "send")
 THRESHOLD = 500.0
 
 
-def volume(size: int, folder: str) -> tuple[np.ndarray, bytes]:
-    """A noisy float32 ball and its uncompressed MHA file, the usual way a scanner export arrives.
+def volume(size: int, folder: str) -> tuple[np.ndarray, bytes, str]:
+    """A noisy float32 ball, its uncompressed MHA file's bytes and path, the usual way a scanner export arrives.
 
     The noise keeps the volume as incompressible as a real scan; the ball
     gives a mask with the long runs a real segmentation has.
@@ -49,11 +51,11 @@ def volume(size: int, folder: str) -> tuple[np.ndarray, bytes]:
     sitk.WriteImage(image, path, False)
     with open(path, "rb") as handle:
         data = handle.read()
-    os.remove(path)
-    return array, data
+    return array, data, path
 
 
-def ours(url: str, mha: bytes, expected: int):
+def ours(url: str, mha: bytes | str, expected: int):
+    """Our client, given the MHA's bytes or (a str) its path: a user's script passes either."""
     from tomaat.client.blocking import Client
 
     client = Client(url, insecure=True, timeout=300)
@@ -109,41 +111,82 @@ def floor(url: str, array: np.ndarray, expected: int):
     return one
 
 
-def measure(one, runs: int, url: str | None = None) -> tuple[float, float, dict]:
-    """(median ms, median ms of the client's own encoding, mean server seconds per stage)."""
-    one()  # warm-up: imports, connections, first-touch allocations
-    before = stage_sums(url) if url else {}
-    times, sends = zip(*(one() for _ in range(runs)), strict=True)
-    after = stage_sums(url) if url else {}
-    stages = {name: (after[name] - before.get(name, 0.0)) / runs for name in after}
-    return median_ms(times), median_ms(sends), stages
+def measure(clients: dict, runs: int) -> dict:
+    """{name: (median ms, median ms of the client's own encoding, mean server seconds per stage, mean CPU ms
+    of the server's process, mean CPU ms of this process, i.e. the client's)}.
 
-
-def run(size: int, runs: int, tls: tuple[str, str] | None, folder: str) -> dict:
-    """Both servers up, the three clients timed, both servers down: one table's figures."""
-    env = {**os.environ, "TMPDIR": folder, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__)) or "."}
-    scheme = "https" if tls else "http"
-    array, mha = volume(size, folder)
-    expected = int((array >= THRESHOLD).sum())
-    port, floor_port = free_port(), free_port()
-    url, floor_url = f"{scheme}://127.0.0.1:{port}", f"{scheme}://127.0.0.1:{floor_port}"
-    server = start(tomaat_serve("examples/threshold.py", port, tls), url, env, os.path.join(folder, "server.log"))
-    bare = start([sys.executable, "-m", "benchmarks.floor", str(floor_port), *(tls or ())], floor_url, env)
-    try:
-        a, _, stages_a = measure(ours(url, mha, expected), runs, url)
-        b, encode_b, stages_b = measure(v1(url, mha, expected, folder), runs, url)
-        c, _, _ = measure(floor(floor_url, array, expected), runs)
-        with PeakMemory(server.pid) as memory_a:
-            ours(url, mha, expected)()
-        with PeakMemory(server.pid) as memory_b:
-            v1(url, mha, expected, folder)()
-    finally:
-        stop(server)
-        stop(bare)
+    clients: {name: (one, url of its tomaat server or None, pid of the server it talks to)}. Each round times
+    every client once, in turn, so a burst of load on a shared machine falls on all of them rather than on
+    one client's runs. CPU time, unlike the wall clock, hardly moves with the machine's other load.
+    """
+    for one, _, _ in clients.values():
+        one()  # warm-up: imports, connections, first-touch allocations
+    times: dict = {name: [] for name in clients}
+    stages: dict = {name: {} for name in clients}
+    for _ in range(runs):
+        for name, (one, url, pid) in clients.items():
+            before = stage_sums(url) if url else {}
+            server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
+            elapsed, encoded = one()
+            server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, time.process_time() - client_cpu
+            times[name].append((elapsed, encoded, server_cpu, client_cpu))
+            after = stage_sums(url) if url else {}
+            for stage, total in after.items():
+                stages[name][stage] = stages[name].get(stage, 0.0) + (total - before.get(stage, 0.0)) / runs
     return {
-        "scheme": scheme, "mib": array.nbytes / 2**20, "a": a, "b": b, "c": c, "encode_b": encode_b,
-        "stages_a": stages_a, "stages_b": stages_b, "memory_a": memory_a, "memory_b": memory_b,
-    }  # fmt: skip
+        name: (*(median_ms([row[i] for row in times[name]]) for i in (0, 1)), stages[name])
+        + tuple(1000 * sum(row[i] for row in times[name]) / runs for i in (2, 3))  # means: /proc counts 10 ms ticks
+        for name in clients
+    }
+
+
+def run(size: int, runs: int, schemes: list[str], folder: str) -> dict:
+    """The servers up (ours and the floor, for each scheme), the clients timed, all down: {scheme: its figures}."""
+    env = {**os.environ, "TMPDIR": folder, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__)) or "."}
+    array, mha, path = volume(size, folder)
+    expected = int((array >= THRESHOLD).sum())
+    tls = None
+    if "https" in schemes:
+        from tomaat.net.tls import ensure_certificate
+
+        tls = ensure_certificate(folder, "127.0.0.1")
+    servers: list = []
+    clients: dict = {}
+    urls: dict = {}
+    try:
+        for scheme in schemes:
+            cert = tls if scheme == "https" else None
+            port, floor_port = free_port(), free_port()
+            url, floor_url = f"{scheme}://127.0.0.1:{port}", f"{scheme}://127.0.0.1:{floor_port}"
+            log = os.path.join(folder, f"server-{scheme}.log")
+            servers.append(start(tomaat_serve("examples/threshold.py", port, cert), url, env, log))
+            pid = servers[-1].pid
+            urls[scheme] = (url, pid)
+            floor_command = [sys.executable, "-m", "benchmarks.floor", str(floor_port), *(cert or ())]
+            servers.append(start(floor_command, floor_url, env))
+            clients[scheme, "a"] = (ours(url, mha, expected), url, pid)
+            clients[scheme, "file"] = (ours(url, path, expected), url, pid)
+            clients[scheme, "b"] = (v1(url, mha, expected, folder), url, pid)
+            clients[scheme, "c"] = (floor(floor_url, array, expected), None, servers[-1].pid)
+        figures = measure(clients, runs)
+        results = {}
+        for scheme in schemes:
+            url, pid = urls[scheme]
+            with PeakMemory(pid) as memory_a:
+                ours(url, mha, expected)()
+            with PeakMemory(pid) as memory_b:
+                v1(url, mha, expected, folder)()
+            (a, _, stages_a, *_), (b, encode_b, stages_b, *_) = figures[scheme, "a"], figures[scheme, "b"]
+            results[scheme] = {
+                "scheme": scheme, "mib": array.nbytes / 2**20, "a": a, "file": figures[scheme, "file"][0], "b": b,
+                "c": figures[scheme, "c"][0], "encode_b": encode_b, "stages_a": stages_a, "stages_b": stages_b,
+                "memory_a": memory_a, "memory_b": memory_b,
+                "cpu": {key: figures[scheme, key][3:] for key in ("a", "file", "b", "c")},
+            }  # fmt: skip
+    finally:
+        for server in servers:
+            stop(server)
+    return results
 
 
 def report(size: int, runs: int, r: dict) -> None:
@@ -151,6 +194,8 @@ def report(size: int, runs: int, r: dict) -> None:
     print(f"latency: {size}^3 float32 ({mib:.0f} MiB), {r['scheme']}, median of {runs} runs")
     print(f"{'client':<34}{'median ms':>10}{'x floor':>9}")
     print(f"{'(a) tomaat client, v2 binary part':<34}{a:>10.1f}{a / c:>9.2f}")
+    name = "(a') the same, sent from its file"
+    print(f"{name:<34}{r['file']:>10.1f}{r['file'] / c:>9.2f}")
     print(f"{'(b) v1 client, base64 multipart':<34}{b:>10.1f}{b / c:>9.2f}")
     print(f"{'    of which its own base64 encoding':<34}{r['encode_b']:>10.1f}{r['encode_b'] / c:>9.2f}")
     print(f"{'(c) floor, raw bytes':<34}{c:>10.1f}{1:>9.2f}")
@@ -158,11 +203,34 @@ def report(size: int, runs: int, r: dict) -> None:
     print(f"{'stage':<14}{'(a)':>9}{'(b)':>9}")
     for name in STAGES:
         print(f"{name:<14}{r['stages_a'].get(name, 0.0) * 1000:>9.1f}{r['stages_b'].get(name, 0.0) * 1000:>9.1f}")
+    cpu = r["cpu"]
+    print(
+        "CPU ms per request (mean), server process / client: "
+        + ", ".join(
+            f"({k}) {cpu[key][0]:.0f} / {cpu[key][1]:.0f}" for k, key in zip(("a", "a'", "b", "c"), cpu, strict=True)
+        )
+    )
     grow_a, grow_b = r["memory_a"].growth_mib, r["memory_b"].growth_mib
     print(
         f"server peak memory growth for one request: (a) {grow_a:.0f} MiB, (b) {grow_b:.0f} MiB "
         f"= {grow_a / mib:.1f}x / {grow_b / mib:.1f}x the volume ({r['memory_a'].method})"
     )
+
+
+def compare(plain: dict, secure: dict) -> None:
+    """Our client over each scheme against the plain HTTP floor, the yardstick of issue 25."""
+    floor_ms = plain["c"]
+    print(f"against the HTTP floor ({floor_ms:.1f} ms), same run:")
+    print(f"{'':<34}{'median ms':>10}{'x floor':>9}{'target':>9}")
+    rows = (
+        ("(a) ours, HTTPS", secure["a"], 1.3),
+        ("(a) ours, HTTP", plain["a"], 1.15),
+        ("(a') ours from a file, HTTPS", secure["file"], 1.3),
+        ("(a') ours from a file, HTTP", plain["file"], 1.15),
+        ("(c) floor, HTTPS", secure["c"], None),
+    )
+    for name, value, target in rows:
+        print(f"{name:<34}{value:>10.1f}{value / floor_ms:>9.2f}{'' if target is None else f'<= {target}':>9}")
 
 
 def main(argv=None) -> int:
@@ -174,14 +242,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     size, runs = (32, 2) if args.quick else (args.size, args.runs)
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
-        plain = run(size, runs, None, folder)
-        report(size, runs, plain)
-        if args.tls:
-            from tomaat.net.tls import ensure_certificate
-
-            secure = run(size, runs, ensure_certificate(folder, "127.0.0.1"), folder)
-            report(size, runs, secure)
-            print("TLS / plain HTTP, same run: " + ", ".join(f"({k}) {secure[k] / plain[k]:.2f}" for k in "abc"))
+        results = run(size, runs, ["http", "https"] if args.tls else ["http"], folder)
+    for figures in results.values():
+        report(size, runs, figures)
+    if args.tls:
+        plain, secure = results["http"], results["https"]
+        print("TLS / plain HTTP, same run: " + ", ".join(f"({k}) {secure[k] / plain[k]:.2f}" for k in "abc"))
+        extra = [secure["cpu"][k][i] - plain["cpu"][k][i] for k in ("a", "c") for i in (0, 1)]
+        print("CPU ms per request HTTPS adds, server / client: (a) {:.0f} / {:.0f}, (c) {:.0f} / {:.0f}".format(*extra))
+        compare(plain, secure)
     print("OK")
     return 0
 

@@ -53,7 +53,9 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(10)
 
 
-def tomaat_serve(app_path: str, port: int, tls: tuple[str, str] | None, extra: list[str] = ()) -> list[str]:
+def tomaat_serve(
+    app_path: str, port: int, tls: tuple[str, str] | None, extra: list[str] | tuple[str, ...] = ()
+) -> list[str]:
     command = [sys.executable, "-m", "tomaat", "serve", app_path, "--listen-address", "127.0.0.1", "--port", str(port)]
     command += ["--cert", tls[0], "--key", tls[1]] if tls else ["--no-tls"]
     return command + list(extra)
@@ -65,6 +67,13 @@ def status_kib(pid: int, key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"no {key} for {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a process has used (its own threads; not its children's)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class PeakMemory:

@@ -166,6 +166,7 @@ class AsyncClient:
         if self._token is not None and urlsplit(self.url).scheme == "http" and not _loopback(self.url):
             log.warning("tomaat: sending a token to %s over plain HTTP: anyone on the way can read it", self.url)
         self.http = HttpClient(reactor, self.trust, connect_timeout=timeout)
+        self._secure = urlsplit(self.url).scheme == "https"  # HttpClient's TLS layer takes uploads uncopied
         self.compress = compress
         self.reuse = reuse
         self.uploads = 0  # volumes this client has sent, inline or to the store: what reuse saves
@@ -373,7 +374,7 @@ class AsyncClient:
             if sent == total and on_sent is not None:
                 on_sent(prepared)  # uploaded: from here on the server is working
 
-        producer = ProgressProducer(body, report, read=self._off_reactor)
+        producer = ProgressProducer(body, report, read=self._off_reactor, views=self._secure)
         timeout = max(0.0, deadline - time.monotonic())
         try:
             status, kind, answer = await self._exchange(
@@ -450,7 +451,7 @@ class AsyncClient:
     async def _upload_volume(self, name: str, volume, compress, progress) -> StoredVolume | None:
         payload, fmt = await self._off_reactor(volume.upload, await self.far(), compress)
         body, content_type = multipart_body([("volume", f"volume.{fmt}", payload)])
-        producer = ProgressProducer(body, progress, read=self._off_reactor)
+        producer = ProgressProducer(body, progress, read=self._off_reactor, views=self._secure)
         began = time.monotonic()
         headers = {b"Content-Type": [content_type.encode("ascii")]}
         try:

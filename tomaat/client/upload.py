@@ -54,10 +54,16 @@ def multipart_body(parts: list) -> tuple[Body, str]:
 @implementer(IBodyProducer)
 class ProgressProducer:
     """`read(function, *args)` runs a file's reads where they may block (a Deferred): the reactor's
-    thread pool in the client; a file's piece fails the upload when the file changed meanwhile."""
+    thread pool in the client; a file's piece fails the upload when the file changed meanwhile.
 
-    def __init__(self, body: Body, progress=None, cooperator=None, read=None):
+    `views`: the consumer takes memoryviews, as our TLS layer (net/bulk_tls.py) does, so a volume's
+    chunks are written from where the volume lies; Twisted's TCP transport takes only bytes, and each
+    chunk is copied for it (15 ms of a 64 MiB upload).
+    """
+
+    def __init__(self, body: Body, progress=None, cooperator=None, read=None, views: bool = False):
         self.body = body
+        self.views = views
         self.length = len(body)
         self.progress = progress
         self.sent = 0
@@ -66,7 +72,7 @@ class ProgressProducer:
         self._read = read or threads.deferToThread
         self._task: task.CooperativeTask | None = None
 
-    def _write(self, consumer, chunk: bytes):
+    def _write(self, consumer, chunk: bytes | memoryview):
         consumer.write(chunk)
         self.sent += len(chunk)
         if self.progress is not None:
@@ -78,7 +84,8 @@ class ProgressProducer:
                 yield from self._file_chunks(consumer, piece)
                 continue
             for start in range(0, len(piece), CHUNK):
-                self._write(consumer, bytes(piece[start : start + CHUNK]))
+                chunk = piece[start : start + CHUNK]
+                self._write(consumer, chunk if self.views else bytes(chunk))
                 yield None
 
     def _batch(self, piece, offset: int):

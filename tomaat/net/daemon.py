@@ -37,15 +37,16 @@ def server_endpoint(reactor, config: ListenConfig):
     from twisted.internet import endpoints
 
     from . import tls
+    from .bulk_tls import TLSServerEndpoint
 
     port, interface = config.port, config.listen_address
     try:
         six = ipaddress.ip_address(interface).version == 6
     except ValueError:
         six = False
+    tcp = (endpoints.TCP6ServerEndpoint if six else endpoints.TCP4ServerEndpoint)(reactor, port, interface=interface)
     if not config.tls:
-        tcp = endpoints.TCP6ServerEndpoint if six else endpoints.TCP4ServerEndpoint
-        return tcp(reactor, port, interface=interface), None
+        return tcp, None
     cert, key = config.cert, config.key
     if not (cert and key) and port:
         cert, key = tls.ensure_certificate(config.state_dir, port=port)  # one per port, kept
@@ -56,9 +57,8 @@ def server_endpoint(reactor, config: ListenConfig):
         cert_pem, key_pem = tls.self_signed()  # a port chosen at random: nothing to keep it for
     client_ca = getattr(config, "client_ca", "") or ""
     options = tls.pem_options(cert_pem, key_pem, tls.read_client_ca(client_ca) if client_ca else None)
-    # Twisted's listenSSL opens an IPv6 socket for an IPv6 interface by itself
-    endpoint = endpoints.SSL4ServerEndpoint(reactor, port, options, interface=interface)
-    return endpoint, tls.fingerprint(cert_pem)
+    # TLS in large pieces over plain TCP, not listenSSL's record-at-a-time layer (bulk_tls.py)
+    return TLSServerEndpoint(tcp, options), tls.fingerprint(cert_pem)
 
 
 def local_url(config: ListenConfig, port) -> str:

@@ -23,6 +23,8 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgent
 
+from .bulk_tls import EndpointFactory
+
 JSON_HEADERS = {b"Content-Type": [b"application/json"]}
 
 
@@ -98,12 +100,9 @@ class HttpClient:
     def __init__(self, reactor, tls=None, connect_timeout: float = 30.0):
         self.reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=False)
-        agent = Agent(
-            reactor,
-            contextFactory=tls or BrowserLikePolicyForHTTPS(),
-            pool=self.pool,
-            connectTimeout=connect_timeout,
-        )
+        # TLS in large pieces (bulk_tls.py), not Agent's own record-at-a-time layer: volumes go up this way
+        endpoints = EndpointFactory(reactor, tls or BrowserLikePolicyForHTTPS(), connect_timeout)
+        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self.pool)
         self.treq = treq.client.HTTPClient(cast(IAgent, agent))  # Agent is @implementer(IAgent): zope, unread by mypy
 
     async def request(

@@ -21,6 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 PEM = serialization.Encoding.PEM
+# TLS 1.3 suites in the server's order of preference. OpenSSL's default puts AES-256-GCM first; AES-128-GCM is
+# as authenticated, mandatory for every TLS 1.3 peer, and a third cheaper per byte with AES-NI, which a 64 MiB
+# volume feels (issue 25). TLS 1.2 keeps Twisted's list, which already puts ECDHE with AES-GCM first.
+TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
 CERT_NAME = "tls-cert.pem"
 KEY_NAME = "tls-key.pem"
@@ -105,7 +109,9 @@ def pem_options(cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes | None = N
     private_key = serialization.load_pem_private_key(key_pem, password=None)
     if client_ca_pem is None:
         # Twisted annotates pyOpenSSL's PKey/X509 only; the pyOpenSSL Context it hands them to takes these too
-        return ssl.CertificateOptions(privateKey=private_key, certificate=certificate)  # type: ignore[arg-type]
+        options = ssl.CertificateOptions(privateKey=private_key, certificate=certificate)  # type: ignore[arg-type]
+        _prefer_fast_ciphers(options.getContext())
+        return options
     from OpenSSL import crypto
 
     authorities = client_authorities(client_ca_pem)
@@ -121,7 +127,16 @@ def pem_options(cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes | None = N
     context = options.getContext()
     for authority in authorities:
         context.add_client_ca(authority)
+    _prefer_fast_ciphers(context)
     return options
+
+
+def _prefer_fast_ciphers(context) -> None:
+    """The server's order decides (TLS13_SUITES), not the client's: clients put AES-256 first by default."""
+    from OpenSSL import SSL
+
+    context.set_tls13_ciphersuites(TLS13_SUITES)
+    context.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
 
 
 def client_authorities(pem: bytes) -> list[x509.Certificate]:
