@@ -1,4 +1,4 @@
-"""MHA files read and written in memory, by our own parser only: no MHA byte ever reaches MetaIO.
+"""MHA files read and written in memory, by our own parser only: no byte of a client's MHA header reaches MetaIO.
 
 Volumes arrive as uncompressed MHA far more often than anything else (it is
 what TOMAAT-Slicer and our client send), and writing 1 GB to a scratch file
@@ -25,11 +25,17 @@ header announces, raw or once inflated.
 Compressed data goes through ISA-L (python-isal), which writes the same zlib
 streams: on a 256^3 label map it compresses in 9 ms to 0.89 MB where
 SimpleITK's zlib takes 19 ms for 1.03 MB, and inflates in 9 ms instead of 20.
+
+The checked data (raw, or inflated whole first) is poured into the image as it comes
+(files/filling.py: ITK's MetaImage reader reads it from a pipe, under a header we write), the
+bytes poured given back behind it, so a volume is held once, not as its bytes and its image at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import mmap
 import re
 import sys
 from dataclasses import dataclass
@@ -39,6 +45,8 @@ import SimpleITK as sitk
 from isal import isal_zlib
 
 from ..errors import TooLarge, UnreadableVolume
+from ..net.body import decoded_map, give_back
+from .filling import ReadFailed, image_from_pieces, piped
 
 DTYPES = {
     "MET_CHAR": np.int8,
@@ -115,7 +123,7 @@ def _refuse(where: str, problem: str) -> UnreadableVolume:
     return UnreadableVolume(f"{where}: {problem}; expected {EXPECTED}")
 
 
-def _truncated(where: str, detail: str) -> UnreadableVolume:
+def truncated(where: str, detail: str) -> UnreadableVolume:
     return UnreadableVolume(f"{where}: the mha file could not be read (truncated or corrupt): {detail}")
 
 
@@ -259,39 +267,87 @@ def parse_header(raw, where: str = "volume") -> Header:
     return Header(tuple(sizes), channels, dtype, compressed, start, packed, keys)
 
 
-def _data(raw, header: Header, where: str):
-    """Exactly the bytes the header announces: more or fewer is a refusal, not a guess."""
-    body = memoryview(raw).cast("B")[header.start :]
-    if not header.compressed:
-        if len(body) != header.nbytes:
-            raise _truncated(where, f"its header announces {header.nbytes} bytes of data, it holds {len(body)}")
-        return body
-    if header.compressed_size is not None:
-        if header.compressed_size > len(body):
-            raise _truncated(where, f"CompressedDataSize is {header.compressed_size}, it holds {len(body)} bytes")
-        body = body[: header.compressed_size]
-    stream = isal_zlib.decompressobj()
+PIECE = 1 << 20  # bytes copied or inflated at a time: the most held twice while a volume is decoded
+
+
+def _copied(data: memoryview):
+    """Uncompressed data a piece at a time, each piece of a request body given back once it has been taken."""
+    for at in range(0, len(data), PIECE):
+        yield data[at : at + PIECE]
+        give_back(data[max(0, at - mmap.PAGESIZE) : at + PIECE])  # the page a previous piece ended in, too
+
+
+def _inflate(data: memoryview, header: Header, where: str, into) -> None:
+    """Compressed data inflated into `into`, a piece at a time, checked whole before anything is made of it:
+    exactly the bytes the header announces (more: TooLarge, one byte past them; fewer: truncated)."""
+    stream, out, beyond = isal_zlib.decompressobj(), 0, False
     try:
-        inflated = stream.decompress(body, header.nbytes + 1)
+        for at in range(0, len(data), PIECE):
+            pending: bytes | memoryview = data[at : at + PIECE]
+            last = at + PIECE >= len(data)
+            # after the last input, asked on with nothing: output held back by the limit is still to come
+            while (pending or last) and not stream.eof and out <= header.nbytes:
+                # at most one byte past the announced size: enough to know the data is too large
+                piece = stream.decompress(pending, min(PIECE, header.nbytes + 1 - out))
+                if not piece and len(stream.unconsumed_tail) == len(pending):
+                    break  # no progress: read as a stream that ends early
+                into[out : out + len(piece)] = piece
+                out += len(piece)
+                pending = stream.unconsumed_tail
+            if stream.eof or out > header.nbytes or pending:
+                beyond = bool(stream.unconsumed_tail) or bool(stream.unused_data) or at + PIECE < len(data)
+                break
     except isal_zlib.error:  # type: ignore[misc]  # isal's stub declares `error` an Exception instance; it is a class
-        raise _truncated(where, "its compressed data is not a valid zlib stream") from None
-    if len(inflated) > header.nbytes or stream.unconsumed_tail or stream.unused_data:
+        raise truncated(where, "its compressed data is not a valid zlib stream") from None
+    if out > header.nbytes or (stream.eof and beyond):
         raise TooLarge(
             f"{where}: the mha data decompresses to more than the {header.nbytes} bytes its header announces"
         )
-    if len(inflated) < header.nbytes or not stream.eof:
-        raise _truncated(where, f"its data inflates to fewer than the {header.nbytes} bytes its header announces")
-    return inflated
+    if out < header.nbytes or not stream.eof:
+        raise truncated(where, f"its data inflates to fewer than the {header.nbytes} bytes its header announces")
 
 
 def read(raw, header: Header | None = None, where: str = "volume") -> sitk.Image:
-    """The image in an MHA file's bytes; pass the header when it was already parsed for the limits."""
+    """The image in an MHA file's bytes; pass the header when it was already parsed for the limits.
+
+    The image is made as its data comes (files/filling.py); a request body's data is given back as it goes
+    (net/body.give_back): the body reads as zeros there after. Compressed data is inflated whole first, into
+    pages given back as the image takes them, so that every refusal comes before the image is made.
+    """
     header = header or parse_header(raw, where)
-    data = np.frombuffer(_data(raw, header, where), dtype=header.dtype, count=header.voxels)
-    if not header.dtype.isnative:
-        data = data.astype(header.dtype.newbyteorder("="))
-    shape = header.sizes[::-1] + ((header.channels,) if header.channels > 1 else ())
-    image = sitk.GetImageFromArray(data.reshape(shape), isVector=header.channels > 1)
+    data = memoryview(raw).cast("B")[header.start :]
+    if not header.compressed:
+        if len(data) != header.nbytes:
+            raise truncated(where, f"its header announces {header.nbytes} bytes of data, it holds {len(data)}")
+        return from_pieces(header, _copied(data) if piped(header.nbytes) else [data], where)
+    if header.compressed_size is not None:
+        if header.compressed_size > len(data):
+            raise truncated(where, f"CompressedDataSize is {header.compressed_size}, it holds {len(data)} bytes")
+        data = data[: header.compressed_size]
+    inflated, view = decoded_map(header.nbytes + 1), None  # one byte more: room to see that there is more
+    try:
+        _inflate(data, header, where, inflated)
+        view = memoryview(inflated)[: header.nbytes]
+        return from_pieces(header, _copied(view) if piped(header.nbytes) else [view], where)
+    finally:
+        view = None
+        with contextlib.suppress(BufferError):  # a view in an error's traceback: unmapped when it goes
+            inflated.close()
+
+
+def from_pieces(header: Header, pieces, where: str = "volume") -> sitk.Image:
+    """The image whose data (exactly header.nbytes, raw, in the file's byte order) the pieces hold in turn; the
+    pieces' own refusals are raised as they are."""
+    element = header.keys["ElementType"]
+    try:
+        image = image_from_pieces(header.sizes, element, header.dtype, header.channels, pieces)
+    except ReadFailed as failure:
+        raise truncated(where, f"its data could not be read ({failure})") from None
+    return finish(image, header, where)
+
+
+def finish(image: sitk.Image, header: Header, where: str) -> sitk.Image:
+    """The image with the header's geometry, as ITK reads it."""
     dims = len(header.sizes)
     image.SetSpacing(_reals(header.keys, "ElementSpacing", dims, [1.0] * dims, where))
     if min(image.GetSpacing()) <= 0:

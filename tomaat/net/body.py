@@ -5,6 +5,8 @@ from __future__ import annotations
 import mmap
 import threading
 
+import numpy as np
+
 
 class Budget:
     """The bytes of request bodies held at once: being received, queued and being worked on.
@@ -38,6 +40,10 @@ class OverBudget(Exception):
     """The bytes that arrived would take the budget past its limit."""
 
 
+class _BodyMap(mmap.mmap):
+    """A request body's map, or bytes decoded from one (decoded_map): the buffers whose pages give_back may drop."""
+
+
 SMALL_BODY = 1 << 20  # bodies below this are never refused for the budget: a /responses form, say
 _GROW = 1 << 20
 
@@ -54,7 +60,7 @@ class BodyBuffer:
 
     def __init__(self, length: int | None, budget: Budget | None = None):
         # private: a shared anonymous map cannot grow (its pages past the first size fault with SIGBUS)
-        self.map = mmap.mmap(-1, length or _GROW, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.map = _BodyMap(-1, length or _GROW, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.fixed = length is not None
         self.position = self.size = self.charged = 0
         self._budget = budget
@@ -113,3 +119,35 @@ def body_bytes(content):
         return content.map if content.size == len(content.map) else content.map[: content.size]
     content.seek(0)
     return content.read()
+
+
+def decoded_map(size: int) -> mmap.mmap:
+    """Room for bytes decoded from a body (an MHA's inflated data), its pages committed only as they are written
+    and given back (give_back) as the decoder pours them on; close it when done."""
+    room = _BodyMap(-1, max(1, size), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):  # all of it is written, at once: 2 MiB pages fault in a third of the time
+        room.madvise(mmap.MADV_HUGEPAGE)
+    return room
+
+
+def _address(buffer) -> int:
+    return np.frombuffer(buffer, np.uint8).__array_interface__["data"][0]
+
+
+def give_back(view) -> None:
+    """Return the memory of a part of a request body that has been read for the last time; any other buffer is
+    left alone.
+
+    A decoder copying a 1 GB volume out of the body into its image would otherwise hold both until the request
+    ends: the body's pages are dropped behind it as it goes, so the two together never take much more than one
+    copy. Only the whole pages inside `view` go (a neighbouring field sharing a page at either end keeps its
+    bytes); they read as zeros from then on, which is why only a decoder that is done with them may call this.
+    """
+    owner = getattr(view, "obj", None)
+    if not isinstance(owner, _BodyMap) or owner.closed or not len(view):
+        return
+    offset = _address(view) - _address(owner)
+    start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+    stop = (offset + len(view)) // mmap.PAGESIZE * mmap.PAGESIZE
+    if stop > start:
+        owner.madvise(mmap.MADV_DONTNEED, start, stop - start)

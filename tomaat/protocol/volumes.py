@@ -12,14 +12,16 @@ file (MHD/raw, detached NRRD) is refused.
 
 from __future__ import annotations
 
+import mmap
 import zlib
 
 import SimpleITK as sitk
 
 from ..errors import UnreadableVolume
-from ..files import confined, image_headers, mha
+from ..files import confined, filling, image_headers, mha
 from ..files.limits import Allowance
 from ..files.scratch import write_then_bytes
+from ..net.body import give_back
 from . import b64
 
 # zlib level for written images: labels are mostly runs. On a 256^3 label map ISA-L level 1 takes 9 ms for
@@ -38,6 +40,8 @@ EXPECTED = "an MHA, NIfTI (.nii/.nii.gz) or NRRD image file, raw or base64-encod
 _MHA_KEYS = (b"ObjectType", b"NDims", b"ObjectSubType", b"Comment", b"TransformMatrix", b"DimSize")
 _BASE64_TEXT = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= \t\n\r\x0b\x0c"
 _CHECK_SLICE = 1 << 24
+STREAM_FROM = 1 << 23  # base64 text shorter than this is decoded whole: its copy is small
+B64_PIECE = 1 << 20  # base64 text decoded at a time when streamed: what is held twice, for a moment
 
 
 def _nifti_header(head: bytes) -> bool:
@@ -107,15 +111,96 @@ def unwrap(raw: bytes, where: str) -> tuple[bytes, str]:
     return raw, fmt
 
 
+def _neither(where: str) -> UnreadableVolume:
+    return UnreadableVolume(f"{where}: expected {EXPECTED}, got text that is neither")
+
+
+def _streamed(text, where: str, allowance: Allowance) -> sitk.Image | None:
+    """A large uncompressed MHA sent as base64 text (v1 clients), decoded piece by piece, each piece's text given
+    back behind it (a request body's, net/body.give_back); None, with nothing given back, for any other text,
+    which is decoded whole as before.
+
+    Decoded whole, the text, its decoded bytes and the image were all held at once: 3.3 times the volume. Here
+    each decoded piece is poured into the image (files/filling.py) and its text given back: the image takes
+    3/4 of the pages the text gives back, never much more than the text alone.
+    """
+    if isinstance(text, str) or len(text) < STREAM_FROM:
+        return None
+    view = memoryview(text).cast("B")
+    if not _is_base64_text(view, 0, 65536):
+        raise _neither(where)
+    if b64.padded_before(view, len(view) - b64.TAIL):
+        return None
+    pieces = b64.Pieces(view, B64_PIECE)
+    steps = iter(pieces)
+    try:
+        head, consumed = next(steps)
+    except (b64.Error, ValueError):
+        return None
+    if sniff_format(head) != "mha":
+        return None
+    size, header = image_headers.check(head, "mha", where, allowance.limits.max_voxels)
+    assert header is not None  # check() parses every MHA header it is given
+    if header.compressed or header.start + header.nbytes > len(view) // 4 * 3:
+        return None  # too short to hold its data: refused by the whole decode, before an image is made
+    # Only the image is charged: it takes the pages the text gives back (the upload budget's) as it is poured.
+    allowance.charge(size, where)
+    data = _poured(memoryview(head)[header.start :], consumed, steps, pieces, view, header.nbytes, where)
+    del head
+    return mha.from_pieces(header, data, where)
+
+
+def _poured(first, consumed: int, steps, pieces, view: memoryview, nbytes: int, where: str):
+    """The decoded data after the header, piece by piece: the first piece's rest, then each decoded piece, its
+    text given back once the piece has been taken; exactly nbytes of them, or a refusal naming how many came."""
+    held = 0
+
+    def capped(piece):
+        nonlocal held
+        room = max(0, nbytes - held)
+        held += len(piece)
+        return piece[:room] if len(piece) > room else piece
+
+    try:
+        part = capped(first)
+        del first
+        if part:
+            yield part
+        del part
+        give_back(view[:consumed])
+        for piece, end in steps:
+            part = capped(piece)
+            del piece
+            if part:
+                yield part
+            del part
+            give_back(view[max(0, consumed - mmap.PAGESIZE) : end])
+            consumed = end
+    except (b64.Error, ValueError):
+        if pieces.odd or not _is_base64_text(view, pieces.at):
+            raise _neither(where) from None
+        raise UnreadableVolume(
+            f"{where}: the base64 text is truncated or corrupt (its length or padding is wrong); expected {EXPECTED}"
+        ) from None
+    if held != nbytes:
+        raise mha.truncated(where, f"its header announces {nbytes} bytes of data, it holds {held}")
+
+
 def read_image(raw: bytes, where: str = "volume", allowance: Allowance | None = None) -> sitk.Image:
     """The image in raw, refused from its header alone when it costs more than the allowance."""
     allowance = allowance or Allowance()
+    streamed = _streamed(raw, where, allowance) if sniff_format(raw) is None else None
+    if streamed is not None:
+        return streamed
     data, fmt = unwrap(raw, where)
     size, header = image_headers.check(data, fmt, where, allowance.limits.max_voxels)
     allowance.charge(size, where)
-    # An uncompressed MHA's image is made from the body itself, which the upload budget holds already; any other
-    # file is first inflated or decoded in full, then copied into the image: twice the size, for a moment.
-    transient = 0 if header is not None and not header.compressed else size
+    # An MHA's data goes into its image as it is read or inflated (files/filling.py), a request body's given back
+    # as it goes; any other file, and a small compressed MHA, is first inflated or decoded in full, then copied into
+    # the image: twice the size, for a moment. (Base64 text decoded whole, below STREAM_FROM or not an uncompressed
+    # MHA, holds its decoded bytes meanwhile, uncharged as before: 3/4 of text the upload budget holds.)
+    poured = header is not None and (not header.compressed or filling.piped(size))
+    transient = 0 if poured else size
     try:
         with allowance.decoding(transient, where):
             if header is not None:
