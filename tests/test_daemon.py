@@ -38,3 +38,17 @@ def test_a_port_in_use_stops_the_start_with_exit_1_and_the_reason(daemon, taken_
     assert done.returncode == 1, output
     assert "could not start" in output and f":{taken_port}" in output and "in use" in output, output
     assert "serving on" not in output and "Traceback" not in output, output
+
+
+def test_a_serving_process_returns_large_buffers_to_the_system():
+    """glibc takes the settings (in a child: they are the process's, not the test run's)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from tomaat.net.daemon import return_large_buffers; print(return_large_buffers())"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "True", done.stderr
