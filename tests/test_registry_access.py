@@ -398,3 +398,28 @@ def test_the_upgraded_columns_keep_their_limits(db):
     assert opened.run(store.announce, hash_key(key), {**fields, "access": ["oidc"]}, time.time())
     [service] = opened.run(store.live_services, 0.0)
     assert service["access"] == ["oidc"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tomaat_discover_reads_a_private_registry_with_a_read_only_key(db, tmp_path):
+    """The whole way: a real private registry, `tomaat discover` as a user runs it, the key from a file."""
+    from client_support import run_cli
+
+    announcer, _ = make_key(db, "announcing lab")
+    reader, _reader_id, _created = create_key(db, "--read-only")
+    service = await start(db, private=True)
+    try:
+        code, answer = await post(service.url + "/announce", announced(announcer, access=["oidc", "token"]))
+        assert code == 200, answer
+        key_file = tmp_path / "registry-key"
+        key_file.write_text(reader + "\n")
+        key_file.chmod(0o600)
+        listed = await run_cli(["discover", service.url, "--token-file", str(key_file)], tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        assert "access: oidc, token" in listed.stdout
+        assert reader not in listed.stdout + listed.stderr
+        refused = await run_cli(["discover", service.url], tmp_path)
+        assert refused.returncode != 0 and "private" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        await service.stop()
