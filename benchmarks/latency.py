@@ -47,6 +47,7 @@ def volume(size: int, folder: str) -> tuple[np.ndarray, bytes, str]:
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((0.8, 0.9, 1.5))
     image.SetOrigin((-10.0, 4.0, 2.5))
+    image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))  # a rotated grid: geometry no default has
     path = os.path.join(folder, "volume.mha")
     sitk.WriteImage(image, path, False)
     with open(path, "rb") as handle:

@@ -19,34 +19,22 @@ import statistics
 import sys
 import tempfile
 
-import numpy as np
 import requests
 import SimpleITK as sitk
 from requests_toolbelt import MultipartEncoder
 
+from benchmarks.latency import THRESHOLD
+from benchmarks.latency import volume as latency_volume
 from benchmarks.support import PeakMemory, free_port, start, stop, tomaat_serve
 
-THRESHOLD = 500.0
 TARGETS = {"a": 1.6, "b": 2.5}
 
 
 def volume(size: int) -> tuple[int, bytes]:
-    """(voxels at or above the threshold, the MHA file SimpleITK writes): a noisy ball, as incompressible as a scan,
-    with geometry no default has."""
-    z, y, x = np.ogrid[:size, :size, :size]
-    centre = (size - 1) / 2
-    radius = np.sqrt((z - centre) ** 2 + (y - centre) ** 2 + (x - centre) ** 2, dtype=np.float32)
-    noise = np.random.default_rng(5).normal(0, 20, (size, size, size)).astype(np.float32)
-    array = (1000 * (1 - radius / size) + noise).astype(np.float32)
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing((0.8, 0.9, 1.5))
-    image.SetOrigin((-10.0, 4.0, 2.5))
-    image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    """(voxels at or above the threshold, the MHA file's bytes): the latency benchmark's noisy ball."""
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as folder:
-        path = os.path.join(folder, "volume.mha")
-        sitk.WriteImage(image, path, False)
-        with open(path, "rb") as handle:
-            return int((array >= THRESHOLD).sum()), handle.read()
+        array, data, _path = latency_volume(size, folder)
+    return int((array >= THRESHOLD).sum()), data
 
 
 def ours(url: str, mha: bytes, expected: int):
