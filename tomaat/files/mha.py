@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import mmap
 import re
 import sys
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ import SimpleITK as sitk
 from isal import isal_zlib
 
 from ..errors import TooLarge, UnreadableVolume
-from ..net.body import decoded_map, give_back
+from ..net.body import HUGE_PAGE, decoded_map, give_back
 from .filling import ReadFailed, image_from_pieces, piped
 
 DTYPES = {
@@ -274,7 +273,7 @@ def _copied(data: memoryview):
     """Uncompressed data a piece at a time, each piece of a request body given back once it has been taken."""
     for at in range(0, len(data), PIECE):
         yield data[at : at + PIECE]
-        give_back(data[max(0, at - mmap.PAGESIZE) : at + PIECE])  # the page a previous piece ended in, too
+        give_back(data[max(0, at - HUGE_PAGE) : at + PIECE])  # the (huge) page a previous piece ended in, too
 
 
 def _inflate(data: memoryview, header: Header, where: str, into) -> None:

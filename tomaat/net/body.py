@@ -41,7 +41,24 @@ class OverBudget(Exception):
 
 
 class _BodyMap(mmap.mmap):
-    """A request body's map, or bytes decoded from one (decoded_map): the buffers whose pages give_back may drop."""
+    """A request body's map, or bytes decoded from one (decoded_map): the buffers whose pages give_back may drop.
+
+    `page` is what give_back drops at least: a huge page where the map asked for them (huge()), since dropping
+    part of one splits it into small pages, which cost more than the huge page saved.
+    """
+
+    page = mmap.PAGESIZE
+
+    def huge(self) -> None:
+        """2 MiB pages for a map written whole at once: a 64 MiB body faulted in 36 ms as 4 KiB pages, 15 ms as
+        2 MiB ones (docs/performance.md)."""
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            self.madvise(mmap.MADV_HUGEPAGE)
+            self.page = HUGE_PAGE
+
+
+HUGE_PAGE = 1 << 21
+HUGE_FROM = 1 << 23  # bodies from this size are held in huge pages
 
 
 SMALL_BODY = 1 << 20  # bodies below this are never refused for the budget: a /responses form, say
@@ -61,6 +78,8 @@ class BodyBuffer:
     def __init__(self, length: int | None, budget: Budget | None = None):
         # private: a shared anonymous map cannot grow (its pages past the first size fault with SIGBUS)
         self.map = _BodyMap(-1, length or _GROW, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if length is not None and length >= HUGE_FROM:
+            self.map.huge()
         self.fixed = length is not None
         self.position = self.size = self.charged = 0
         self._budget = budget
@@ -125,13 +144,20 @@ def decoded_map(size: int) -> mmap.mmap:
     """Room for bytes decoded from a body (an MHA's inflated data), its pages committed only as they are written
     and given back (give_back) as the decoder pours them on; close it when done."""
     room = _BodyMap(-1, max(1, size), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):  # all of it is written, at once: 2 MiB pages fault in a third of the time
-        room.madvise(mmap.MADV_HUGEPAGE)
+    room.huge()  # all of it is written, at once
     return room
 
 
-def _address(buffer) -> int:
+def address(buffer) -> int:
+    """Where a buffer's first byte lies in this process's memory."""
     return np.frombuffer(buffer, np.uint8).__array_interface__["data"][0]
+
+
+def settled(view) -> bool:
+    """Whether view lies in a request body, or in bytes decoded from one: buffers written once, before anyone
+    reads them, and never again (give_back only drops their pages), so their pages may be lent out."""
+    owner = getattr(view, "obj", None)
+    return isinstance(owner, _BodyMap) and not owner.closed
 
 
 def give_back(view) -> None:
@@ -146,8 +172,9 @@ def give_back(view) -> None:
     owner = getattr(view, "obj", None)
     if not isinstance(owner, _BodyMap) or owner.closed or not len(view):
         return
-    offset = _address(view) - _address(owner)
-    start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
-    stop = (offset + len(view)) // mmap.PAGESIZE * mmap.PAGESIZE
+    base, page = address(owner), owner.page
+    begin = address(view)
+    start = -(-begin // page) * page  # whole pages by address: a huge page lies on a 2 MiB boundary
+    stop = (begin + len(view)) // page * page
     if stop > start:
-        owner.madvise(mmap.MADV_DONTNEED, start, stop - start)
+        owner.madvise(mmap.MADV_DONTNEED, start - base, stop - start)
