@@ -8,14 +8,18 @@ and slicing copies. That, not the cipher, was most of what HTTPS cost
 `getHandle()`, peer certificates, mutual TLS and fingerprint checks are
 unchanged) encrypts up to 256 KiB per `send` and hands the records to the
 socket in one write, and the socket is read 256 KiB at a time. Decryption
-stays one record per `recv`: OpenSSL returns no more, and joining records
-for fewer `dataReceived` calls cost more in copies than it saved.
+is one record per `SSL_read` (OpenSSL returns no more): while the HTTP
+channel receives a body of known length, the records are decrypted straight
+into the body's map (web.GuardedChannel.body_room, as net/in_place.py reads
+plain sockets), with no bytes object per record, no pass through the HTTP
+parser per record and no second copy; other bytes go up record by record.
 """
 
 from __future__ import annotations
 
 from OpenSSL import SSL
 from twisted.internet import interfaces
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.client import URI, HostnameEndpoint
@@ -31,6 +35,20 @@ def _ciphertext_size(plaintext: int) -> int:
     """Room for the records of `plaintext` bytes (each record adds at most 22 bytes in TLS 1.3, 29 in 1.2)
     plus a handshake message: read in one bio_read, and no larger, since an allocation per call is the cost."""
     return plaintext + plaintext // 256 + 4096
+
+
+def _cffi():
+    """pyOpenSSL's own cffi handles, to decrypt into a buffer of ours (its recv_into decrypts into a buffer of
+    its own, then copies); None where its internals are not as expected: every record then takes recv()."""
+    try:
+        from OpenSSL._util import ffi, lib
+
+        return (ffi, lib) if hasattr(ffi, "release") and hasattr(SSL.Connection, "_raise_ssl_error") else None
+    except ImportError:
+        return None
+
+
+_CFFI = _cffi()
 
 
 def _whole_writes(connection: SSL.Connection) -> None:
@@ -62,6 +80,50 @@ class BulkTLSProtocol(BufferingTLSTransport):
         _whole_writes(self._tlsConnection)
         if hasattr(transport, "bufferSize"):  # a TCP connection: read more of the socket at once
             transport.bufferSize = READ_SIZE
+
+    def _flushReceiveBIO(self):
+        """Twisted's loop (one record per recv, up through dataReceived), except that a body's bytes are
+        decrypted into the room the HTTP channel offers (module docstring)."""
+        offer = getattr(self.wrappedProtocol, "body_room", None) if _CFFI is not None else None
+        while not self._lostTLSConnection:
+            room = offer(READ_SIZE) if offer is not None else None
+            try:
+                if room is None:
+                    data = self._tlsConnection.recv(2 * RECORD)
+                else:
+                    self._decrypt_into(room)
+                    continue
+            except SSL.WantReadError:
+                break  # what arrived is used up
+            except SSL.ZeroReturnError:  # the peer closed TLS: the protocol is told as by the transport
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, data)
+        self._flushSendBIO()
+
+    def _decrypt_into(self, room: memoryview) -> None:
+        """Records decrypted into room until it is full or nothing more has arrived; what was decrypted is
+        handed on even when an error (or WantReadError) ends it, which is then raised."""
+        assert _CFFI is not None  # _flushReceiveBIO offers rooms only then
+        ffi, lib = _CFFI
+        connection, filled = self._tlsConnection, 0
+        with room:
+            target = ffi.from_buffer(room, require_writable=True)
+            try:
+                while filled < len(room):
+                    count = lib.SSL_read(connection._ssl, target + filled, len(room) - filled)
+                    if count <= 0:
+                        connection._raise_ssl_error(connection._ssl, count)
+                        raise SSL.WantReadError()  # not reached: OpenSSL reports every read of nothing
+                    filled += count
+            finally:
+                ffi.release(target)
+                if filled and not self._aborted:
+                    self.wrappedProtocol.body_received(filled)
 
     def write(self, data):
         """Small writes go through Twisted's aggregation; a large one is encrypted as it is, uncopied.

@@ -49,22 +49,15 @@ def return_large_buffers(threshold: int = 1 << 20) -> bool:
 def server_endpoint(reactor, config: ListenConfig):
     """The endpoint a service listens on, and its certificate's fingerprint (None for plain HTTP).
 
-    An IPv6 listen_address gets an IPv6 socket. With `client_ca` (a PEM file of CAs) TLS asks clients for a
+    An IPv6 listen_address gets an IPv6 socket (tcp.Port decides, as for Twisted's own endpoints). With `client_ca` (a PEM file of CAs) TLS asks clients for a
     certificate those CAs signed; one without a certificate still connects (see tls.pem_options).
     """
-    import ipaddress
-
-    from twisted.internet import endpoints
-
     from . import tls
     from .bulk_tls import TLSServerEndpoint
+    from .in_place import TCPServerEndpoint
 
     port, interface = config.port, config.listen_address
-    try:
-        six = ipaddress.ip_address(interface).version == 6
-    except ValueError:
-        six = False
-    tcp = (endpoints.TCP6ServerEndpoint if six else endpoints.TCP4ServerEndpoint)(reactor, port, interface=interface)
+    tcp = TCPServerEndpoint(reactor, port, interface=interface)  # reads bodies in place (in_place.py)
     if not config.tls:
         return tcp, None
     cert, key = config.cert, config.key

@@ -66,7 +66,8 @@ class TimedRequest(server.Request):
         elif self._refused_early():
             super().gotLength(0)
         else:  # charged to the budget by the bytes that arrive, chunked bodies too
-            self.content = BodyBuffer(length, self.channel.site.budget)
+            site = self.channel.site
+            self.content = BodyBuffer(length, site.budget, site.watch_for(self) if site.watch_for else None)
 
     def handleContentChunk(self, data):
         if self._refused:
@@ -84,6 +85,18 @@ class TimedRequest(server.Request):
             self.content.close()  # the bytes so far are given back and dropped; the answer is 503 once all arrived
             self.content = io.BytesIO()
             self._dropping = True
+
+    def body_room(self, most: int) -> memoryview | None:
+        """Room in the body for bytes a transport receives in place (GuardedChannel.body_room)."""
+        if self._refused or self._dropping or not isinstance(self.content, BodyBuffer):
+            return None
+        return self.content.room(most)
+
+    def body_received(self, count: int) -> None:
+        """What handleContentChunk does for bytes that were received into the room (the length was checked)."""
+        assert isinstance(self.content, BodyBuffer)
+        self._body_bytes += count
+        self.content.advance(count)
 
     def _refused_early(self) -> bool:
         """A request refused on its headers (the site's early_refusal: no identity for the route) before its
@@ -178,6 +191,30 @@ class GuardedChannel(http.HTTPChannel):
         self._await_request()
         self.site.connections.admit(self)
 
+    def body_room(self, most: int) -> memoryview | None:
+        """Where the next `most` (or fewer) bytes of the body being received go, for the transport to read or
+        decrypt them into in place (net/in_place.py, net/bulk_tls.py); None while any other bytes are due
+        (request lines, headers, a chunked body, the body's last byte, the next request's bytes while one is
+        answered) or the body is refused or dropped: those take Twisted's own way through dataReceived. Reads
+        Twisted's parser state; where it is not as expected, every byte takes that way."""
+        if getattr(self, "line_mode", 1) or getattr(self, "_handlingRequest", True) or getattr(self, "_buffer", 1):
+            return None
+        decoder = getattr(self, "_transferDecoder", None)
+        if type(decoder) is not http._IdentityTransferDecoder or decoder.dataCallback is None or not self.requests:
+            return None
+        left = decoder.contentLength
+        if not isinstance(left, int) or left <= 1:  # the last byte ends the body: Twisted's finish path
+            return None
+        return self.requests[-1].body_room(min(most, left - 1))
+
+    def body_received(self, count: int) -> None:
+        """`count` bytes of the body arrived in the room: what dataReceived would have done with them."""
+        decoder = self._transferDecoder
+        assert decoder is not None  # body_room offered the room: the body's decoder is set
+        self.resetTimeout()
+        decoder.contentLength -= count
+        self.requests[-1].body_received(count)
+
     def _await_request(self):
         limit = self.site.receive_timeout
         if limit:
@@ -249,6 +286,7 @@ class QuietSite(server.Site):
         too_large=None,
         refusal=None,
         early_refusal=None,
+        watch_for=None,
     ):
         super().__init__(CorsResource(klein_resource), timeout=idle_timeout or None)
         self.max_body_bytes = max_body_bytes
@@ -258,6 +296,7 @@ class QuietSite(server.Site):
         self.too_large = too_large or _too_large
         self.refusal = refusal or error_items
         self.early_refusal = early_refusal  # (request, method, path) -> access.identity.Refused | None
+        self.watch_for = watch_for  # request -> bytes a body is watched for as it arrives (BodyBuffer), or None
 
     def log(self, request):
         pass

@@ -38,6 +38,7 @@ from .app import UPSTREAM, TomaatApp, batch_settings
 from .audit_trail import Recorder
 from .config import DESCRIPTION, ServiceConfig, described, scope_list
 from .delayed import DelayedResults
+from .form import delimiter_of
 from .metrics import Metrics
 from .prediction import Prediction
 from .routes import PredictionRoutes
@@ -300,6 +301,7 @@ class TomaatService(Daemon):
             budget=self.budget,
             connections=web.Connections(config.max_connections, config.max_connections_per_address),
             early_refusal=self._early_refusal,
+            watch_for=_multipart_delimiter,
         )
         try:
             self.port = await endpoint.listen(site)
@@ -476,3 +478,8 @@ def _reclaim_sigterm() -> None:
         handler = signal.getsignal(signal.SIGTERM)
         if handler is not None:
             signal.signal(signal.SIGTERM, handler)
+
+
+def _multipart_delimiter(request) -> bytes | None:
+    """What a request body is watched for as it arrives: its multipart delimiter (form.read_fields uses it)."""
+    return delimiter_of(request.getHeader(b"content-type"))
