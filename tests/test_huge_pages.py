@@ -143,23 +143,28 @@ def test_giving_back_part_of_a_huge_page_body_drops_only_whole_huge_pages():
         body.close()
 
 
-def test_pieces_given_back_behind_a_pour_leave_no_huge_page_behind():
-    """mha._copied gives back each 1 MiB piece with the huge page before it: together they cover every whole
-    huge page of the data, whatever the data's offset in the map."""
+def test_pieces_given_back_behind_a_pour_leave_nothing_behind():
+    """mha._copied gives back each 1 MiB piece with the huge page before it, whole huge pages only while it
+    pours, then the small pages at both ends: every whole page of the data is gone, whatever the data's offset
+    in the map, and the bytes before it (another field's) are kept."""
     size = 20 * MIB
     for offset in (0, 4096 + 17, HUGE_PAGE - 5):
         room = decoded_map(size)
         try:
             room[:] = b"\x01" * size
             data = memoryview(room)[offset:]
-            for piece in mha._copied(data):
-                del piece  # taken, as the pipe takes it
+            pieces = mha._copied(data)
+            for _ in range(5):
+                next(pieces)
             got = np.frombuffer(room, np.uint8)
             base = address(room)
             first = -(-(base + offset) // room.page) * room.page - base
-            last = (base + size) // room.page * room.page - base
-            assert not got[first:last].any(), f"offset {offset}: pages left"
-            assert got[:first].all() and got[last:].all()  # the partial pages at the ends keep their bytes
+            assert got[:first].all()  # mid-pour: the partial huge page at the start is whole still
+            for piece in pieces:
+                del piece  # taken, as the pipe takes it
+            start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+            assert not got[start:].any(), f"offset {offset}: pages left"
+            assert got[:offset].all()  # before the data: kept
             del got
             data.release()
         finally:

@@ -274,6 +274,7 @@ def _copied(data: memoryview):
     for at in range(0, len(data), PIECE):
         yield data[at : at + PIECE]
         give_back(data[max(0, at - HUGE_PAGE) : at + PIECE])  # the (huge) page a previous piece ended in, too
+    give_back(data, ends=True)
 
 
 def _inflate(data: memoryview, header: Header, where: str, into) -> None:

@@ -200,7 +200,7 @@ def settled(view) -> bool:
     return isinstance(owner, _BodyMap) and not owner.closed
 
 
-def give_back(view) -> None:
+def give_back(view, ends: bool = False) -> None:
     """Return the memory of a part of a request body that has been read for the last time; any other buffer is
     left alone.
 
@@ -208,11 +208,13 @@ def give_back(view) -> None:
     ends: the body's pages are dropped behind it as it goes, so the two together never take much more than one
     copy. Only the whole pages inside `view` go (a neighbouring field sharing a page at either end keeps its
     bytes); they read as zeros from then on, which is why only a decoder that is done with them may call this.
+    In a map of huge pages only whole huge pages go, unless `ends`: the decoder's last call, which gives back
+    the small pages of the huge ones at the view's two ends too (two splits, not one per piece).
     """
     owner = getattr(view, "obj", None)
     if not isinstance(owner, _BodyMap) or owner.closed or not len(view):
         return
-    base, page = address(owner), owner.page
+    base, page = address(owner), mmap.PAGESIZE if ends else owner.page
     begin = address(view)
     start = -(-begin // page) * page  # whole pages by address: a huge page lies on a 2 MiB boundary
     stop = (begin + len(view)) // page * page

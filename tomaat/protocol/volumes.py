@@ -175,6 +175,7 @@ def _poured(first, consumed: int, steps, pieces, view: memoryview, nbytes: int, 
             del part
             give_back(view[max(0, consumed - HUGE_PAGE) : end])  # the (huge) page the last ended in
             consumed = end
+        give_back(view[:consumed], ends=True)
     except (b64.Error, ValueError):
         if pieces.odd or not _is_base64_text(view, pieces.at):
             raise _neither(where) from None
