@@ -197,7 +197,8 @@ class GuardedChannel(http.HTTPChannel):
         (request lines, headers, a chunked body, the body's last byte, the next request's bytes while one is
         answered) or the body is refused or dropped: those take Twisted's own way through dataReceived. Reads
         Twisted's parser state; where it is not as expected, every byte takes that way."""
-        if getattr(self, "line_mode", 1) or getattr(self, "_handlingRequest", True) or getattr(self, "_buffer", 1):
+        parser = (getattr(self, name, True) for name in ("line_mode", "_handlingRequest", "_buffer", "paused"))
+        if any(parser):  # a line being read, a request being answered, bytes held back: Twisted's way
             return None
         decoder = getattr(self, "_transferDecoder", None)
         if type(decoder) is not http._IdentityTransferDecoder or decoder.dataCallback is None or not self.requests:
