@@ -22,8 +22,8 @@ def restart_with_huge_pages() -> None:
     return where that is not needed, already so, or not possible. An operator's own setting of the tunable
     (`glibc.malloc.hugetlb=0` to turn it off) is kept, and so are their other tunables."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if TUNABLE in tunables or getattr(sys, "frozen", False) or not sys.orig_argv:
-        return
+    if TUNABLE in tunables or getattr(sys, "frozen", False) or not sys.orig_argv or sys.argv[0] in ("-", ""):
+        return  # a script read from standard input (or typed) could not be read again
     if platform.libc_ver()[0] != "glibc" or "[never]" in _kernel_setting():
         return
     env = {**os.environ, "GLIBC_TUNABLES": ":".join(filter(None, (tunables, f"{TUNABLE}=1")))}
