@@ -2,9 +2,11 @@
 
 The TOMAAT paper (Table 1) timed its services over LAN, DSL and 4G. Here examples/threshold.py is
 served by `tomaat serve` (plain HTTP, a subprocess) and reached through benchmarks/link.py's proxy,
-one profile at a time (lan, dsl, 4g: see that module). The volume is a CT-like int16 phantom (air
-exactly -1000 around a body with organs of different HU, Gaussian noise only inside the body, on a
-rotated grid with an offset origin) saved as an uncompressed MHA file. Each request is timed end to
+one profile at a time (lan, dsl, 4g: see that module). With --tls a second `tomaat serve` of the same
+app speaks HTTPS (a self-signed certificate the clients do not verify) through a proxy of the same
+profile; the proxy relays bytes, so TLS passes through it untouched. The volume is a CT-like int16
+phantom (air exactly -1000 around a body with organs of different HU, Gaussian noise only inside the
+body, on a rotated grid with an offset origin) saved as an uncompressed MHA file. Each request is timed end to
 end, from its start until all its outputs are decoded:
 
 (a) v1, as TOMAAT-Slicer sends: the MHA file read and base64-encoded with the standard library as a
@@ -14,16 +16,20 @@ end, from its start until all its outputs are decoded:
     threshold=...)`, whatever that call sends and receives today (the public API only);
 (c) the same Client, the same file, another threshold: a repeated prediction with one changed parameter.
 
-Each run uses a volume of its own (new noise), (b) and (c) before (a), so that nothing a server or
-client might keep from an earlier request helps a later "first" one. The bytes each way are counted
-at the proxy. Default: 256^3 and 256x256x64, every profile, the median of 3 runs per cell.
-Usage: python -m benchmarks.links [--quick] [--runs N] [--profiles lan dsl 4g] [--sizes 256 256x256x64]
+Each run uses a volume of its own (new noise) for each scheme, (b) and (c) before (a), so that nothing
+a server or client might keep from an earlier request helps a later "first" one; with --tls each run
+times both schemes, HTTP first in one run and HTTPS first in the next, so that both rows come from the
+same minutes of a noisy machine. The bytes each way are counted at the proxy: for HTTPS they are the
+TLS records, handshakes included. Default: 256^3 and 256x256x64, every profile, the median of 3 runs
+per cell, HTTP only (about 13 minutes; --tls doubles that).
+Usage: python -m benchmarks.links [--quick] [--tls] [--runs N] [--profiles lan dsl 4g] [--sizes 256 256x256x64]
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import statistics
@@ -98,7 +104,8 @@ def v1(url: str, path: str, threshold: float, folder: str) -> tuple[int, str]:
     with open(path, "rb") as handle:
         text = base64.encodebytes(handle.read()).decode("ascii")  # as the module's __base64_encode__
     form = MultipartEncoder({"images": text, "threshold": str(threshold), "module_version": "Slicer-v2"})
-    answer = requests.post(url + "/predict", data=form, headers={"Content-Type": form.content_type}, timeout=600)
+    headers = {"Content-Type": form.content_type}
+    answer = requests.post(url + "/predict", data=form, headers=headers, timeout=600, verify=False)
     assert answer.status_code == 200, f"v1: HTTP {answer.status_code}: {answer.text[:200]}"
     labels, summary = None, None
     for item in json.loads(answer.content):
@@ -130,16 +137,16 @@ def timed(link: Link, request, expected: int) -> tuple[float, int, int]:
     return elapsed, after[0] - up, after[1] - down
 
 
-def one_run(link: Link, path: str, array: np.ndarray, folder: str) -> dict:
+def one_run(link: Link, scheme: str, path: str, array: np.ndarray, folder: str) -> dict:
     from tomaat.client import Client
 
     low, high = ((array >= t).sum() for t in THRESHOLDS)
-    proxied = f"http://127.0.0.1:{link.port}"
+    proxied = f"{scheme}://127.0.0.1:{link.port}"
     client = None
 
     def first():
         nonlocal client
-        client = Client(proxied, timeout=60)
+        client = Client(proxied, timeout=60, insecure=scheme == "https")  # our own self-signed certificate
         return ours(client, path, THRESHOLDS[0])
 
     b = timed(link, first, low)
@@ -148,53 +155,71 @@ def one_run(link: Link, path: str, array: np.ndarray, folder: str) -> dict:
     return {"a": a, "b": b, "c": c}
 
 
-def measure(port: int, shape, profiles, runs: int, folder: str) -> dict:
-    """{(profile, request): (median seconds, median bytes up, median bytes down)} for one size."""
+def measure(ports: dict, shape, profiles, runs: int, folder: str) -> dict:
+    """{(profile, scheme, request): (median seconds, median bytes up, median bytes down)} for one size.
+
+    ports: {scheme: the port of the server speaking it}; each scheme has a link of its own to its server.
+    """
     hu, body = anatomy(shape)
     path = os.path.join(folder, "volume.mha")
     seed = 0
-    warm = phantom(hu, body, seed, path)  # the server's first requests of each kind, off the clock
-    with Link(port, "none") as link:
-        one_run(link, path, warm, folder)
+    warm = phantom(hu, body, seed, path)  # each server's first requests of each kind, off the clock
+    for scheme, port in ports.items():
+        with Link(port, "none") as link:
+            one_run(link, scheme, path, warm, folder)
     cells = {}
     for profile in profiles:
-        samples = {key: [] for key in ROWS}
-        with Link(port, profile) as link:
-            for _ in range(runs):
-                seed += 1
-                array = phantom(hu, body, seed, path)
-                for key, sample in one_run(link, path, array, folder).items():
-                    samples[key].append(sample)
-        for key, values in samples.items():
-            cells[profile, key] = tuple(statistics.median(column) for column in zip(*values, strict=True))
+        samples = {(scheme, key): [] for scheme in ports for key in ROWS}
+        with contextlib.ExitStack() as stack:
+            links = {scheme: stack.enter_context(Link(port, profile)) for scheme, port in ports.items()}
+            for run in range(runs):
+                for scheme in list(ports)[:: -1 if run % 2 else 1]:  # neither scheme always goes first
+                    seed += 1
+                    array = phantom(hu, body, seed, path)
+                    for key, sample in one_run(links[scheme], scheme, path, array, folder).items():
+                        samples[scheme, key].append(sample)
+        for (scheme, key), values in samples.items():
+            cells[profile, scheme, key] = tuple(statistics.median(column) for column in zip(*values, strict=True))
     return cells
 
 
-def report(shape, mha_bytes: int, cells: dict, profiles, runs: int) -> None:
+def report(shape, mha_bytes: int, cells: dict, profiles, schemes, runs: int) -> None:
+    """One table: for each profile and request its HTTP row, then its HTTPS row with HTTPS/HTTP seconds."""
     z, y, x = shape
     size = f"{x}^3" if x == y == z else f"{x}x{y}x{z}"
     runs_text = f"median of {runs} runs" if runs > 1 else "1 run"
+    over = "plain HTTP" if schemes == ["http"] else "HTTP and HTTPS (HTTPS bytes: TLS records, handshakes included)"
+    mha = f"{mha_bytes / 1e6:.1f} MB uncompressed MHA"
+    print(f"\nlinks: {size} int16 ({mha}), threshold example over {over}, {runs_text}")
+    ratio = f"{'HTTPS/HTTP':>12}" if "https" in schemes else ""
     print(
-        f"\nlinks: {size} int16 ({mha_bytes / 1e6:.1f} MB uncompressed MHA), threshold example over plain HTTP, {runs_text}"
+        f"{'profile':<8}{'scheme':<7}{'request':<33}{'seconds':>9}{'bytes up':>14}{'bytes down':>13}{'vs (a)':>9}{ratio}"
     )
-    print(f"{'profile':<8}{'request':<33}{'seconds':>9}{'bytes up':>14}{'bytes down':>13}{'vs (a)':>9}")
     for profile in profiles:
-        base = cells[profile, "a"][0]
         for key, label in ROWS.items():
-            seconds, up, down = cells[profile, key]
-            print(f"{profile:<8}{label:<33}{seconds:>9.2f}{up:>14,.0f}{down:>13,.0f}{base / seconds:>8.2f}x")
-    goals = []
-    for key, profile, factor in GOALS:
-        if profile in profiles:
-            got = cells[profile, "a"][0] / cells[profile, key][0]
-            verdict = "met" if got >= factor else "not met"
-            goals.append(f"({key}) >= {factor:g}x faster than (a) on {profile}: {got:.2f}x ({verdict})")
-    print("goals: " + "; ".join(goals) if goals else "goals: none for these profiles")
+            for scheme in schemes:
+                seconds, up, down = cells[profile, scheme, key]
+                base = cells[profile, scheme, "a"][0]  # (a) over the same scheme
+                line = f"{profile:<8}{scheme.upper():<7}{label:<33}{seconds:>9.2f}{up:>14,.0f}{down:>13,.0f}"
+                line += f"{base / seconds:>8.2f}x"
+                if scheme == "https":
+                    line += f"{seconds / cells[profile, 'http', key][0]:>12.2f}"
+                print(line)
+    for scheme in schemes:
+        goals = []
+        for key, profile, factor in GOALS:
+            if profile in profiles:
+                got = cells[profile, scheme, "a"][0] / cells[profile, scheme, key][0]
+                verdict = "met" if got >= factor else "not met"
+                goals.append(f"({key}) >= {factor:g}x faster than (a) on {profile}: {got:.2f}x ({verdict})")
+        name = "goals" if scheme == "http" else "goals over HTTPS"
+        print(f"{name}: " + ("; ".join(goals) if goals else "none for these profiles"))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64^3 on dsl, one run each: proves it runs (CI)")
+    parser.add_argument("--tls", action="store_true", help="HTTPS rows beside the HTTP ones (twice the time)")
     parser.add_argument("--runs", type=int, default=3, help="runs per cell, the median printed (default 3)")
     parser.add_argument("--profiles", nargs="+", choices=sorted(PROFILES), default=["lan", "dsl", "4g"])
     parser.add_argument("--sizes", nargs="+", default=["256", "256x256x64"], help="EDGE or XxYxZ")
@@ -202,18 +227,28 @@ def main(argv=None) -> int:
     sizes, profiles, runs = (["64"], ["dsl"], 1) if args.quick else (args.sizes, args.profiles, args.runs)
     for name in profiles:
         print(f"{name}: {describe(PROFILES[name])}")
+    schemes = ["http", "https"] if args.tls else ["http"]
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         env = {**os.environ, "TMPDIR": folder, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__)) or "."}
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = start(tomaat_serve("examples/threshold.py", port, None), url, env, os.path.join(folder, "server.log"))
+        cert = None
+        if args.tls:
+            from tomaat.net.tls import ensure_certificate
+
+            cert = ensure_certificate(folder, "127.0.0.1")
+        servers, ports = [], {}
         try:
+            for scheme in schemes:
+                ports[scheme] = free_port()
+                command = tomaat_serve("examples/threshold.py", ports[scheme], cert if scheme == "https" else None)
+                url, log = f"{scheme}://127.0.0.1:{ports[scheme]}", os.path.join(folder, f"server-{scheme}.log")
+                servers.append(start(command, url, env, log))
             for text in sizes:
                 shape = parse_size(text)
-                cells = measure(port, shape, profiles, runs, folder)
-                report(shape, os.path.getsize(os.path.join(folder, "volume.mha")), cells, profiles, runs)
+                cells = measure(ports, shape, profiles, runs, folder)
+                report(shape, os.path.getsize(os.path.join(folder, "volume.mha")), cells, profiles, schemes, runs)
         finally:
-            stop(server)
+            for server in servers:
+                stop(server)
     print("OK")  # every request was answered and its labels checked (a failure raises)
     return 0
 

@@ -20,9 +20,9 @@ def test_load_benchmark_quick_mode_passes():
     assert " 0 errors" in done.stdout and done.stdout.strip().endswith("OK")
 
 
-def _quick(module: str) -> str:
+def _quick(module: str, *extra: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", module, "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", module, "--quick", *extra], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip().endswith("OK"), done.stdout
@@ -35,9 +35,12 @@ def test_latency_benchmark_quick_mode_runs_all_three_clients():
         assert row in out
 
 
-def test_throughput_benchmark_quick_mode_answers_every_request():
+def test_throughput_benchmark_quick_mode_answers_every_request_over_http_and_https():
     out = _quick("benchmarks.throughput")
     assert " 0 errors" in out and "GPU-bound maximum" in out
+    for scheme in ("HTTP", "HTTPS"):  # requests/s, fraction of the maximum, median latency ms, errors
+        assert re.search(rf"^{scheme}\s+[0-9.]+\s+[0-9]+%\s+[0-9.]+\s+0$", out, re.M), out
+    assert re.search(r"^HTTPS/HTTP\s+[0-9.]+\s+[0-9.]+$", out, re.M), out
 
 
 def test_batching_benchmark_quick_mode_answers_every_request_in_batches():
@@ -59,11 +62,14 @@ def test_replicas_benchmark_quick_mode_goes_through_ray():
     assert "added by Ray" in out and "2 replicas / 1 replica" in out and "(0 errors" in out
 
 
-def test_links_benchmark_quick_mode_times_all_three_requests_through_the_link():
-    out = _quick("benchmarks.links")
+def test_links_benchmark_quick_mode_times_all_three_requests_through_the_link_over_http_and_https():
+    out = _quick("benchmarks.links", "--tls")
+    cells = r"\s+[0-9.]+\s+[0-9,]+\s+[0-9,]+\s+[0-9.]+x"  # seconds, bytes up, bytes down, vs (a)
     for row in ("(a) v1, base64 MHA multipart", "(b) our client, first request", "(c) same client, new threshold"):
-        assert re.search(rf"^dsl\s+{re.escape(row)}\s+[0-9.]+\s+[0-9,]+\s+[0-9,]+\s+[0-9.]+x$", out, re.M), out
+        assert re.search(rf"^dsl\s+HTTP\s+{re.escape(row)}{cells}$", out, re.M), out
+        assert re.search(rf"^dsl\s+HTTPS\s+{re.escape(row)}{cells}\s+[0-9.]+$", out, re.M), out  # and HTTPS/HTTP
     assert "goals: (b) >= 3x faster than (a) on dsl" in out
+    assert "goals over HTTPS: (b) >= 3x faster than (a) on dsl" in out
 
 
 def test_first_request_benchmark_quick_mode_times_a_fresh_server():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import ssl
 import threading
 import time
 
@@ -184,3 +185,47 @@ def test_closing_the_link_closes_its_connections_and_a_refused_connect_closes_th
         except ConnectionResetError:
             pass
         assert time.monotonic() - began < 1.0
+
+
+def test_tls_passes_through_untouched_the_client_sees_the_servers_own_certificate(tmp_path):
+    """The links benchmark's HTTPS rows rely on it: the proxy relays TLS records as opaque bytes."""
+    from tomaat.net.tls import ensure_certificate
+
+    cert, key = ensure_certificate(str(tmp_path), "127.0.0.1")
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(DEADLINE)
+    payload = pattern(300_000)
+    served: list = []
+
+    def serve():
+        try:
+            conn, _ = listener.accept()
+            conn.settimeout(DEADLINE)
+            with server_side.wrap_socket(conn, server_side=True) as tls:
+                got = bytearray()
+                while len(got) < len(payload):
+                    got += tls.recv(65536)
+                tls.sendall(hashlib.sha256(got).digest())
+        except BaseException as problem:  # noqa: BLE001 - reported by the assertion below
+            served.append(problem)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client_side = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_side.load_verify_locations(cert)  # verified: a proxy that changed one byte fails the handshake
+    client_side.check_hostname = False  # its name is a DNSName "127.0.0.1", which Python's check does not take as an IP
+    with Link(listener.getsockname()[1], "dsl") as link, connect(link) as sock:
+        with client_side.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+            tls.sendall(payload)
+            digest = b""
+            while len(digest) < 32 and (data := tls.recv(32)):
+                digest += data
+            with open(cert, "rb") as handle:
+                assert tls.getpeercert(binary_form=True) == ssl.PEM_cert_to_DER_cert(handle.read().decode())
+    thread.join(DEADLINE)
+    listener.close()
+    assert not served, served
+    assert digest == hashlib.sha256(payload).digest()
+    assert link.bytes_up > len(payload) and link.bytes_down > 32  # TLS records: the payload plus their framing
