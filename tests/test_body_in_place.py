@@ -207,7 +207,9 @@ def _pipelined(port: int, tls: bool, pieces: list[int]) -> list[tuple[int, bytes
 
 @pytest_twisted.ensureDeferred
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-async def test_pipelined_requests_cut_anywhere_each_get_their_own_answer(serve, tmp_path, tls, in_place):
+async def test_pipelined_requests_cut_anywhere_each_get_their_own_answer(serve, tmp_path, tls):
+    """Which bytes go in place depends on how the reads fall (a read that takes headers and body together
+    goes Twisted's way): the answers must not."""
     service = await serve(ThresholdApp(), tls=tls, state_dir=str(tmp_path / "state"))
     port = service.port.getHost().port
     for pieces in ([1] * 400, [3, 250, 1, 1, 90] * 10, [100_000]):
@@ -215,7 +217,6 @@ async def test_pipelined_requests_cut_anywhere_each_get_their_own_answer(serve, 
         assert [status for status, _ in answers] == [200, 200], answers
         first, second = (_summary(body) for _, body in answers)
         assert "at or above 300:" in first and "at or above 900:" in second
-    assert in_place  # some of it went in place
 
 
 def _summary(body: bytes) -> str:

@@ -49,8 +49,9 @@ def return_large_buffers(threshold: int = 1 << 20) -> bool:
 def server_endpoint(reactor, config: ListenConfig):
     """The endpoint a service listens on, and its certificate's fingerprint (None for plain HTTP).
 
-    An IPv6 listen_address gets an IPv6 socket (tcp.Port decides, as for Twisted's own endpoints). With `client_ca` (a PEM file of CAs) TLS asks clients for a
-    certificate those CAs signed; one without a certificate still connects (see tls.pem_options).
+    An IPv6 listen_address gets an IPv6 socket (tcp.Port decides, as for Twisted's own endpoints). With
+    `client_ca` (a PEM file of CAs) TLS asks clients for a certificate those CAs signed; one without a
+    certificate still connects (see tls.pem_options).
     """
     from . import tls
     from .bulk_tls import TLSServerEndpoint

@@ -52,7 +52,11 @@ def delimiter_of(content_type: str | bytes | None) -> bytes | None:
         boundary = _boundary(content_type)
     except RequestError:
         return None
-    return b"\r\n--" + boundary if boundary is not None else None
+    return _delimiter(boundary) if boundary is not None else None
+
+
+def _delimiter(boundary: bytes) -> bytes:
+    return b"\r\n--" + boundary
 
 
 def _boundary(content_type: str | None) -> bytes | None:
@@ -77,8 +81,7 @@ def split_multipart(body, boundary: bytes, max_fields: int, found: list[int] | N
     the connection saw them arrive: the delimiter is then looked up there instead of searched for, with the
     same result.
     """
-    view, dash = memoryview(body).toreadonly(), b"--" + boundary
-    delimiter = b"\r\n" + dash
+    view, dash, delimiter = memoryview(body).toreadonly(), b"--" + boundary, _delimiter(boundary)
 
     def next_delimiter(start: int) -> int:
         if found is None:
@@ -120,7 +123,7 @@ def read_fields(body, content_type: str | None, max_fields: int = 256) -> dict[s
     """
     boundary = _boundary(content_type)
     if boundary is not None:
-        watched = isinstance(body, BodyBuffer) and body.watched == b"\r\n--" + boundary
+        watched = isinstance(body, BodyBuffer) and body.watched == _delimiter(boundary)
         return dict(split_multipart(body_bytes(body), boundary, max_fields, body.found if watched else None))
     mimetype, _ = parse_options_header(content_type or "")
     if mimetype in ("application/x-www-form-urlencoded", ""):
