@@ -144,7 +144,7 @@ def test_giving_back_part_of_a_huge_page_body_drops_only_whole_huge_pages():
 
 
 def test_pieces_given_back_behind_a_pour_leave_nothing_behind():
-    """mha._copied gives back each 1 MiB piece with the huge page before it, whole huge pages only while it
+    """mha._copied gives back all it has poured after each 1 MiB piece, whole huge pages only while it
     pours, then the small pages at both ends: every whole page of the data is gone, whatever the data's offset
     in the map, and the bytes before it (another field's) are kept."""
     size = 20 * MIB

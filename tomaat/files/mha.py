@@ -44,7 +44,7 @@ import SimpleITK as sitk
 from isal import isal_zlib
 
 from ..errors import TooLarge, UnreadableVolume
-from ..net.body import HUGE_PAGE, decoded_map, give_back
+from ..net.body import decoded_map, give_back
 from .filling import ReadFailed, image_from_pieces, piped
 
 DTYPES = {
@@ -273,7 +273,7 @@ def _copied(data: memoryview):
     """Uncompressed data a piece at a time, each piece of a request body given back once it has been taken."""
     for at in range(0, len(data), PIECE):
         yield data[at : at + PIECE]
-        give_back(data[max(0, at - HUGE_PAGE) : at + PIECE])  # the (huge) page a previous piece ended in, too
+        give_back(data[: at + PIECE])  # all taken so far: a huge page a piece ended in goes once it is whole
     give_back(data, ends=True)
 
 

@@ -20,7 +20,7 @@ from ..errors import UnreadableVolume
 from ..files import confined, filling, image_headers, mha
 from ..files.limits import Allowance
 from ..files.scratch import write_then_bytes
-from ..net.body import HUGE_PAGE, give_back
+from ..net.body import give_back
 from . import b64
 
 # zlib level for written images: labels are mostly runs. On a 256^3 label map ISA-L level 1 takes 9 ms for
@@ -173,7 +173,7 @@ def _poured(first, consumed: int, steps, pieces, view: memoryview, nbytes: int, 
             if part:
                 yield part
             del part
-            give_back(view[max(0, consumed - HUGE_PAGE) : end])  # the (huge) page the last ended in
+            give_back(view[:end])  # all taken so far: a huge page a piece ended in goes once it is whole
             consumed = end
         give_back(view[:consumed], ends=True)
     except (b64.Error, ValueError):
